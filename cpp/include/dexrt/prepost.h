@@ -1,0 +1,43 @@
+// The value contract between stored images and the network, and the padding to the size multiple.
+//
+// A window (lo, hi) maps stored values linearly onto the network's range: lo -> -1, hi -> +1.
+// Input: x_net = (x - lo) * 2 / (hi - lo) - 1. Output: x = (y_net + 1) * (hi - lo) / 2 + lo; uint16 outputs are
+// rounded half to even and clipped to [0, 65535], float32 outputs are neither rounded nor clipped.
+//
+// Images whose height or width is not a multiple of the network's size multiple are mirror-padded
+// ("reflect", edge not repeated) on all sides, the image centred, and the outputs cropped back.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace dexrt {
+
+struct Window {
+  float lo = 0.0f;
+  float hi = 65535.0f;
+};
+
+// Where an (H, W) image sits inside the padded (Hp, Wp) network input.
+struct PadGeometry {
+  int64_t height = 0, width = 0;                // image
+  int64_t padded_height = 0, padded_width = 0;  // network input, multiples of the size multiple
+  int64_t top = 0, left = 0;                    // offset of the image inside the padded frame
+};
+
+PadGeometry plan_padding(int64_t height, int64_t width, int64_t size_multiple);
+
+// Index of the source pixel that mirrors padded position `i` (may be outside [0, n)) into [0, n).
+int64_t reflect_index(int64_t i, int64_t n);
+
+// (N, H, W) T -> (N, 1, Hp, Wp) f32 in network range, mirror-padded.
+template <typename T>
+void preprocess(const T* images, int64_t n, const PadGeometry& g, Window window, float* net_input);
+
+// (N, C, Hp, Wp) f32 network range -> (C, N, H, W) T, cropped, one window per channel. Channel-major, so
+// each output kind (bone, soft) is one contiguous (N, H, W) block.
+template <typename T>
+void postprocess(const float* net_output, int64_t n, int64_t channels, const PadGeometry& g,
+                 const std::vector<Window>& windows, T* images);
+
+}  // namespace dexrt

@@ -1,0 +1,11 @@
+// dexrt._core: the compiled runtime. Each area registers its own bindings.
+#include <pybind11/pybind11.h>
+
+#include "register.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "dexrt's compiled runtime (private: use the `dexrt` package)";
+  m.attr("__version__") = DEXRT_VERSION;
+  dexrt::register_errors(m);
+  dexrt::register_engine(m);
+}

@@ -1,0 +1,23 @@
+"""dexrt's exception hierarchy: one base, `DexrtError`, raised by the runtime, the CLI and the tools."""
+
+from __future__ import annotations
+
+
+class DexrtError(Exception):
+    """Base of every error dexrt raises on purpose."""
+
+
+class InputError(DexrtError, ValueError):
+    """An input image or file is unusable: wrong dtype, rank, size, values, or an unreadable file."""
+
+
+class EngineError(DexrtError):
+    """An engine could not be built, loaded or run."""
+
+
+class BundleError(EngineError):
+    """An engine bundle (.dexrt file) is truncated, tampered with, or of an unknown format."""
+
+
+class ModelError(DexrtError):
+    """An ONNX model or a checkpoint does not have the shape dexrt expects."""
