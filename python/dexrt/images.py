@@ -124,7 +124,7 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[
         if image.dtype not in (np.uint16, np.float32):
             raise ValueError(f"{path}: TIFF output must be uint16 or float32, got {image.dtype}")
         with atomic_write(path) as f:
-            tifffile.imwrite(f, image, description=text, metadata=None)
+            tifffile.imwrite(f, image, photometric="minisblack", description=text, metadata=None)
     else:
         raise ValueError(f"{path}: unsupported output type (use .png, .tif or .tiff)")
 
