@@ -137,7 +137,8 @@ def test_input_error_is_a_value_error_and_dexrt_error() -> None:
 
 def test_core_rejects_bad_arrays_with_typed_errors(plain_engine_path: Path) -> None:
     # The C++ layer checks too, for callers of dexrt._core.
-    core = dexrt.Engine(plain_engine_path)._core
+    engine = dexrt.Engine(plain_engine_path)
+    core = engine._core
     with pytest.raises(dexrt.InputError, match="3-D"):
         core.infer(np.zeros((4, 4), np.uint16))
     with pytest.raises(dexrt.InputError, match="uint16 or float32"):
@@ -193,3 +194,12 @@ def test_fp16_weights_bundle_is_smaller_and_close(unet_onnx: Path, unet_engine_p
     b = dexrt.Engine(fp16).infer(images)
     for x, y in zip(a, b):
         assert np.abs(x - y).max() / 65535 < 1e-2
+
+
+def test_uint16_output_is_the_float_output_rounded_half_to_even(plain_engine_path: Path) -> None:
+    engine = dexrt.Engine(plain_engine_path)
+    images = random_images((3, 130, 170), np.uint16, seed=4)
+    as_float = engine.infer(images.astype(np.float32))
+    as_uint16 = engine.infer(images)
+    for f, u in zip(as_float, as_uint16):
+        np.testing.assert_array_equal(np.clip(np.rint(f), 0, 65535).astype(np.uint16), u)
