@@ -272,3 +272,17 @@ def test_bone_suppression() -> None:
     assert metrics.bone_suppression(se, se, bone, soft) == pytest.approx(0.0)
     half = soft + 0.5 * (se - soft)  # half the SE's bone signal left
     assert metrics.bone_suppression(half, se, bone, soft) == pytest.approx(0.5, abs=0.01)
+
+
+def test_predict_pads_like_the_runtime() -> None:
+    from dexrt_train.networks import GeneratorConfig, define_G
+    from dexrt_train.validate import predict
+
+    g = define_G(GeneratorConfig(ngf=4, depth=6)).eval()
+    se = torch.rand(1, 1, 40, 100) * 2 - 1  # padded to 64 x 128: wider than the image on one axis
+    y = predict(g, se, 64, torch.autocast("cpu", enabled=False))
+    padded = np.pad(se.numpy(), ((0, 0), (0, 0), (12, 12), (14, 14)), mode="reflect")
+    with torch.no_grad():
+        expected = g(torch.from_numpy(padded))[..., 12:52, 14:114]
+    assert y.shape == (1, 2, 40, 100)
+    torch.testing.assert_close(y, expected)

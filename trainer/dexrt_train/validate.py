@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dexrt.images import write_image
@@ -25,7 +24,9 @@ def predict(G: nn.Module, se: torch.Tensor, size_multiple: int, autocast: contex
     top, left = (hp - h) // 2, (wp - w) // 2
     x = se
     if (hp, wp) != (h, w):
-        x = F.pad(se, (left, wp - w - left, top, hp - h - top), mode="reflect")
+        # numpy's reflect also handles padding wider than the image (repeated reflection), like the runtime
+        pad = ((0, 0), (0, 0), (top, hp - h - top), (left, wp - w - left))
+        x = torch.from_numpy(np.pad(se.cpu().numpy(), pad, mode="reflect")).to(se.device)
     with autocast:
         y = G(x)
     return y[..., top : top + h, left : left + w].float()
