@@ -7,5 +7,6 @@ namespace dexrt {
 
 void register_errors(pybind11::module_& m);
 void register_engine(pybind11::module_& m);
+void register_drr(pybind11::module_& m);
 
 }  // namespace dexrt
