@@ -105,9 +105,14 @@ def load_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{p}: not a readable NIfTI/Analyze image ({exc})") from exc
     if not hasattr(img, "affine") or img.affine is None:
         raise InputError(f"{p}: the image has no voxel-to-world transform (spacing/orientation missing)")
-    zooms = img.header.get_zooms()[:3]
-    if len(zooms) < 3 or any(not np.isfinite(z) or z <= 0 for z in zooms):
-        raise InputError(f"{p}: voxel spacing is missing from the header (pixdim {list(zooms)})")
+    # nibabel quietly turns a zero pixdim into 1 mm when it loads; the raw header tells the truth.
+    with nib.openers.ImageOpener(str(p)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    zooms = [float(z) for z in raw["pixdim"][1:4]]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise InputError(f"{p}: voxel spacing is missing from the header (pixdim {zooms})")
+    if "qform_code" in raw and int(raw["qform_code"]) == 0 and int(raw["sform_code"]) == 0:
+        raise InputError(f"{p}: the header gives no orientation (qform_code and sform_code are both 0)")
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

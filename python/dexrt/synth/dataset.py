@@ -182,7 +182,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
                 files[c] = f"{c}/{view.id}.{ext}"
                 _write_image(tmp / files[c], u16, cfg.image_format)
             mask_file = None
-            if view.lesions:
+            if view.lesions and im["mask"].any():  # a lesion smaller than the ray spacing can fall between rays
                 mask_file = f"masks/{view.id}.png"
                 _write_image(tmp / mask_file, im["mask"].astype(np.uint8) * 255, "png")
             if i in sheet_at:

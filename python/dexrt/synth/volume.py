@@ -113,10 +113,12 @@ def _block_mean(a: np.ndarray, b: tuple[int, int, int]) -> np.ndarray:
     return a.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _body_mask(hu: np.ndarray, axial_axis: int) -> np.ndarray:
+def _body_mask(hu: np.ndarray, axial_axis: int, spacing: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
-    tissue = ndimage.binary_opening(hu > BODY_HU, iterations=2)  # cuts thin links to the table and blankets
+    # An opening of about 3 mm cuts thin links to the table and blankets, and keeps the chest wall.
+    iterations = max(1, int(round(3.0 / float(np.min(spacing)))))
+    tissue = ndimage.binary_opening(hu > BODY_HU, iterations=iterations)
     labels, n = ndimage.label(tissue)
     if n == 0:
         raise InputError("the CT holds no tissue above -400 HU: nothing to image")
@@ -166,7 +168,7 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
     # The binned voxel's centre is the mean of its members' centres.
     affine[:3, 3] = ct.affine[:3, :3] @ ((np.array(b, float) - 1.0) / 2.0) + ct.affine[:3, 3]
     axial_axis = int(np.argmax(np.abs(ct.affine[2, :3]) / ct.spacing))  # the index axis closest to superior
-    body = _body_mask(hu_b, axial_axis)
+    body = _body_mask(hu_b, axial_axis, np.linalg.norm(affine[:3, :3], axis=0))
     if not keep_outside_body:
         data[~body] = 0.0  # table, blankets and air are not part of the patient
     lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
