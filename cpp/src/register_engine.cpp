@@ -4,8 +4,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,16 +27,52 @@ namespace {
 
 using WindowPair = std::pair<float, float>;
 
+// Batchers closed in the background (see ~Runtime); the interpreter waits for them at exit.
+struct BackgroundCloses {
+  std::mutex mutex;
+  std::condition_variable done;
+  int running = 0;
+};
+
+BackgroundCloses& background_closes() {
+  static auto* closes = new BackgroundCloses();  // never destroyed: detached threads may outlive static destructors
+  return *closes;
+}
+
+void background_close(std::unique_ptr<Batcher> batcher) {
+  auto& bc = background_closes();
+  {
+    std::lock_guard<std::mutex> lock(bc.mutex);
+    ++bc.running;
+  }
+  std::thread([b = std::move(batcher)]() mutable {
+    b->close(false);
+    b.reset();
+    auto& bc = background_closes();
+    std::lock_guard<std::mutex> lock(bc.mutex);
+    --bc.running;
+    bc.done.notify_all();
+  }).detach();
+}
+
+void wait_for_background_closes() {
+  py::gil_scoped_release release;  // their last batches may need the GIL to resolve futures
+  auto& bc = background_closes();
+  std::unique_lock<std::mutex> lock(bc.mutex);
+  bc.done.wait(lock, [&] { return bc.running == 0; });
+}
+
 // An engine with its statistics and, once the first request is submitted, its batcher.
 class Runtime {
  public:
   Runtime(std::shared_ptr<const Engine> engine, BatcherOptions options)
       : engine_(std::move(engine)), stats_(std::make_shared<StatsRecorder>()), options_(options) {}
 
+  // Runs inside the Python object's deallocation: the GIL must stay held here (releasing it mid-teardown lets
+  // other threads run the interpreter while this object is half destroyed). A worker finishing a batch may be
+  // waiting for the GIL, so the batcher is drained and joined on a background thread instead.
   ~Runtime() {
-    // Workers may be waiting for the GIL to complete a batch: never join them while holding it.
-    py::gil_scoped_release release;
-    batcher_.reset();
+    if (batcher_) background_close(std::move(batcher_));
   }
 
   const Engine& engine() const { return *engine_; }
@@ -264,6 +302,10 @@ void register_engine(py::module_& m) {
       .def_property_readonly("pending", &Runtime::pending, "Requests queued and not yet running.")
       .def("stats", &stats, "Per-stage latency summaries (microseconds) and the batch-size histogram.")
       .def("reset_stats", [](Runtime& r) { r.stats().reset(); });
+
+  m.def("wait_for_background_closes", &wait_for_background_closes,
+        "Wait until engines released without close() have finished their queued work (run at exit).");
+  py::module_::import("atexit").attr("register")(m.attr("wait_for_background_closes"));
 
   m.def(
       "pad_geometry",

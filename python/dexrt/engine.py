@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import weakref
 from concurrent.futures import Future
@@ -15,6 +16,15 @@ from dexrt._errors import EngineError, InputError
 from dexrt.bundle import read_bundle
 
 _DEVICES = ("auto", "cpu", "gpu")
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    # Batcher workers must not be left resolving futures while the interpreter finalizes.
+    for engine in list(_LIVE):
+        engine.close()
+
 _MAX_SIDE = 16384  # larger images are refused before anything is allocated
 
 
@@ -77,8 +87,7 @@ class Engine:
             max_delay_us=max_delay_us,
             workers=workers,
         )
-        # Batcher workers must not outlive the interpreter: close (draining) at exit if the caller did not.
-        self._finalizer = weakref.finalize(self, self._core.close, False)
+        _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -169,7 +178,6 @@ class Engine:
     def close(self, cancel: bool = False) -> None:
         """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them)."""
         self._core.close(cancel)
-        self._finalizer.detach()
 
     def __enter__(self) -> Engine:
         return self
