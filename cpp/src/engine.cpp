@@ -1,6 +1,7 @@
 #include "dexrt/engine.h"
 
 #include <string>
+#include <type_traits>
 
 #include "dexrt/error.h"
 
@@ -29,6 +30,9 @@ template <typename T>
 void Engine::infer(const T* images, int64_t n, int64_t height, int64_t width, T* out) const {
   if (n <= 0) throw Error(ErrorKind::Input, "the batch is empty");
   const PadGeometry g = plan_padding(height, width, contract_.size_multiple);
+  const ImageBatch batch{images, std::is_same_v<T, uint16_t> ? PixelType::UInt16 : PixelType::Float32, n, height,
+                         width};
+  if (backend_->run_images(batch, g, contract_.input, contract_.outputs, out)) return;  // e.g. CUDA pre/post
   const int64_t channels = backend_->output_channels();
   backend_->run(
       BatchShape{n, g.padded_height, g.padded_width},
@@ -36,6 +40,15 @@ void Engine::infer(const T* images, int64_t n, int64_t height, int64_t width, T*
       [&](const float* net_output) {  // (N,C,Hp,Wp) f32
         postprocess(net_output, n, channels, g, contract_.outputs, out);
       });
+}
+
+void Engine::infer_device(const ImageBatch& batch, void* out) const {
+  if (batch.n <= 0) throw Error(ErrorKind::Input, "the batch is empty");
+  const PadGeometry g = plan_padding(batch.height, batch.width, contract_.size_multiple);
+  if (!backend_->run_images(batch, g, contract_.input, contract_.outputs, out)) {
+    throw Error(ErrorKind::Input, "the " + backend_->name() + " backend takes images in host memory only (got a "
+                                                              "device array); copy them to the host first");
+  }
 }
 
 template void Engine::infer<uint16_t>(const uint16_t*, int64_t, int64_t, int64_t, uint16_t*) const;

@@ -7,5 +7,6 @@ namespace dexrt {
 
 void register_errors(pybind11::module_& m);
 void register_engine(pybind11::module_& m);
+void register_cuda(pybind11::module_& m);  // also the CPU pre/post as _core.prepost
 
 }  // namespace dexrt

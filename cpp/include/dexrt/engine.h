@@ -28,6 +28,10 @@ class Engine {
   template <typename T>
   void infer(const T* images, int64_t n, int64_t height, int64_t width, T* out) const;
 
+  // Images already in device memory (batch.on_device): only backends with a device pipeline take them.
+  // out: (C, N, H, W) host memory of the batch's pixel type. Thread-safe.
+  void infer_device(const ImageBatch& batch, void* out) const;
+
  private:
   std::unique_ptr<Backend> backend_;
   Contract contract_;
