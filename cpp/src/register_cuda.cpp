@@ -54,6 +54,13 @@ PadGeometry output_geometry(const py::array& net, int64_t height, int64_t width,
   return g;
 }
 
+template <typename T>
+void cpu_preprocess_typed(const py::array& images, const PadGeometry& g, Window w, float* net) {
+  const auto src = py::array_t<T, py::array::c_style>::ensure(images);
+  const int64_t plane = g.height * g.width, padded_plane = g.padded_height * g.padded_width;
+  for (int64_t b = 0; b < src.shape(0); ++b) preprocess_image(src.data() + b * plane, g, w, net + b * padded_plane);
+}
+
 py::array cpu_preprocess(const py::array& images, WindowPair window, int64_t size_multiple) {
   require_ndim(images, 3, "images");
   const int64_t n = images.shape(0);
@@ -61,13 +68,24 @@ py::array cpu_preprocess(const py::array& images, WindowPair window, int64_t siz
   py::array_t<float> net({n, int64_t{1}, g.padded_height, g.padded_width});  // (N, 1, Hp, Wp)
   const Window w{window.first, window.second};
   if (py::isinstance<py::array_t<uint16_t>>(images)) {
-    preprocess(py::array_t<uint16_t, py::array::c_style>::ensure(images).data(), n, g, w, net.mutable_data());
+    cpu_preprocess_typed<uint16_t>(images, g, w, net.mutable_data());
   } else if (py::isinstance<py::array_t<float>>(images)) {
-    preprocess(py::array_t<float, py::array::c_style>::ensure(images).data(), n, g, w, net.mutable_data());
+    cpu_preprocess_typed<float>(images, g, w, net.mutable_data());
   } else {
     throw Error(ErrorKind::Input, "images must be uint16 or float32, got " + dtype_text(images));
   }
   return net;
+}
+
+template <typename T>
+py::array cpu_postprocess_typed(const float* net, int64_t n, int64_t channels, const PadGeometry& g,
+                                const std::vector<Window>& windows) {
+  py::array_t<T> out({channels, n, g.height, g.width});  // (C, N, H, W)
+  const int64_t plane = g.height * g.width, padded_plane = g.padded_height * g.padded_width;
+  for (int64_t b = 0; b < n; ++b) {
+    postprocess_image(net + b * channels * padded_plane, g, windows, out.mutable_data() + b * plane, n * plane);
+  }
+  return out;
 }
 
 py::array cpu_postprocess(const py::array_t<float, py::array::c_style | py::array::forcecast>& net, int64_t height,
@@ -76,16 +94,11 @@ py::array cpu_postprocess(const py::array_t<float, py::array::c_style | py::arra
   require_ndim(net, 4, "the network output");
   const PadGeometry g = output_geometry(net, height, width, size_multiple);
   const int64_t n = net.shape(0), c = net.shape(1);
-  if (dtype == "uint16") {
-    py::array_t<uint16_t> out({c, n, height, width});
-    postprocess(net.data(), n, c, g, to_windows(windows), out.mutable_data());
-    return out;
+  if (static_cast<int64_t>(windows.size()) != c) {
+    throw py::value_error(std::to_string(windows.size()) + " windows for " + std::to_string(c) + " channels");
   }
-  if (dtype == "float32") {
-    py::array_t<float> out({c, n, height, width});
-    postprocess(net.data(), n, c, g, to_windows(windows), out.mutable_data());
-    return out;
-  }
+  if (dtype == "uint16") return cpu_postprocess_typed<uint16_t>(net.data(), n, c, g, to_windows(windows));
+  if (dtype == "float32") return cpu_postprocess_typed<float>(net.data(), n, c, g, to_windows(windows));
   throw py::value_error("dtype must be 'uint16' or 'float32', got '" + dtype + "'");
 }
 

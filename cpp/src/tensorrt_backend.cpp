@@ -6,7 +6,6 @@
 #include <NvInfer.h>
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -313,24 +312,22 @@ void TensorRtBackend::run(const BatchShape& shape, const std::function<void(floa
 }
 
 bool TensorRtBackend::run_images(const ImageBatch& batch, const PadGeometry& g, Window input,
-                                 const std::vector<Window>& outputs, void* out) {
+                                 const std::vector<Window>& outputs, const Gather& gather, const Scatter& scatter) {
   cuda::DeviceGuard guard(options_.device);
   Lease lease(*this);
   Slot& s = *lease;
   const cudaStream_t stream = s.stream.get();
   const cuda::DType image_type = batch.type == PixelType::UInt16 ? cuda::DType::UInt16 : cuda::DType::Float32;
-  const size_t pixel = cuda::dtype_size(image_type);
-  const auto plane = static_cast<size_t>(batch.height * batch.width);
+  const auto image_bytes = static_cast<size_t>(batch.height * batch.width) * cuda::dtype_size(image_type);
   const int64_t channels = output_channels_;
-  // Batches larger than the profile allows run in chunks of its largest batch.
   const int64_t max_batch =
       engine_->getProfileShape(input_name_.c_str(), s.profile, nvinfer1::OptProfileSelector::kMAX).d[0];
   const int64_t step = std::min(batch.n, max_batch);
-  const auto step_bytes = static_cast<size_t>(step) * plane * pixel;
+  const size_t step_bytes = static_cast<size_t>(step) * image_bytes;
   s.images_out.reserve(step_bytes * static_cast<size_t>(channels));
   s.host_out.reserve(step_bytes * static_cast<size_t>(channels));
-  if (batch.on_device) {
-    if (batch.stream != 0) {
+  if (batch.device_data) {
+    if (batch.stream != 0) {  // the producer's pending writes come first
       s.producer_ready.record(producer_stream(batch.stream));
       cuda::check(cudaStreamWaitEvent(stream, s.producer_ready.get(), 0), "cudaStreamWaitEvent");
     }
@@ -339,16 +336,16 @@ bool TensorRtBackend::run_images(const ImageBatch& batch, const PadGeometry& g, 
     s.host_in.reserve(step_bytes);
   }
 
-  const auto* src = static_cast<const unsigned char*>(batch.data);
-  auto* dst = static_cast<unsigned char*>(out);
-  for (int64_t b0 = 0; b0 < batch.n; b0 += step) {
-    const int64_t k = std::min(step, batch.n - b0);
+  for (int64_t first = 0; first < batch.n; first += step) {
+    const int64_t k = std::min(step, batch.n - first);
     const BatchShape shape{k, g.padded_height, g.padded_width};
     check_shape(shape, s.profile);
-    const size_t in_bytes = static_cast<size_t>(k) * plane * pixel;
-    const void* images = src + static_cast<size_t>(b0) * plane * pixel;  // (k, H, W)
-    if (!batch.on_device) {
-      std::memcpy(s.host_in.get(), images, in_bytes);  // pageable -> pinned: the upload is then a plain DMA
+    const size_t in_bytes = static_cast<size_t>(k) * image_bytes;
+    const void* images = nullptr;  // (k, H, W) on the device
+    if (batch.device_data) {
+      images = static_cast<const unsigned char*>(batch.device_data) + static_cast<size_t>(first) * image_bytes;
+    } else {
+      gather(first, k, s.host_in.get());  // into pinned memory: the upload is then a plain DMA
       cuda::check(cudaMemcpyAsync(s.images_in.get(), s.host_in.get(), in_bytes, cudaMemcpyHostToDevice, stream),
                   "cudaMemcpyAsync (images)");
       images = s.images_in.get();
@@ -361,10 +358,7 @@ bool TensorRtBackend::run_images(const ImageBatch& batch, const PadGeometry& g, 
                                 cudaMemcpyDeviceToHost, stream),
                 "cudaMemcpyAsync (results)");
     s.stream.synchronize();
-    for (int64_t c = 0; c < channels; ++c) {  // (C, k, H, W) chunk -> its rows of the (C, N, H, W) result
-      std::memcpy(dst + (static_cast<size_t>(c * batch.n + b0) * plane) * pixel,
-                  static_cast<const unsigned char*>(s.host_out.get()) + static_cast<size_t>(c) * in_bytes, in_bytes);
-    }
+    scatter(first, k, s.host_out.get());
   }
   return true;
 }

@@ -51,9 +51,11 @@ class TensorRtBackend final : public Backend {
   void run(const BatchShape& shape, const std::function<void(float*)>& fill,
            const std::function<void(const float*)>& drain) override;
 
-  // The GPU pipeline: images (host or device) -> preprocess kernel -> network -> postprocess kernel -> host.
+  // The GPU pipeline: images (gathered into pinned memory, or already on the device) -> preprocess kernel ->
+  // network -> postprocess kernel -> pinned memory -> scatter. Batches larger than the plan's largest batch
+  // run in chunks.
   bool run_images(const ImageBatch& batch, const PadGeometry& g, Window input, const std::vector<Window>& outputs,
-                  void* out) override;
+                  const Gather& gather, const Scatter& scatter) override;
 
  private:
   class Logger;
