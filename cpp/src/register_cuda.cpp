@@ -221,7 +221,8 @@ void register_cuda(py::module_& m) {
     d["runtime_version"] = 0;
     d["driver_version"] = 0;
     d["device_count"] = 0;
-    d["error"] = "this build of dexrt has no CUDA support (nvcc was not found when it was built)";
+    d["error"] =
+        "this build of dexrt has no CUDA support (built without the CUDA toolkit, or with DEXRT_WITH_CUDA=OFF)";
     return d;
   });
   cu.def("devices", [] { return py::list(); });

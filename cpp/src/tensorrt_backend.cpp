@@ -242,7 +242,8 @@ void TensorRtBackend::enqueue(Slot& slot, const BatchShape& shape) {
     in.d[2] = shape.height;
     in.d[3] = shape.width;
     if (!context.setInputShape(input_name_.c_str(), in)) {
-      throw Error(ErrorKind::Engine, "TensorRT refused input shape " + shape_text(shape) + ": " + logger_->last_error());
+      throw Error(ErrorKind::Engine,
+                  "TensorRT refused input shape " + shape_text(shape) + ": " + logger_->last_error());
     }
     // The postprocess kernel reads (N, C, H, W) at the input's size: make sure that is what the network makes.
     const nvinfer1::Dims out = context.getTensorShape(output_name_.c_str());

@@ -160,10 +160,18 @@ void preprocess(const void* images, DType image_type, int64_t n, const PadGeomet
                 void* net_input, DType net_type, cudaStream_t stream) {
   check_sizes(n, g);
   const Affine f = to_network(window);  // the CPU's own scale and offset
-  if (image_type == DType::UInt16 && net_type == DType::Float16) return launch_pre<uint16_t, __half>(images, n, g, f, net_input, stream);
-  if (image_type == DType::UInt16 && net_type == DType::Float32) return launch_pre<uint16_t, float>(images, n, g, f, net_input, stream);
-  if (image_type == DType::Float32 && net_type == DType::Float16) return launch_pre<float, __half>(images, n, g, f, net_input, stream);
-  if (image_type == DType::Float32 && net_type == DType::Float32) return launch_pre<float, float>(images, n, g, f, net_input, stream);
+  if (image_type == DType::UInt16 && net_type == DType::Float16) {
+    return launch_pre<uint16_t, __half>(images, n, g, f, net_input, stream);
+  }
+  if (image_type == DType::UInt16 && net_type == DType::Float32) {
+    return launch_pre<uint16_t, float>(images, n, g, f, net_input, stream);
+  }
+  if (image_type == DType::Float32 && net_type == DType::Float16) {
+    return launch_pre<float, __half>(images, n, g, f, net_input, stream);
+  }
+  if (image_type == DType::Float32 && net_type == DType::Float32) {
+    return launch_pre<float, float>(images, n, g, f, net_input, stream);
+  }
   unsupported("preprocess", image_type, net_type);
 }
 
@@ -181,10 +189,18 @@ void postprocess(const void* net_output, DType net_type, int64_t n, int64_t chan
     affines.scale[c] = f.scale;
     affines.offset[c] = f.offset;
   }
-  if (net_type == DType::Float16 && image_type == DType::UInt16) return launch_post<__half, uint16_t>(net_output, n, channels, g, affines, images, stream);
-  if (net_type == DType::Float16 && image_type == DType::Float32) return launch_post<__half, float>(net_output, n, channels, g, affines, images, stream);
-  if (net_type == DType::Float32 && image_type == DType::UInt16) return launch_post<float, uint16_t>(net_output, n, channels, g, affines, images, stream);
-  if (net_type == DType::Float32 && image_type == DType::Float32) return launch_post<float, float>(net_output, n, channels, g, affines, images, stream);
+  if (net_type == DType::Float16 && image_type == DType::UInt16) {
+    return launch_post<__half, uint16_t>(net_output, n, channels, g, affines, images, stream);
+  }
+  if (net_type == DType::Float16 && image_type == DType::Float32) {
+    return launch_post<__half, float>(net_output, n, channels, g, affines, images, stream);
+  }
+  if (net_type == DType::Float32 && image_type == DType::UInt16) {
+    return launch_post<float, uint16_t>(net_output, n, channels, g, affines, images, stream);
+  }
+  if (net_type == DType::Float32 && image_type == DType::Float32) {
+    return launch_post<float, float>(net_output, n, channels, g, affines, images, stream);
+  }
   unsupported("postprocess", net_type, image_type);
 }
 
@@ -196,8 +212,12 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t
           "cudaMemcpyAsync");
     return;
   }
-  if (src_type == DType::Float32 && dst_type == DType::Float16) return launch_convert<float, __half>(src, dst, count, stream);
-  if (src_type == DType::Float16 && dst_type == DType::Float32) return launch_convert<__half, float>(src, dst, count, stream);
+  if (src_type == DType::Float32 && dst_type == DType::Float16) {
+    return launch_convert<float, __half>(src, dst, count, stream);
+  }
+  if (src_type == DType::Float16 && dst_type == DType::Float32) {
+    return launch_convert<__half, float>(src, dst, count, stream);
+  }
   unsupported("convert", src_type, dst_type);
 }
 
