@@ -94,7 +94,7 @@ def test_non_contiguous_input_is_accepted(plain_engine_path: Path) -> None:
 
 
 def test_uint16_outputs_are_clipped_and_float_outputs_are_not(tmp_path: Path) -> None:
-    from conftest import build_bundle, make_plain_onnx
+    from helpers import build_bundle, make_plain_onnx
 
     # An output window narrower than the network's range pushes values past 0..65535 for uint16.
     onnx_path = make_plain_onnx(tmp_path / "m.onnx", seed=3)
@@ -185,7 +185,7 @@ def test_concurrent_calls_give_the_single_call_results(plain_engine_path: Path) 
 
 
 def test_fp16_weights_bundle_is_smaller_and_close(unet_onnx: Path, unet_engine_path: Path, tmp_path: Path) -> None:
-    from conftest import build_bundle
+    from helpers import build_bundle
 
     fp16 = build_bundle(unet_onnx, tmp_path / "fp16.dexrt", precision="fp16")
     assert fp16.stat().st_size < 0.6 * unet_engine_path.stat().st_size
