@@ -301,6 +301,35 @@ def test_engine_refuses_a_foreign_tensorrt_bundle(plain_onnx: Path, tmp_path: Pa
         dexrt.Engine(path, device="cpu")
 
 
+class DeviceArray:
+    """Something that describes itself as a CUDA array (the pointer is never read by these tests)."""
+
+    def __init__(self, **cai) -> None:
+        self.__cuda_array_interface__ = {"shape": (2, 8, 8), "typestr": "<u2", "data": (1 << 40, False),
+                                         "version": 3, "strides": None, "stream": 1, **cai}
+
+
+@pytest.mark.parametrize(
+    "cai, match",
+    [
+        ({"typestr": "<f8"}, "uint16 or float32"),
+        ({"shape": (2, 0, 8)}, "not empty"),
+        ({"shape": (1, 2, 8, 8)}, r"\(H, W\) or \(N, H, W\)"),
+        ({"strides": (256, 2, 16)}, "C-contiguous"),
+        ({"mask": object()}, "masked"),
+    ],
+    ids=["dtype", "empty", "rank", "strides", "mask"],
+)
+def test_device_arrays_are_checked(plain_engine_path: Path, cai, match) -> None:
+    with dexrt.Engine(plain_engine_path) as engine, pytest.raises(dexrt.InputError, match=match):
+        engine.infer(DeviceArray(**cai))
+
+
+def test_cpu_engine_refuses_device_arrays_without_reading_them(plain_engine_path: Path) -> None:
+    with dexrt.Engine(plain_engine_path) as engine, pytest.raises(dexrt.InputError, match="host memory only"):
+        engine.infer(DeviceArray())
+
+
 # -- end to end on a GPU with TensorRT -----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not _core.tensorrt.compiled, reason="dexrt was built without TensorRT")

@@ -159,6 +159,10 @@ class Engine:
         Returns one array per output channel (``bone, soft``), each of the input's shape and dtype. The
         outputs of one call share one buffer, laid out channel-major, so each is contiguous. A C-contiguous
         input is read in place (do not modify it during the call); any other layout is copied once.
+
+        A GPU (TensorRT) engine also takes images already on the GPU: any array with
+        ``__cuda_array_interface__`` (torch, CuPy, PyCUDA), C-contiguous, is read in place there without a
+        host round trip; the results come back as numpy arrays.
         """
         if not isinstance(images, np.ndarray) and hasattr(images, "__cuda_array_interface__"):
             out, ndim = self._infer_device(images.__cuda_array_interface__)
