@@ -192,6 +192,10 @@ TensorRtBackend::TensorRtBackend(const std::string& plan, TensorRtOptions option
     slot->profile = p;
     const nvinfer1::Dims max =
         engine_->getProfileShape(input_name_.c_str(), p, nvinfer1::OptProfileSelector::kMAX);  // (N, 1, H, W)
+    if (max.nbDims != 4 || max.d[0] <= 0 || max.d[2] <= 0 || max.d[3] <= 0) {
+      throw Error(ErrorKind::Engine, "the plan's profile " + std::to_string(p) + " has no usable largest input shape " +
+                                         dims_text(max));
+    }
     const auto pixels = static_cast<size_t>(max.d[0] * max.d[2] * max.d[3]);
     slot->input.reserve(pixels * cuda::dtype_size(input_type_));
     slot->output.reserve(pixels * static_cast<size_t>(output_channels_) * cuda::dtype_size(output_type_));
