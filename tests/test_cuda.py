@@ -5,6 +5,7 @@ errors and options, and the refusal of plans built for another GPU or TensorRT r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def test_core_reports_cuda_state_consistently() -> None:
         assert isinstance(status["error"], str) and status["error"]
     if status["compiled"]:
         assert status["runtime_version"] >= 12000
+
+
+@pytest.mark.skipif(not os.environ.get("CI") or shutil.which("nvcc") is None,
+                    reason="checked in CI on machines with the CUDA toolkit")
+def test_ci_builds_the_cuda_kernels() -> None:
+    """DEXRT_WITH_CUDA=AUTO must not skip the kernels silently where nvcc exists."""
+    assert _core.cuda.compiled
 
 
 def test_core_does_not_need_the_driver_library() -> None:
