@@ -38,3 +38,55 @@ def unet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def unet_engine_path(unet_onnx: Path) -> Path:
     return build_bundle(unet_onnx, unet_onnx.with_suffix(".dexrt"))
+
+
+# -- GPU marker and report header -----------------------------------------------------------------------------
+def gpu_unavailable_reason() -> str | None:
+    """Why `gpu` tests cannot run here, or None when a CUDA device is usable."""
+    from dexrt import _core
+
+    if not _core.cuda.compiled:
+        return "dexrt was built without CUDA"
+    status = _core.cuda.status()
+    if status["device_count"] == 0:
+        return f"no usable CUDA device ({status['error']})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from importlib import metadata
+
+    import openvino
+
+    from dexrt import _core
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cuda = _core.cuda.status()
+    if cuda["compiled"]:
+        runtime = f"{cuda['runtime_version'] // 1000}.{cuda['runtime_version'] % 1000 // 10}"
+        devices = ", ".join(f"{d['name']} (sm {d['compute_capability']})" for d in _core.cuda.devices())
+        cuda_line = f"CUDA {runtime} compiled; driver {cuda['driver_version'] or 'none'}; " + (
+            f"devices: {devices}" if devices else f"no device: {cuda['error']}")
+    else:
+        cuda_line = "CUDA not compiled"
+    trt = f"runtime {_core.tensorrt.library_version()}" if _core.tensorrt.compiled else "runtime not compiled"
+    return [
+        f"dexrt {_core.__version__}; OpenVINO {openvino.get_version()}",
+        cuda_line,
+        f"TensorRT {trt}; python package {installed('tensorrt')}",
+    ]

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   dexrt::register_errors(m);
   dexrt::register_engine(m);
   dexrt::register_drr(m);
+  dexrt::register_cuda(m);
 }

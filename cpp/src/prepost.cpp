@@ -6,6 +6,16 @@
 
 namespace dexrt {
 
+Affine to_network(Window w) {
+  const float scale = 2.0f / (w.hi - w.lo);
+  return {scale, -1.0f - w.lo * scale};
+}
+
+Affine from_network(Window w) {
+  const float scale = (w.hi - w.lo) * 0.5f;
+  return {scale, w.lo + scale};
+}
+
 PadGeometry plan_padding(int64_t height, int64_t width, int64_t size_multiple) {
   if (height <= 0 || width <= 0) {
     throw Error(ErrorKind::Input, "image size must be positive, got " + std::to_string(height) + "x" +
@@ -37,23 +47,6 @@ std::vector<int64_t> mirror_map(int64_t padded, int64_t offset, int64_t n) {
   std::vector<int64_t> map(static_cast<size_t>(padded));
   for (int64_t i = 0; i < padded; ++i) map[static_cast<size_t>(i)] = reflect_index(i - offset, n);
   return map;
-}
-
-// Network value -> stored value, for one window. Kept as separate multiply and add (no fused
-// multiply-add) so the CUDA kernels can reproduce it bit for bit.
-struct Affine {
-  float scale, offset;
-  float operator()(float v) const { return v * scale + offset; }
-};
-
-Affine to_network(Window w) {
-  const float scale = 2.0f / (w.hi - w.lo);
-  return {scale, -1.0f - w.lo * scale};
-}
-
-Affine from_network(Window w) {
-  const float scale = (w.hi - w.lo) * 0.5f;
-  return {scale, w.lo + scale};
 }
 
 template <typename T>

@@ -12,5 +12,6 @@ void register_errors(pybind11::module_& m);
 pybind11::object python_exception(std::exception_ptr error);
 void register_engine(pybind11::module_& m);
 void register_drr(pybind11::module_& m);
+void register_cuda(pybind11::module_& m);  // also the CPU pre/post as _core.prepost
 
 }  // namespace dexrt

@@ -16,6 +16,9 @@
 #include "dexrt/engine.h"
 #include "dexrt/error.h"
 #include "dexrt/openvino_backend.h"
+#ifdef DEXRT_WITH_TENSORRT
+#include "dexrt/tensorrt_backend.h"
+#endif
 #include "dexrt/stats.h"
 #include "register.h"
 
@@ -168,10 +171,8 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
                                       const py::bytes& weights, WindowPair input_window,
                                       const std::vector<WindowPair>& output_windows, int64_t size_multiple,
                                       const std::string& performance_hint, int num_threads, int64_t max_batch,
-                                      int64_t max_delay_us, int workers) {
-  if (backend != "openvino") {
-    throw py::value_error("unknown backend '" + backend + "' (this build has: openvino)");
-  }
+                                      int64_t max_delay_us, int workers, int cuda_device, int contexts,
+                                      bool cuda_graphs) {
   if (max_batch < 1 || max_delay_us < 0 || workers < 1) {
     throw py::value_error("max_batch and workers must be at least 1, max_delay_us at least 0");
   }
@@ -179,6 +180,25 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
   contract.input = Window{input_window.first, input_window.second};
   for (const auto& w : output_windows) contract.outputs.push_back(Window{w.first, w.second});
   contract.size_multiple = size_multiple;
+#ifdef DEXRT_WITH_TENSORRT
+  if (backend == "tensorrt") {  // `model` is the serialized plan; `weights` is unused
+    const TensorRtOptions options{cuda_device, contexts, cuda_graphs};
+    std::string plan = model;
+    py::gil_scoped_release release;
+    auto engine = std::make_shared<const Engine>(std::make_unique<TensorRtBackend>(plan, options),
+                                                 std::move(contract));
+    return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers});
+  }
+  const char* const available = "openvino, tensorrt";
+#else
+  static_cast<void>(cuda_device);  // only the TensorRT backend uses these three
+  static_cast<void>(contexts);
+  static_cast<void>(cuda_graphs);
+  const char* const available = "openvino";
+#endif
+  if (backend != "openvino") {
+    throw py::value_error("unknown backend '" + backend + "' (this build has: " + available + ")");
+  }
   OpenVinoOptions options;
   options.device = device;
   options.performance_hint = performance_hint;
@@ -208,6 +228,32 @@ py::array infer_typed(Runtime& rt, const py::array& images) {
     const double total = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started).count();
     rt.stats().record_batch(n, times, std::vector<double>(static_cast<size_t>(n), 0.0),
                             std::vector<double>(static_cast<size_t>(n), total));
+  }
+  return out;
+}
+
+// Images already on the GPU, as __cuda_array_interface__ describes them: a device pointer to C-contiguous
+// (N, H, W) pixels and the stream that wrote them. The (C, N, H, W) result comes back in host memory.
+py::array infer_device(Runtime& rt, uintptr_t pointer, int64_t n, int64_t height, int64_t width,
+                       const std::string& dtype, uintptr_t stream) {
+  rt.check_open();
+  if (dtype != "uint16" && dtype != "float32") {
+    throw Error(ErrorKind::Input, "images must be uint16 or float32, got " + dtype);
+  }
+  if (pointer == 0 || n <= 0 || height <= 0 || width <= 0) throw Error(ErrorKind::Input, "the images are empty");
+  const bool u16 = dtype == "uint16";
+  const int64_t c = rt.engine().output_channels();
+  py::array out = u16 ? py::array(py::array_t<uint16_t>({c, n, height, width}))
+                      : py::array(py::array_t<float>({c, n, height, width}));
+  ImageBatch batch{u16 ? PixelType::UInt16 : PixelType::Float32, n, height, width};
+  batch.device_data = reinterpret_cast<const void*>(pointer);
+  batch.stream = stream;
+  void* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const StageTimes times = rt.engine().infer_device(batch, dst);
+    rt.stats().record_batch(n, times, std::vector<double>(static_cast<size_t>(n), 0.0),
+                            std::vector<double>(static_cast<size_t>(n), times.infer_us));
   }
   return out;
 }
@@ -284,7 +330,8 @@ void register_engine(py::module_& m) {
       .def(py::init(&make_runtime), py::kw_only(), py::arg("backend"), py::arg("device"), py::arg("model"),
            py::arg("weights"), py::arg("input_window"), py::arg("output_windows"), py::arg("size_multiple"),
            py::arg("performance_hint") = "LATENCY", py::arg("num_threads") = 0, py::arg("max_batch") = 8,
-           py::arg("max_delay_us") = 1000, py::arg("workers") = 2)
+           py::arg("max_delay_us") = 1000, py::arg("workers") = 2, py::arg("cuda_device") = 0,
+           py::arg("contexts") = 2, py::arg("cuda_graphs") = false)
       .def_property_readonly("backend", [](const Runtime& r) { return r.engine().backend().name(); })
       .def_property_readonly("device", [](const Runtime& r) { return r.engine().backend().device(); })
       .def_property_readonly("output_channels", [](const Runtime& r) { return r.engine().output_channels(); })
@@ -294,6 +341,9 @@ void register_engine(py::module_& m) {
       .def_property_readonly("workers", [](const Runtime& r) { return r.options().workers; })
       .def("infer", &infer, py::arg("images"),
            "(N, H, W) uint16 or float32 -> (C, N, H, W) of the same dtype. Releases the GIL.")
+      .def("infer_device", &infer_device, py::arg("pointer"), py::arg("n"), py::arg("height"), py::arg("width"),
+           py::arg("dtype"), py::arg("stream") = 0,
+           "(N, H, W) images in CUDA device memory -> (C, N, H, W) host array. GPU backends only.")
       .def("submit", &submit, py::arg("image"), py::arg("future"),
            "Queue one (H, W) image (copied); `future` (concurrent.futures.Future) receives a tuple of C (H, W) "
            "arrays, or the exception.")

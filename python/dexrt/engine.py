@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dexrt import _core
-from dexrt._errors import EngineError, InputError
+from dexrt._errors import BundleError, EngineError, InputError
 from dexrt.bundle import read_bundle
 
 _DEVICES = ("auto", "cpu", "gpu")
@@ -51,6 +51,9 @@ class Engine:
         max_batch: int = 8,
         max_delay_us: int = 1000,
         workers: int = 2,
+        cuda_device: int = 0,
+        contexts: int = 2,
+        cuda_graphs: bool = False,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -64,30 +67,47 @@ class Engine:
         m = bundle.manifest
         self._path = Path(path)
         self._manifest = m
-        if m["backend"] != "openvino":
+        if m["backend"] == "tensorrt":
+            backend = self._tensorrt_args(bundle.payload, device, cuda_device, contexts, cuda_graphs)
+        elif m["backend"] == "openvino":
+            if device == "gpu":
+                raise EngineError(f"{path}: this is a CPU (OpenVINO) engine; build a GPU engine with "
+                                  "`dexrt build-engine --device gpu`")
+            try:
+                model, weights = bundle.payload["model.xml"], bundle.payload["model.bin"]
+            except KeyError as exc:
+                raise EngineError(f"{path}: an OpenVINO bundle must hold model.xml and model.bin") from exc
+            backend = dict(backend="openvino", device="CPU", model=model, weights=weights,
+                           performance_hint=performance_hint.upper(), num_threads=num_threads)
+        else:
             raise EngineError(f"{path}: backend {m['backend']!r} is not available in this build of dexrt")
-        if device == "gpu":
-            raise EngineError(f"{path}: this is a CPU (OpenVINO) engine; build a GPU engine with "
-                              "`dexrt build-engine --device gpu`")
-        try:
-            model, weights = bundle.payload["model.xml"], bundle.payload["model.bin"]
-        except KeyError as exc:
-            raise EngineError(f"{path}: an OpenVINO bundle must hold model.xml and model.bin") from exc
         self._core = _core.Engine(
-            backend="openvino",
-            device="CPU",
-            model=model,
-            weights=weights,
+            **backend,
             input_window=tuple(m["input"]["window"]),
             output_windows=[tuple(w) for w in m["output"]["windows"]],
             size_multiple=m["size_multiple"],
-            performance_hint=performance_hint.upper(),
-            num_threads=num_threads,
             max_batch=max_batch,
             max_delay_us=max_delay_us,
             workers=workers,
         )
         _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
+
+    def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
+                       cuda_graphs: bool) -> dict[str, Any]:
+        """Checks a TensorRT bundle against this machine before TensorRT sees the plan."""
+        from dexrt._gpu import check_plan, current_runtime
+
+        if device == "cpu":
+            raise EngineError(f"{self._path}: this is a GPU (TensorRT) engine; build a CPU engine with "
+                              "`dexrt build-engine --device cpu`")
+        if contexts < 1:
+            raise ValueError(f"contexts must be >= 1, got {contexts}")
+        check_plan(self._manifest, self._path, current_runtime(cuda_device))
+        plan = payload.get("model.plan")
+        if plan is None:
+            raise BundleError(f"{self._path}: a TensorRT bundle must hold model.plan")
+        return dict(backend="tensorrt", device="GPU", model=plan, weights=b"", cuda_device=cuda_device,
+                    contexts=contexts, cuda_graphs=cuda_graphs)
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -148,7 +168,14 @@ class Engine:
         Returns one array per output channel (``bone, soft``), each of the input's shape and dtype. The
         outputs of one call share one buffer, laid out channel-major, so each is contiguous. A C-contiguous
         input is read in place (do not modify it during the call); any other layout is copied once.
+
+        A GPU (TensorRT) engine also takes images already on the GPU: any array with
+        ``__cuda_array_interface__`` (torch, CuPy, PyCUDA), C-contiguous, is read in place there without a
+        host round trip; the results come back as numpy arrays.
         """
+        if not isinstance(images, np.ndarray) and hasattr(images, "__cuda_array_interface__"):
+            out, ndim = self._infer_device(images.__cuda_array_interface__)
+            return tuple(out[c, 0] if ndim == 2 else out[c] for c in range(out.shape[0]))
         _check(images, (2, 3))
         batch = images[np.newaxis] if images.ndim == 2 else images
         out = self._core.infer(batch)  # (C, N, H, W)
@@ -157,6 +184,33 @@ class Engine:
         return tuple(out[c] for c in range(out.shape[0]))
 
     __call__ = infer
+
+    def _infer_device(self, cai: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """Images already on the GPU (torch, cupy, pycuda...): read in place by the GPU engine.
+
+        ``cai`` is the array's ``__cuda_array_interface__``: a C-contiguous (H, W) or (N, H, W) uint16 or
+        float32 array. Its ``stream``, when given, is waited on before reading. NaN checks of float32 input
+        are not made on this path (that would copy the images to the host).
+        """
+        shape, typestr = tuple(cai["shape"]), cai["typestr"]
+        dtype = {"<u2": "uint16", "<f4": "float32"}.get(typestr)
+        if dtype is None:
+            raise InputError(f"device images must be uint16 or float32, got typestr {typestr!r}")
+        if len(shape) not in (2, 3) or 0 in shape:
+            raise InputError(f"device images must be (H, W) or (N, H, W) and not empty, got shape {shape}")
+        n, h, w = (1, *shape) if len(shape) == 2 else shape
+        if h > _MAX_SIDE or w > _MAX_SIDE:
+            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+        item = np.dtype(dtype).itemsize
+        strides = cai.get("strides")
+        if strides is not None and tuple(strides) != tuple(item * p for p in (h * w, w, 1)[-len(shape):]):
+            raise InputError(f"device images must be C-contiguous, got strides {tuple(strides)}")
+        if cai.get("mask") is not None:
+            raise InputError("masked device arrays are not supported")
+        pointer = int(cai["data"][0])
+        stream = cai.get("stream")
+        out = self._core.infer_device(pointer, n, h, w, dtype, int(stream) if stream else 0)  # (C, N, H, W)
+        return out, len(shape)
 
     def submit(self, image: np.ndarray) -> Future[tuple[np.ndarray, ...]]:
         """Queue one (H, W) image for batched inference; returns a future of ``(bone, soft)``.

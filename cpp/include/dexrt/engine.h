@@ -47,6 +47,10 @@ class Engine {
   template <typename T>
   StageTimes run(const ImageSlot<T>* slots, int64_t n, int64_t height, int64_t width) const;
 
+  // Images already in CUDA device memory (batch.device_data), for backends with a device pipeline; out:
+  // (C, N, H, W) host memory of the batch's pixel type. Thread-safe.
+  StageTimes infer_device(const ImageBatch& batch, void* out) const;
+
  private:
   std::unique_ptr<Backend> backend_;
   Contract contract_;

@@ -18,6 +18,16 @@ struct Window {
   float hi = 65535.0f;
 };
 
+// The affine map of a window, computed once per batch: x_net = x * scale + offset on the way in, and
+// x = y_net * scale + offset on the way out. Applied as a rounded multiply, then a rounded add, never fused
+// into one FMA: the CUDA kernels (dexrt/cuda/prepost.h) do the same and match this bit for bit.
+struct Affine {
+  float scale = 1.0f, offset = 0.0f;
+  float operator()(float v) const { return v * scale + offset; }
+};
+Affine to_network(Window w);    // stored value -> network value
+Affine from_network(Window w);  // network value -> stored value
+
 // Where an (H, W) image sits inside the padded (Hp, Wp) network input.
 struct PadGeometry {
   int64_t height = 0, width = 0;                // image
