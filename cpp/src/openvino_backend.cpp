@@ -10,6 +10,15 @@ namespace dexrt {
 
 namespace {
 
+// One ov::Core for the whole process, never destroyed. The CPU plugin installs a signal stack
+// (sigaltstack) for the thread that first compiles, and restores the stack it found when the plugin is
+// destroyed; with one core per engine, engines destroyed in creation order leave the thread pointing at a
+// freed stack, and its next handled signal (SIGCHLD, SIGINT) crashes the process.
+ov::Core& shared_core() {
+  static auto* core = new ov::Core();
+  return *core;
+}
+
 std::string shape_text(const ov::PartialShape& s) { return s.to_string(); }
 
 // Returns the request to its pool when the run ends, even by an exception.
@@ -43,7 +52,7 @@ class PooledRequest {
 }  // namespace
 
 OpenVinoBackend::OpenVinoBackend(const std::string& model_xml, const std::string& weights, OpenVinoOptions options)
-    : options_(std::move(options)) {
+    : options_(std::move(options)), core_(shared_core()) {
   try {
     weights_ = ov::Tensor(ov::element::u8, ov::Shape{weights.size()});
     if (!weights.empty()) std::memcpy(weights_.data(), weights.data(), weights.size());

@@ -47,7 +47,7 @@ class OpenVinoBackend final : public Backend {
   std::shared_ptr<Compiled> compiled_for(const BatchShape& shape);
 
   OpenVinoOptions options_;
-  ov::Core core_;
+  ov::Core& core_;  // the process-wide core (see shared_core in the .cpp)
   ov::Tensor weights_;  // the model's constants point into this buffer: it must outlive model_
   std::shared_ptr<ov::Model> model_;
   int64_t output_channels_ = 0;
