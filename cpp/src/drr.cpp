@@ -1,4 +1,9 @@
 // Siddon ray tracing and polyenergetic detector sums. See dexrt/drr.h and docs/synth.md.
+#if defined(__GNUC__) && !defined(__clang__)
+// Floating-point comparisons may raise exceptions, so by default GCC will not turn the clamps in exp_neg into
+// branch-free selects, and the exponential loop stays scalar. Nothing here reads the FP exception flags.
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include "dexrt/drr.h"
 
 #include <algorithm>
@@ -45,7 +50,8 @@ void require(bool ok, const std::string& message) {
 // library call, so the compiler vectorises the loops that use it: Cody-Waite reduction x = n ln2 + r,
 // |r| <= ln2 / 2, a degree-11 Taylor polynomial for exp(r), and 2^n built directly in the exponent bits.
 inline double exp_neg(double x) {
-  x = std::max(std::min(x, 0.0), -708.0);
+  x = x > 0.0 ? 0.0 : x;
+  x = x < -708.0 ? -708.0 : x;
   constexpr double kShifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer in the low bits
   const double t = x * 1.4426950408889634 + kShifter;
   const double n = t - kShifter;

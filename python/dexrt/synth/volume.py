@@ -169,9 +169,15 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
     affine[:3, 3] = ct.affine[:3, :3] @ ((np.array(b, float) - 1.0) / 2.0) + ct.affine[:3, 3]
     axial_axis = int(np.argmax(np.abs(ct.affine[2, :3]) / ct.spacing))  # the index axis closest to superior
     body = _body_mask(hu_b, axial_axis, np.linalg.norm(affine[:3, :3], axis=0))
+    lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
     if not keep_outside_body:
         data[~body] = 0.0  # table, blankets and air are not part of the patient
-    lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
+        # Crop to the body's box (+1 voxel): rays then skip the empty margin of the CT's field of view.
+        idx = np.argwhere(body)
+        lo, hi = np.maximum(idx.min(0) - 1, 0), np.minimum(idx.max(0) + 2, body.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        data, body, lung = data[box], body[box], lung[box]
+        affine[:3, 3] = affine[:3, :3] @ lo.astype(float) + affine[:3, 3]
     info = {
         "bin": list(b), "shape": list(data.shape[:3]), "spacing_mm": np.round(np.linalg.norm(affine[:3, :3], axis=0), 4).tolist(),
         "outside_body": "kept" if keep_outside_body else "removed (largest tissue component, holes filled)",
