@@ -1,5 +1,7 @@
 #include "dexrt/engine.h"
 
+#include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "dexrt/error.h"
@@ -26,19 +28,46 @@ Engine::Engine(std::unique_ptr<Backend> backend, Contract contract)
 }
 
 template <typename T>
-void Engine::infer(const T* images, int64_t n, int64_t height, int64_t width, T* out) const {
+StageTimes Engine::run(const ImageSlot<T>* slots, int64_t n, int64_t height, int64_t width) const {
+  using Clock = std::chrono::steady_clock;
+  auto micros = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   if (n <= 0) throw Error(ErrorKind::Input, "the batch is empty");
   const PadGeometry g = plan_padding(height, width, contract_.size_multiple);
+  const int64_t padded_plane = g.padded_height * g.padded_width;
   const int64_t channels = backend_->output_channels();
+  StageTimes times;
+  Clock::time_point filled;
   backend_->run(
       BatchShape{n, g.padded_height, g.padded_width},
-      [&](float* net_input) { preprocess(images, n, g, contract_.input, net_input); },  // (N,1,Hp,Wp) f32
-      [&](const float* net_output) {  // (N,C,Hp,Wp) f32
-        postprocess(net_output, n, channels, g, contract_.outputs, out);
+      [&](float* net_input) {  // (N, 1, Hp, Wp) f32
+        const auto t0 = Clock::now();
+        for (int64_t b = 0; b < n; ++b) preprocess_image(slots[b].input, g, contract_.input, net_input + b * padded_plane);
+        filled = Clock::now();
+        times.pre_us = micros(filled - t0);
+      },
+      [&](const float* net_output) {  // (N, C, Hp, Wp) f32
+        const auto t0 = Clock::now();
+        times.infer_us = micros(t0 - filled);
+        for (int64_t b = 0; b < n; ++b) {
+          postprocess_image(net_output + b * channels * padded_plane, g, contract_.outputs, slots[b].output,
+                            slots[b].channel_stride);
+        }
+        times.post_us = micros(Clock::now() - t0);
       });
+  return times;
 }
 
-template void Engine::infer<uint16_t>(const uint16_t*, int64_t, int64_t, int64_t, uint16_t*) const;
-template void Engine::infer<float>(const float*, int64_t, int64_t, int64_t, float*) const;
+template <typename T>
+StageTimes Engine::infer(const T* images, int64_t n, int64_t height, int64_t width, T* out) const {
+  const int64_t plane = height * width;
+  std::vector<ImageSlot<T>> slots(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  for (int64_t b = 0; b < n; ++b) slots[static_cast<size_t>(b)] = {images + b * plane, out + b * plane, n * plane};
+  return run(slots.data(), n, height, width);
+}
+
+template StageTimes Engine::run<uint16_t>(const ImageSlot<uint16_t>*, int64_t, int64_t, int64_t) const;
+template StageTimes Engine::run<float>(const ImageSlot<float>*, int64_t, int64_t, int64_t) const;
+template StageTimes Engine::infer<uint16_t>(const uint16_t*, int64_t, int64_t, int64_t, uint16_t*) const;
+template StageTimes Engine::infer<float>(const float*, int64_t, int64_t, int64_t, float*) const;
 
 }  // namespace dexrt

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ class Engine:
         *,
         performance_hint: str = "latency",
         num_threads: int = 0,
+        max_batch: int = 8,
+        max_delay_us: int = 1000,
+        workers: int = 2,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -43,6 +48,8 @@ class Engine:
             raise ValueError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        if max_batch < 1 or workers < 1 or max_delay_us < 0:
+            raise ValueError("max_batch and workers must be >= 1 and max_delay_us >= 0")
         bundle = read_bundle(path)
         m = bundle.manifest
         self._path = Path(path)
@@ -66,7 +73,12 @@ class Engine:
             size_multiple=m["size_multiple"],
             performance_hint=performance_hint.upper(),
             num_threads=num_threads,
+            max_batch=max_batch,
+            max_delay_us=max_delay_us,
+            workers=workers,
         )
+        # Batcher workers must not outlive the interpreter: close (draining) at exit if the caller did not.
+        self._finalizer = weakref.finalize(self, self._core.close, False)
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -122,29 +134,86 @@ class Engine:
 
     # -- inference --------------------------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Run the engine on ``images``: (H, W) or (N, H, W), uint16 or float32.
+        """Run the engine on ``images``: (H, W) or (N, H, W), uint16 or float32; returns when done.
 
         Returns one array per output channel (``bone, soft``), each of the input's shape and dtype. The
         outputs of one call share one buffer, laid out channel-major, so each is contiguous. A C-contiguous
         input is read in place (do not modify it during the call); any other layout is copied once.
         """
-        if not isinstance(images, np.ndarray):
-            raise InputError(f"images must be a numpy array, got {type(images).__name__}")
-        if images.ndim not in (2, 3):
-            raise InputError(f"images must be (H, W) or (N, H, W), got an array of shape {images.shape}")
-        if images.dtype not in (np.uint16, np.float32):
-            raise InputError(f"images must be uint16 or float32, got {images.dtype}")
+        _check(images, (2, 3))
         batch = images[np.newaxis] if images.ndim == 2 else images
-        n, h, w = batch.shape
-        if n == 0 or h == 0 or w == 0:
-            raise InputError(f"images must not be empty, got shape {images.shape}")
-        if h > _MAX_SIDE or w > _MAX_SIDE:
-            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
-        if images.dtype == np.float32 and not np.isfinite(batch).all():
-            raise InputError("images contain NaN or infinite values")
         out = self._core.infer(batch)  # (C, N, H, W)
         if images.ndim == 2:
             return tuple(out[c, 0] for c in range(out.shape[0]))
         return tuple(out[c] for c in range(out.shape[0]))
 
     __call__ = infer
+
+    def submit(self, image: np.ndarray) -> Future[tuple[np.ndarray, ...]]:
+        """Queue one (H, W) image for batched inference; returns a future of ``(bone, soft)``.
+
+        Requests from any number of threads are grouped into batches of up to ``max_batch`` same-sized
+        images, waiting at most ``max_delay_us`` for a batch to fill. The image is copied, so the caller may
+        reuse its buffer as soon as this returns. An invalid image fails only its own future; a closed engine
+        raises :class:`EngineError` here.
+        """
+        future: Future[tuple[np.ndarray, ...]] = Future()
+        try:
+            _check(image, (2,))
+        except InputError as exc:
+            future.set_exception(exc)
+            return future
+        self._core.submit(image, future)
+        return future
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them)."""
+        self._core.close(cancel)
+        self._finalizer.detach()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Submitted requests still queued (not yet running)."""
+        return int(self._core.pending)
+
+    def stats(self) -> dict[str, Any]:
+        """Latency per stage in microseconds (``queue_us``, ``pre_us``, ``infer_us``, ``post_us``,
+        ``total_us``: count, mean, p50, p99, max over the last 8192 samples) and the batch-size histogram.
+
+        Stage times are per batch; queue wait and total latency are per request. Direct :meth:`infer`
+        calls count as batches with no queue wait.
+        """
+        raw = self._core.stats()
+        return {
+            "requests": raw["requests"],
+            "batches": raw["batches"],
+            "batch_sizes": dict(sorted(raw["batch_sizes"].items())),
+            **raw["stages"],
+        }
+
+    def reset_stats(self) -> None:
+        self._core.reset_stats()
+
+
+def _check(images: object, ndims: tuple[int, ...]) -> None:
+    """Argument checks shared by infer and submit (the C++ layer checks dtype and rank again)."""
+    if not isinstance(images, np.ndarray):
+        raise InputError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.ndim not in ndims:
+        shapes = " or ".join({2: "(H, W)", 3: "(N, H, W)"}[n] for n in ndims)
+        raise InputError(f"images must be {shapes}, got an array of shape {images.shape}")
+    if images.dtype not in (np.uint16, np.float32):
+        raise InputError(f"images must be uint16 or float32, got {images.dtype}")
+    if 0 in images.shape:
+        raise InputError(f"images must not be empty, got shape {images.shape}")
+    h, w = images.shape[-2:]
+    if h > _MAX_SIDE or w > _MAX_SIDE:
+        raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+    if images.dtype == np.float32 and not np.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")

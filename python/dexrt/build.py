@@ -1,0 +1,215 @@
+"""Build engine bundles from ONNX generators (`dexrt build-engine`).
+
+An ONNX generator is accepted when it has one input (N, 1, H, W) and one output (N, C, H, W), both float32 in
+the network range [-1, 1]. Models exported by `dexrt export` carry their value contract in the ONNX metadata
+property ``dexrt`` (JSON: input window, output channels and windows, size multiple, model hash); for a plain
+ONNX generator without it the contract comes from the options or the defaults below.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexrt._errors import EngineError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = (0.0, 65535.0)
+DEFAULT_CHANNELS = ("bone", "soft")
+DEFAULT_SIZE_MULTIPLE = 256  # 2**8: the reference unet_256
+PRECISIONS = ("fp32", "fp16")  # fp16: FP16-compressed weights (half the file), computed in FP32 on the CPU
+
+
+@dataclass(frozen=True)
+class OnnxContract:
+    """What an ONNX generator promises: names, shapes and the value contract."""
+
+    input_name: str
+    output_name: str
+    input_shape: list[int | str]
+    output_shape: list[int | str]
+    input_window: tuple[float, float]
+    output_windows: tuple[tuple[float, float], ...]
+    channels: tuple[str, ...]
+    size_multiple: int
+    sha256: str  # of the ONNX file
+    model_hash: str | None = None  # of the trained weights, from `dexrt export`
+    model: dict[str, Any] = field(default_factory=dict)  # generator config, from `dexrt export`
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    dims: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return dims
+
+
+def read_onnx_contract(
+    path: str | os.PathLike[str],
+    *,
+    input_window: tuple[float, float] | None = None,
+    output_windows: list[tuple[float, float]] | None = None,
+    channels: list[str] | None = None,
+    size_multiple: int | None = None,
+) -> OnnxContract:
+    """Check an ONNX generator and return its contract; options override the model's own metadata."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX file")
+    data = path.read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # onnx raises protobuf DecodeError and others for garbage
+        raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ModelError(
+            f"{path}: a dexrt generator has one input and one output, this model has {len(inputs)} and "
+            f"{len(graph.output)}"
+        )
+    inp, out = inputs[0], graph.output[0]
+    float32 = onnx.TensorProto.FLOAT
+    for what, vi in (("input", inp), ("output", out)):
+        if vi.type.tensor_type.elem_type != float32:
+            dtype = onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)
+            raise ModelError(f"{path}: the {what} '{vi.name}' must be float32, it is {dtype}")
+    in_shape, out_shape = _dims(inp), _dims(out)
+    if len(in_shape) != 4 or in_shape[1] != 1:
+        raise ModelError(f"{path}: the input '{inp.name}' must be (N, 1, H, W), it is {tuple(in_shape)}")
+    if len(out_shape) != 4 or not isinstance(out_shape[1], int) or out_shape[1] < 1:
+        raise ModelError(f"{path}: the output '{out.name}' must be (N, C, H, W) with a fixed C, it is "
+                         f"{tuple(out_shape)}")
+
+    meta: dict[str, Any] = {}
+    props = {p.key: p.value for p in model.metadata_props}
+    if "dexrt" in props:
+        try:
+            meta = json.loads(props["dexrt"])
+        except ValueError as exc:
+            raise ModelError(f"{path}: the 'dexrt' metadata is not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ModelError(f"{path}: the 'dexrt' metadata is not a JSON object")
+    meta_in = meta.get("input", {})
+    meta_out = meta.get("output", {})
+
+    n_out = out_shape[1]
+    assert isinstance(n_out, int)
+    resolved_channels = tuple(channels or meta_out.get("channels") or DEFAULT_CHANNELS[:n_out])
+    if len(resolved_channels) != n_out:
+        raise ModelError(f"{path}: the output has {n_out} channels but {len(resolved_channels)} channel names "
+                         f"were given ({', '.join(resolved_channels)})")
+    resolved_in = tuple(input_window or meta_in.get("window") or DEFAULT_WINDOW)
+    resolved_out = tuple(tuple(w) for w in (output_windows or meta_out.get("windows") or [DEFAULT_WINDOW] * n_out))
+    if len(resolved_out) != n_out:
+        raise ModelError(f"{path}: the output has {n_out} channels but {len(resolved_out)} output windows")
+    for w in (resolved_in, *resolved_out):
+        if len(w) != 2 or not float(w[0]) < float(w[1]):
+            raise ModelError(f"{path}: a window must be (lo, hi) with lo < hi, got {w}")
+    multiple = int(size_multiple or meta.get("size_multiple") or DEFAULT_SIZE_MULTIPLE)
+    if not 1 <= multiple <= 4096:
+        raise ModelError(f"{path}: size multiple must be in [1, 4096], got {multiple}")
+    return OnnxContract(
+        input_name=inp.name,
+        output_name=out.name,
+        input_shape=in_shape,
+        output_shape=out_shape,
+        input_window=(float(resolved_in[0]), float(resolved_in[1])),
+        output_windows=tuple((float(lo), float(hi)) for lo, hi in resolved_out),
+        channels=resolved_channels,
+        size_multiple=multiple,
+        sha256=hashlib.sha256(data).hexdigest(),
+        model_hash=meta.get("model_hash"),
+        model=meta.get("model", {}),
+    )
+
+
+def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The backend-independent part of a bundle manifest."""
+    import onnx
+
+    from dexrt import __version__
+
+    return {
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "source": Path(onnx_path).name,
+            "onnx_sha256": contract.sha256,
+            "model_hash": contract.model_hash,
+            "config": contract.model,
+        },
+        "input": {
+            "name": contract.input_name,
+            "shape": contract.input_shape,
+            "dtype": "float32",
+            "window": list(contract.input_window),
+        },
+        "output": {
+            "name": contract.output_name,
+            "shape": contract.output_shape,
+            "dtype": "float32",
+            "channels": list(contract.channels),
+            "windows": [list(w) for w in contract.output_windows],
+        },
+        "size_multiple": contract.size_multiple,
+        "libraries": {"dexrt": __version__, "onnx": onnx.__version__},
+    }
+
+
+def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *, precision: str = "fp32"
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Convert an ONNX generator to OpenVINO IR; returns (manifest fields, payload)."""
+    import openvino as ov
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} for the CPU, got {precision!r}")
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
+        raise EngineError(f"{onnx_path}: OpenVINO cannot convert this model: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="dexrt-build-") as tmp:
+        xml = Path(tmp, "model.xml")
+        ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
+        payload = {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
+    manifest = contract_manifest(contract, onnx_path)
+    manifest.update(backend="openvino", device="cpu", precision=precision)
+    manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
+    _smoke_test(manifest, payload, onnx_path)
+    return manifest, payload
+
+
+def _smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
+    """Compile and run the new engine once, so a bundle that cannot run is never written."""
+    from dexrt import _core
+
+    m = manifest["size_multiple"]
+    try:
+        engine = _core.Engine(
+            backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
+            input_window=tuple(manifest["input"]["window"]),
+            output_windows=[tuple(w) for w in manifest["output"]["windows"]],
+            size_multiple=m,
+        )
+        out = engine.infer(np.zeros((1, m, m), np.float32))
+    except Exception as exc:
+        raise EngineError(f"{onnx_path}: the built engine does not run: {exc}") from exc
+    if out.shape != (len(manifest["output"]["channels"]), 1, m, m):
+        raise EngineError(f"{onnx_path}: the built engine returned shape {out.shape}")
+    log.info("smoke test passed at %dx%d", m, m)
+
+
+def contract_summary(contract: OnnxContract) -> dict[str, Any]:
+    return asdict(contract)

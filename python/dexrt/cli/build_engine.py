@@ -1,0 +1,72 @@
+"""`dexrt build-engine`: ONNX generator -> self-describing engine bundle (.dexrt)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dexrt._errors import InputError
+
+
+@click.command("build-engine")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The engine bundle to write (e.g. model.dexrt).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="cpu: OpenVINO. gpu: TensorRT.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="Default fp32 on cpu (fp16 stores FP16-compressed weights, half the size).")
+@click.option("--input-window", nargs=2, type=float, default=None, metavar="LO HI",
+              help="Stored input values mapped to -1 and +1 (default: the model's metadata, else 0 65535).")
+@click.option("--output-window", "output_windows", nargs=2, type=float, multiple=True, metavar="LO HI",
+              help="Per output channel, in order (default: the model's metadata, else 0 65535 each).")
+@click.option("--channels", default=None, help="Comma-separated output channel names (default: bone,soft).")
+@click.option("--size-multiple", type=click.IntRange(1, 4096), default=None,
+              help="Images are padded to a multiple of this (default: the model's metadata, else 256).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def build_engine(
+    onnx_path: Path,
+    output: Path,
+    device: str,
+    precision: str | None,
+    input_window: tuple[float, float] | None,
+    output_windows: tuple[tuple[float, float], ...],
+    channels: str | None,
+    size_multiple: int | None,
+    as_json: bool,
+) -> None:
+    """Build an engine bundle from an ONNX generator (one input (N,1,H,W), one output (N,C,H,W), range [-1, 1])."""
+    from dexrt.build import build_openvino, read_onnx_contract
+    from dexrt.bundle import write_bundle
+
+    if output.exists() and output.resolve() == onnx_path.resolve():
+        raise InputError(f"{output}: refusing to overwrite the input model")
+    if not output.parent.is_dir():
+        raise InputError(f"{output.parent}: output folder does not exist")
+    contract = read_onnx_contract(
+        onnx_path,
+        input_window=input_window,
+        output_windows=list(output_windows) or None,
+        channels=[c.strip() for c in channels.split(",")] if channels else None,
+        size_multiple=size_multiple,
+    )
+    if device == "gpu":
+        from dexrt.build_tensorrt import build_tensorrt
+
+        manifest, payload = build_tensorrt(contract, onnx_path, precision=precision or "fp16")
+    else:
+        manifest, payload = build_openvino(contract, onnx_path, precision=precision or "fp32")
+    write_bundle(output, manifest, payload)
+    size_mb = output.stat().st_size / 1e6
+    if as_json:
+        from dexrt.bundle import read_manifest
+
+        click.echo(json.dumps(read_manifest(output), indent=2, sort_keys=True))
+    else:
+        click.echo(
+            f"Wrote {output} ({manifest['backend']} {manifest['device']} {manifest['precision']}, {size_mb:.1f} MB; "
+            f"outputs {', '.join(contract.channels)}; input window {list(contract.input_window)}; "
+            f"size multiple {contract.size_multiple})"
+        )
