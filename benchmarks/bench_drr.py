@@ -1,6 +1,6 @@
 """DRR benchmarks on the example chest CT (fetched once into the cache; skipped when it cannot be had).
 
-    python -m pytest benchmarks/bench_drr.py -o python_files='bench_*.py' --benchmark-columns=mean,stddev,rounds
+    python -m pytest benchmarks/bench_drr.py --benchmark-columns=mean,stddev,rounds
 
   * end to end: `dexrt synth` of DEXRT_BENCH_VIEWS views (default 700) at 256x256, written to disk; the
     extrapolated time for 700 views is reported when fewer are timed (extra_info: extrapolated_700_s);
