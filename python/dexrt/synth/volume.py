@@ -183,6 +183,12 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         data, body, lung = data[box], body[box], lung[box]
         affine[:3, 3] = affine[:3, :3] @ lo.astype(float) + affine[:3, 3]
+    ax = axial_axis(ct.affine)
+    if ax != 2:  # the projector walks detector columns row by row: make the long axis the contiguous one
+        perm = [a for a in range(3) if a != ax] + [ax]
+        data = np.ascontiguousarray(data.transpose(perm + [3]))
+        body, lung = body.transpose(perm), lung.transpose(perm)
+        affine[:3, :3] = affine[:3, perm]
     info = {
         "bin": list(b), "shape": list(data.shape[:3]), "spacing_mm": np.round(np.linalg.norm(affine[:3, :3], axis=0), 4).tolist(),
         "outside_body": "kept" if keep_outside_body else "removed (largest tissue component, holes filled)",
