@@ -224,4 +224,4 @@ def test_polyenergetic_sum_is_beer_lambert() -> None:
     w = rng.uniform(0, 5, size=(2, 20))
     got = _core.drr_polyenergetic(line, mu, w, 2)
     expected = np.einsum("se,ehw->shw", w, np.exp(-np.einsum("ce,chw->ehw", mu, line.astype(np.float64))))
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-30)  # float32 inside

@@ -99,7 +99,7 @@ def test_noise_follows_the_dose() -> None:
 
 
 def test_lesions_are_projected_and_soft_tissue() -> None:
-    from dexrt.synth.lesions import project_lesions
+    from dexrt.synth.lesions import contrast_to_noise, project_lesions
 
     r = Renderer(phantom(lungs=True), _imaging())
     sampler = r.lesion_sampler((20.0, 20.0))
@@ -114,6 +114,11 @@ def test_lesions_are_projected_and_soft_tissue() -> None:
     assert d_soft.max() > 1.0  # ~2 cm of tissue replacing lung
     assert (with_lesion["se"] - plain["se"])[mask].mean() > 0.05
     assert abs(d_bone.mean()) < 0.05 * d_soft.mean()  # a soft-tissue lesion does not show as bone
+    # contrast_to_noise on a known image: a disc 3 sigma above unit noise.
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 36
+    img = np.random.default_rng(1).normal(size=(64, 64)) + 3.0 * disc
+    assert 2.5 < contrast_to_noise(img, disc) < 3.5
     # The analytic chord: an ellipsoid with equal axes is a sphere.
     sphere = type(lesion)(lesion.centre_mm, np.full(3, 10.0), np.eye(3), np.array([0.0, 1.0, 0.0]))
     cb = r.cone_beam(View("v", 0.0))
@@ -356,3 +361,15 @@ def test_import_dexrt_does_not_import_synth() -> None:
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_voxel_axis_order_does_not_change_the_image() -> None:
+    """The same patient stored (z, x, y) instead of (x, y, z), with the affine saying so, images identically."""
+    ct = phantom(rod_hu=800.0, lungs=True)
+    swapped = CTVolume(hu=np.ascontiguousarray(ct.hu.transpose(2, 0, 1)), affine=ct.affine[:, [2, 0, 1, 3]],
+                       path="swapped")
+    view = View("v", 37.0, tilt_deg=6.0)
+    a = Renderer(ct, _imaging()).render(view)
+    b = Renderer(swapped, _imaging()).render(view)
+    for k in ("se", "bone", "soft"):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-4)

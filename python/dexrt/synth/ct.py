@@ -155,8 +155,13 @@ def load_dicom_series(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
         raise InputError(f"{p}: slices are duplicated or unevenly spaced (steps {np.round(steps, 3).tolist()} mm)")
     dr, dc = (float(v) for v in ds0.PixelSpacing)  # row spacing, column spacing
     vol = []
-    for _, ds in slices:
-        arr = ds.pixel_array.astype(np.float32)
+    for f, ds in slices:
+        try:
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as exc:  # compressed syntaxes need optional decoders (pylibjpeg, gdcm)
+            raise InputError(f"{f}: cannot decode the pixel data ({exc})") from exc
+        if arr.shape != (int(ds0.Rows), int(ds0.Columns)):
+            raise InputError(f"{f}: slice size {arr.shape} differs from the series' {ds0.Rows}x{ds0.Columns}")
         slope, inter = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
         vol.append(arr * slope + inter)
     # pixel_array is (rows, cols); index the volume as (col, row, slice) so axis 0 runs along row_dir.

@@ -11,7 +11,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +126,11 @@ def _write_image(path: Path, img: np.ndarray, fmt: str) -> None:
         Image.fromarray(img).save(path, format="PNG", compress_level=1)
 
 
+def _write_all(jobs: list[tuple[Path, np.ndarray, str]]) -> None:
+    for path, img, fmt in jobs:
+        _write_image(path, img, fmt)
+
+
 def _window(a: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(a, [0.5, 99.5])
     return (np.clip((a - lo) / max(hi - lo, 1e-9), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -173,23 +180,32 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
         sheet_at = _sheet_views(views, cfg.contact_views)
         sheet_rows: dict[int, tuple[dict, np.ndarray]] = {}
         records = []
-        for i, (view, split) in enumerate(zip(views, splits)):
-            im = renderer.render(view)
-            files = {}
-            for c in channels:
-                u16, n = _to_u16(im[c], encoding[c])
-                clipped[c] += n
-                files[c] = f"{c}/{view.id}.{ext}"
-                _write_image(tmp / files[c], u16, cfg.image_format)
-            mask_file = None
-            if view.lesions and im["mask"].any():  # a lesion smaller than the ray spacing can fall between rays
-                mask_file = f"masks/{view.id}.png"
-                _write_image(tmp / mask_file, im["mask"].astype(np.uint8) * 255, "png")
-            if i in sheet_at:
-                sheet_rows[i] = ({c: im[c] for c in CHANNELS}, im["mask"])
-            records.append(_view_record(renderer, view, split, files, mask_file))
-            if progress is not None:
-                progress(1)
+        # Files are encoded and written on a second thread (PNG/TIFF encoders release the GIL) while the next
+        # view is traced; at most two views wait, so memory stays flat.
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for i, (view, split) in enumerate(zip(views, splits)):
+                im = renderer.render(view)
+                files, jobs = {}, []
+                for c in channels:
+                    u16, n = _to_u16(im[c], encoding[c])
+                    clipped[c] += n
+                    files[c] = f"{c}/{view.id}.{ext}"
+                    jobs.append((tmp / files[c], u16, cfg.image_format))
+                mask_file = None
+                if view.lesions and im["mask"].any():  # a lesion smaller than the ray spacing falls between rays
+                    mask_file = f"masks/{view.id}.png"
+                    jobs.append((tmp / mask_file, im["mask"].astype(np.uint8) * 255, "png"))
+                pending.append(writer.submit(_write_all, jobs))
+                while len(pending) > 2:
+                    pending.popleft().result()  # re-raises a failed write here
+                if i in sheet_at:
+                    sheet_rows[i] = ({c: im[c] for c in CHANNELS}, im["mask"])
+                records.append(_view_record(renderer, view, split, files, mask_file))
+                if progress is not None:
+                    progress(1)
+            while pending:
+                pending.popleft().result()
         contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
         n_pix = len(views) * renderer.config.size[0] * renderer.config.size[1]
         for c in channels:

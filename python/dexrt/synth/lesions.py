@@ -109,3 +109,22 @@ def project_lesions(lesions: list[Lesion], frame: dict, rows: int, cols: int) ->
         delta += (les.delta[:, None, None] * chord_cm[None]).astype(np.float32)
         mask |= hit
     return delta, mask
+
+
+def contrast_to_noise(image: np.ndarray, mask: np.ndarray, ring_px: int = 4) -> float:
+    """Lesion contrast-to-noise: (mean inside the mask - mean of a ring around it) / std of the ring.
+
+    The ring is the `ring_px`-pixel band just outside the mask. Use it on a saved view (decoded to physical
+    values) and its mask, e.g. to compare how visible a lesion is in the SE and the soft-tissue image.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    ring = ndimage.binary_dilation(mask, iterations=ring_px) & ~mask
+    if ring.sum() < 2:
+        raise ValueError("no background around the mask")
+    bg = image[ring]
+    sd = float(bg.std())
+    return float((image[mask].mean() - bg.mean()) / sd) if sd > 0 else float("inf")

@@ -11,7 +11,7 @@ from dexrt.synth.ct import CTVolume
 from dexrt.synth.lesions import Lesion, LesionSampler, project_lesions
 from dexrt.synth.materials import MaterialModel
 from dexrt.synth.physics import Physics, PhysicsConfig
-from dexrt.synth.volume import LabelRules, MaterialVolume, build_volume
+from dexrt.synth.volume import LabelRules, MaterialVolume, axial_axis, body_mask, build_volume
 
 
 @dataclass
@@ -54,8 +54,13 @@ class Renderer:
         self.ct = ct
         self.config = config
         rows, cols = config.size
-        # A first, coarse body extent decides the field of view, which decides the binning.
-        lo, hi = ct.world_bounds(ct.hu > -400.0)
+        # A first, coarse body extent (about 4 mm voxels) decides the field of view, which decides the binning.
+        stride = tuple(max(1, int(4.0 // s)) for s in ct.spacing)
+        coarse = ct.hu[::stride[0], ::stride[1], ::stride[2]]
+        body = np.zeros(ct.hu.shape, bool)
+        body[::stride[0], ::stride[1], ::stride[2]] = body_mask(coarse, axial_axis(ct.affine),
+                                                                 ct.spacing * np.array(stride))
+        lo, hi = ct.world_bounds(body)
         extent = float(np.max(hi - lo))
         mag = config.sdd_mm / config.sid_mm
         self.detector_mm = config.detector_mm if config.detector_mm is not None else 1.05 * extent * mag

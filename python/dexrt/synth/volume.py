@@ -94,6 +94,11 @@ class MaterialVolume:
         return _core.drr_project(self.data, self.affine, views, threads) * np.float32(0.1)  # mm -> cm
 
 
+def axial_axis(affine: np.ndarray) -> int:
+    """The voxel index axis closest to the patient's superior axis."""
+    return int(np.argmax(np.abs(affine[2, :3]) / np.linalg.norm(affine[:3, :3], axis=0)))
+
+
 def _lookup(labels: np.ndarray, ids: frozenset[int]) -> np.ndarray:
     """labels in ids, by table lookup (np.isin sorts the whole volume)."""
     table = np.zeros(max(int(labels.max()), max(ids)) + 1, bool)
@@ -113,7 +118,8 @@ def _block_mean(a: np.ndarray, b: tuple[int, int, int]) -> np.ndarray:
     return a.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _body_mask(hu: np.ndarray, axial_axis: int, spacing: np.ndarray) -> np.ndarray:
+def body_mask(hu: np.ndarray, axial: int, spacing: np.ndarray) -> np.ndarray:
+    """The patient: the largest tissue component after a ~3 mm opening, holes filled slice by slice."""
     from scipy import ndimage
 
     # An opening of about 3 mm cuts thin links to the table and blankets, and keeps the chest wall.
@@ -125,9 +131,9 @@ def _body_mask(hu: np.ndarray, axial_axis: int, spacing: np.ndarray) -> np.ndarr
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     body = labels == (1 + int(np.argmax(sizes)))
     # Fill the lungs and airways slice by slice (in 3-D they connect to the outside through the trachea).
-    body = np.moveaxis(body, axial_axis, 0)
+    body = np.moveaxis(body, axial, 0)
     body = np.stack([ndimage.binary_fill_holes(s) for s in body])
-    body = np.moveaxis(body, 0, axial_axis)
+    body = np.moveaxis(body, 0, axial)
     return ndimage.binary_dilation(body, iterations=1)  # keep the skin's partial-volume voxels
 
 
@@ -167,11 +173,22 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
     affine[:3, :3] = ct.affine[:3, :3] * np.array(b, float)
     # The binned voxel's centre is the mean of its members' centres.
     affine[:3, 3] = ct.affine[:3, :3] @ ((np.array(b, float) - 1.0) / 2.0) + ct.affine[:3, 3]
-    axial_axis = int(np.argmax(np.abs(ct.affine[2, :3]) / ct.spacing))  # the index axis closest to superior
-    body = _body_mask(hu_b, axial_axis, np.linalg.norm(affine[:3, :3], axis=0))
+    body = body_mask(hu_b, axial_axis(ct.affine), np.linalg.norm(affine[:3, :3], axis=0))
+    lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
     if not keep_outside_body:
         data[~body] = 0.0  # table, blankets and air are not part of the patient
-    lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
+        # Crop to the body's box (+1 voxel): rays then skip the empty margin of the CT's field of view.
+        idx = np.argwhere(body)
+        lo, hi = np.maximum(idx.min(0) - 1, 0), np.minimum(idx.max(0) + 2, body.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        data, body, lung = data[box], body[box], lung[box]
+        affine[:3, 3] = affine[:3, :3] @ lo.astype(float) + affine[:3, 3]
+    ax = axial_axis(ct.affine)
+    if ax != 2:  # the projector walks detector columns row by row: make the long axis the contiguous one
+        perm = [a for a in range(3) if a != ax] + [ax]
+        data = np.ascontiguousarray(data.transpose(perm + [3]))
+        body, lung = body.transpose(perm), lung.transpose(perm)
+        affine[:3, :3] = affine[:3, perm]
     info = {
         "bin": list(b), "shape": list(data.shape[:3]), "spacing_mm": np.round(np.linalg.norm(affine[:3, :3], axis=0), 4).tolist(),
         "outside_body": "kept" if keep_outside_body else "removed (largest tissue component, holes filled)",
