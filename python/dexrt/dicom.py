@@ -127,7 +127,8 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
 
 def _check_header(path: Path, ds: Any) -> None:
     if "PixelData" not in ds:
-        what = "float pixel data" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no pixel data"
+        what = ("float pixel data" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
+                else "no pixel data (or a file truncated before its end)")
         raise InputError(f"{path}: DICOM with {what}; expected an integer grayscale radiograph")
     modality = str(ds.get("Modality", "")).upper()
     if modality and modality not in MODALITIES:
