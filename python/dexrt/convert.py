@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import glob
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +39,11 @@ from dexrt.images import SUFFIXES, image_kind, read_radiograph, write_image, wri
 from dexrt.resample import model_spacing_mm, resample, to_dtype, working_size
 
 PREVIEW = "preview"
+# Engine settings for folder runs: a batch waits up to 10 ms to fill (against ~100 ms per 256x256 frame on a
+# CPU), so frames of different files batch together even when files arrive a few milliseconds apart.
+FOLDER_ENGINE_OPTIONS: dict[str, Any] = {"max_batch": 8, "max_delay_us": 10_000}
+DEFAULT_JOBS = 16  # files in flight: enough to keep two batches of 8 queued while others decode and write
+_TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.part")  # atomic_write's temporary for a target: .NAME.XXXXXXXX.part
 
 
 @dataclass
@@ -125,7 +130,7 @@ class Converter:
 
     def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
                  overwrite: bool = False, resample: bool = True, spacing_mm: float | None = None,
-                 preview: bool = False, jobs: int = 8) -> None:
+                 preview: bool = False, jobs: int = DEFAULT_JOBS) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         if spacing_mm is not None and not spacing_mm > 0:
@@ -148,6 +153,8 @@ class Converter:
         self.resampling_note = note
         self._protected: set[Path] = set()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._temporaries: dict[Path, dict[str, list[Path]]] = {}  # folder -> target name -> stale temporaries
         m = engine.manifest
         self._engine_info = {
             "file": engine.path.name,
@@ -184,6 +191,7 @@ class Converter:
         sources = list(sources)
         self._protected = {p.resolve() for p in sources}
         self._stop.clear()
+        self._temporaries.clear()
         pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="dexrt-convert")
         running: set[Future[Outcome]] = set()
         try:
@@ -244,7 +252,7 @@ class Converter:
             raise Interrupted(f"{source}: interrupted before writing")
         targets[0].parent.mkdir(parents=True, exist_ok=True)
         for index, (target, channel, stack) in enumerate(zip(targets, channels, outputs)):
-            _remove_stale_temporaries(target)
+            self._remove_stale_temporaries(target)
             meta = self._provenance(source, channel, outcome.geometry)
             if image.dicom is not None:
                 write_dicom(target, image.dicom, stack, channel, index, meta)
@@ -253,7 +261,7 @@ class Converter:
             outcome.outputs.append(target)
         if self.preview:
             target = targets[-1]
-            _remove_stale_temporaries(target)
+            self._remove_stale_temporaries(target)
             write_preview(target, [frames[0], *(s[0] for s in outputs)], self._provenance(source, PREVIEW,
                                                                                           outcome.geometry))
             outcome.outputs.append(target)
@@ -269,6 +277,27 @@ class Converter:
                 raise Interrupted(f"{source}: interrupted during inference")
         return [f.result() for f in futures]
 
+    def _remove_stale_temporaries(self, target: Path) -> None:
+        """Remove the temporary files of `target` left by a run killed outright (SIGKILL, power loss).
+
+        Each output folder is listed once per run (not once per file, which would be quadratic). Only
+        temporaries of this run's own targets are removed, never those of another process writing other files
+        into the same folder.
+        """
+        folder = target.parent
+        with self._lock:
+            if folder not in self._temporaries:
+                found: dict[str, list[Path]] = {}
+                for entry in os.scandir(folder):
+                    match = _TEMPORARY.fullmatch(entry.name)
+                    if match:
+                        found.setdefault(match.group(1), []).append(Path(entry.path))
+                self._temporaries[folder] = found
+            stale = self._temporaries[folder].pop(target.name, [])
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def _provenance(self, source: Path, channel: str, geometry: dict[str, Any] | None) -> dict[str, Any]:
         from dexrt import __version__
 
@@ -279,13 +308,6 @@ class Converter:
             "engine": dict(self._engine_info),
             "geometry": geometry,
         }
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """Temporary files of `target` left by a run that was killed outright (SIGKILL, power loss)."""
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
 
 
 def convert_files(engine: Engine, sources: Iterable[Path], out_dir: str | os.PathLike[str],

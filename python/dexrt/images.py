@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dexrt._atomic import atomic_write
+from dexrt._png import encode_png16
 from dexrt._errors import InputError
 from dexrt.dicom import DICOM_SUFFIXES, DicomSource, is_dicom_file, read_dicom
 
@@ -153,13 +154,9 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[
     if suffix in PNG_SUFFIXES:
         if image.dtype != np.uint16:
             raise ValueError(f"{path}: PNG output must be uint16, got {image.dtype} (use TIFF for float32)")
-        from PIL import Image, PngImagePlugin
-
-        info = PngImagePlugin.PngInfo()
-        if text:
-            info.add_itxt(METADATA_KEY, text)
+        data = encode_png16(image, {METADATA_KEY: text} if text else None)
         with atomic_write(path) as f:
-            Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG", pnginfo=info)
+            f.write(data)
     elif suffix in TIFF_SUFFIXES:
         import tifffile
 

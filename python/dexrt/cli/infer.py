@@ -49,7 +49,7 @@ def _sigterm_raises() -> Iterator[None]:
               help="The model's training pixel spacing in mm (default: from the engine, if recorded).")
 @click.option("--no-resample", is_flag=True, help="Never resample to the training pixel spacing.")
 @click.option("--preview", is_flag=True, help="Also write NAME_preview.png (SE | bone | soft, 8-bit).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Files in flight at once (decoding, waiting for the engine, writing).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of text.")
 def infer(source: Path, output: Path, engine_path: Path, device: str, recursive: bool, include: tuple[str, ...],
@@ -64,12 +64,12 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     """
     from tqdm import tqdm
 
-    from dexrt.convert import Converter, find_images
+    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
     from dexrt.engine import Engine
 
     root = source if source.is_dir() else source.parent
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
-    engine = Engine(engine_path, device=device, performance_hint="throughput")
+    engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
     converter = Converter(engine, output, root=root, overwrite=overwrite, resample=not no_resample,
                           spacing_mm=spacing, preview=preview, jobs=jobs)
     if converter.model_spacing_mm is None and not no_resample:
