@@ -148,6 +148,14 @@ def test_extensionless_dicom_is_found_and_named(identity_engine: Engine, tmp_pat
         "1.2.840.5_bone", "1.2.840.5_soft", "IM0001_bone", "IM0001_soft"]
 
 
+def retag(path: Path, **values) -> Path:
+    ds = pydicom.dcmread(path)
+    for key, value in values.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def rgb_dicom(path: Path) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -170,8 +178,10 @@ def rgb_dicom(path: Path) -> Path:
          "modality CT is not a projection radiograph"),
         (lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage") and p, "DICOM with no pixel data"),
         (lambda p: p.write_bytes(b"plain text, not DICOM") and p, "not a DICOM file"),
+        (lambda p: retag(make_dicom(p, marked_image((8, 8), 4095), bits=12), BitsAllocated=32),
+         "12 bits stored in 32 allocated are not supported"),
     ],
-    ids=["rgb", "ct", "corrupt", "not-dicom"],
+    ids=["rgb", "ct", "corrupt", "not-dicom", "32-bit"],
 )
 def test_refused_with_reason(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "bad.dcm"
@@ -179,6 +189,62 @@ def test_refused_with_reason(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:
         read_radiograph(path)
     assert str(path) in str(info.value)
+
+
+def test_unknown_transfer_syntax(tmp_path: Path) -> None:
+    path = make_dicom(tmp_path / "x.dcm", marked_image((8, 8), 4095), bits=12)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = uid.MPEG2MPML  # video: no pixel decoder for it
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00\x00\x01\xb3 not decodable"])
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(InputError, match=f"{path}: transfer syntax .* is not supported"):
+        read_radiograph(path)
+
+
+def test_missing_codec_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
+    from pydicom.pixels.decoders import JPEG2000LosslessDecoder
+
+    path = make_dicom(tmp_path / "j.dcm", marked_image((64, 64), 4095), bits=12, syntax=uid.JPEG2000Lossless)
+    monkeypatch.setattr(type(JPEG2000LosslessDecoder), "is_available", property(lambda self: False))
+    with pytest.raises(InputError, match=r"needs a codec that is not installed: pip install 'dexrt\[dicom\]'"):
+        read_radiograph(path)
+
+
+def test_lossy_jpeg_input(identity_engine: Engine, tmp_path: Path) -> None:
+    """8-bit JPEG baseline (lossy) decodes through libjpeg; outputs are written uncompressed, marked lossy."""
+    import io
+
+    from PIL import Image
+
+    pixels = marked_image((48, 64), 255).astype(np.uint8)
+    path = make_dicom(tmp_path / "jpeg.dcm", pixels, bits=8)
+    ds = pydicom.dcmread(path)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    ds.PixelData = pydicom.encaps.encapsulate([buffer.getvalue()])
+    ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    decoded = read_radiograph(path).frames[0]
+    assert np.abs(decoded.astype(np.int64) - pixels.astype(np.int64) * 257).max() < 12 * 257
+    bone_path, _ = convert_one(identity_engine, path, tmp_path / "out")
+    bone = pydicom.dcmread(bone_path)
+    assert bone.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian
+    assert bone.LossyImageCompression == "01"
+    np.testing.assert_array_equal(bone.pixel_array, decoded // 257)
+
+
+def test_small_jpeg2000_output_falls_back_to_uncompressed(tmp_path: Path) -> None:
+    from dexrt.dicom import write_dicom
+
+    stored = marked_image((16, 16), 4095)  # OpenJPEG refuses to encode images this small
+    image = read_radiograph(make_dicom(tmp_path / "tiny.dcm", stored, bits=12))
+    image.dicom.transfer_syntax = uid.JPEG2000Lossless  # as if the input had come JPEG 2000 compressed
+    provenance = {"software": "dexrt", "channel": "bone",
+                  "engine": {"file": "x.dexrt", "backend": "openvino", "precision": "fp32", "onnx_sha256": "0"}}
+    write_dicom(tmp_path / "out.dcm", image.dicom, image.frames, "bone", 0, provenance)
+    back = pydicom.dcmread(tmp_path / "out.dcm")
+    assert back.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(back.pixel_array, stored)
 
 
 def test_truncated_compressed_pixels(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import re
 import threading
@@ -37,6 +38,8 @@ from dexrt.dicom import DICOM_SUFFIXES, write_dicom
 from dexrt.engine import Engine
 from dexrt.images import SUFFIXES, image_kind, read_radiograph, write_image, write_preview
 from dexrt.resample import model_spacing_mm, resample, to_dtype, working_size
+
+log = logging.getLogger(__name__)
 
 PREVIEW = "preview"
 # Engine settings for folder runs: a batch waits up to 10 ms to fill (against ~100 ms per 256x256 frame on a
@@ -219,6 +222,10 @@ class Converter:
         except DexrtError as exc:
             message = str(exc)
             outcome.error = message if str(source) in message else f"{source}: {message}"
+            outcome.outputs = []
+        except Exception as exc:  # a codec or library failing on one file must not end a run of thousands
+            log.debug("%s: unexpected error", source, exc_info=True)
+            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set -vv for the traceback)"
             outcome.outputs = []
         outcome.seconds = time.perf_counter() - start
         return outcome

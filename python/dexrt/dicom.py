@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
+
+log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # Projection radiographs; a CT or MR slice is not what the generator was trained on.
@@ -97,14 +100,14 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: corrupt or truncated DICOM ({exc})") from exc
     _check_header(path, ds)
-    syntax = ds.file_meta.TransferSyntaxUID
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None:
+        raise InputError(f"{path}: DICOM file without a Transfer Syntax UID")
+    _check_decoder(path, syntax)
     try:
         stored = ds.pixel_array
-    except (RuntimeError, NotImplementedError) as exc:  # no plugin for this transfer syntax
-        raise InputError(
-            f"{path}: cannot decode pixel data in {syntax.name} ({exc}); the compressed transfer syntaxes need "
-            f"the DICOM codecs: {_INSTALL_CODECS}"
-        ) from exc
+    except (RuntimeError, NotImplementedError) as exc:  # a codec that gave up on this file
+        raise InputError(f"{path}: cannot decode pixel data in {syntax.name} ({exc})") from exc
     except (ValueError, EOFError, OSError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: corrupt or truncated pixel data ({exc})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -145,6 +148,17 @@ def _check_header(path: Path, ds: Any) -> None:
                          "(8 to 16 bits per pixel)")
     if "ModalityLUTSequence" in ds:
         raise InputError(f"{path}: a non-linear Modality LUT (ModalityLUTSequence) is not supported")
+
+
+def _check_decoder(path: Path, syntax: Any) -> None:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise InputError(f"{path}: transfer syntax {syntax.name} ({syntax}) is not supported") from None
+    if not decoder.is_available:
+        raise InputError(f"{path}: decoding {syntax.name} needs a codec that is not installed: {_INSTALL_CODECS}")
 
 
 def _spacing(ds: Any) -> tuple[float, float] | None:
@@ -238,7 +252,10 @@ def write_dicom(path: Path, source: DicomSource, images: np.ndarray, channel: st
     pixels = stored if stored.shape[0] > 1 else stored[0]
     ds.set_pixel_data(pixels, str(src.PhotometricInterpretation), source.bits_stored, generate_instance_uid=False)
     if syntax.is_compressed:
-        ds.compress(syntax, pixels, generate_instance_uid=False)
+        try:
+            ds.compress(syntax, pixels, generate_instance_uid=False)
+        except (RuntimeError, ValueError) as exc:  # e.g. OpenJPEG refuses images smaller than its tiles
+            log.warning("%s: cannot encode as %s (%s); writing it uncompressed", path, syntax.name, exc)
     if multiframe:
         ds.NumberOfFrames = stored.shape[0]  # Type 1 in the multi-frame module even for one frame
     with atomic_write(path) as f:
