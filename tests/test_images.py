@@ -88,3 +88,12 @@ def test_png16_encoder_reads_back_with_pillow(tmp_path: Path, shape) -> None:
         assert img.mode in ("I;16", "I;16B") and img.size == shape[::-1]
         np.testing.assert_array_equal(np.array(img).astype(np.uint16), image)
     assert read_metadata(tmp_path / "e.png") == {"note": "Grüße, µm"}
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_image(tmp_path / "p.png", np.zeros((4, 4), np.uint16))
+    assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o666 & ~mask

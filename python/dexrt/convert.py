@@ -180,8 +180,12 @@ class Converter:
         return [folder / n for n in names]
 
     def is_done(self, source: Path) -> bool:
-        """All outputs exist (atomic writes: an existing output is complete) and ``overwrite`` is off."""
-        return not self.overwrite and all(t.exists() for t in self.targets(source))
+        """All outputs exist (atomic writes: an existing output is complete) and ``overwrite`` is off.
+
+        Outputs that are themselves inputs of this run do not count: converting reports the clash instead."""
+        targets = self.targets(source)
+        return (not self.overwrite and all(t.exists() for t in targets)
+                and not any(t.resolve() in self._protected for t in targets))
 
     # -- running ----------------------------------------------------------------------------------------------
     def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:

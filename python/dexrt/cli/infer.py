@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,11 +81,12 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     show_progress = sys.stderr.isatty() and not as_json
     with _sigterm_raises(), tqdm(total=len(sources), unit="file", disable=not show_progress, file=sys.stderr) as bar:
         try:
-            for outcome in converter.run(sources):  # as files finish
-                outcomes.append(outcome)
-                if not outcome.ok:
-                    tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
-                bar.update()
+            with closing(converter.run(sources)) as results:  # closing: stops the workers on an interrupt
+                for outcome in results:  # as files finish
+                    outcomes.append(outcome)
+                    if not outcome.ok:
+                        tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
+                    bar.update()
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() has stopped cleanly, nothing partial
             interrupted = exc
         finally:
