@@ -72,6 +72,19 @@ def test_round_trip(identity_engine: Engine, tmp_path: Path, modality: str, phot
         assert out.SOPClassUID == src.SOPClassUID and out.Modality == modality
 
 
+@pytest.mark.parametrize("syntax", [uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian],
+                         ids=["implicit", "deflated"])
+def test_uncompressed_syntaxes_are_mirrored(identity_engine: Engine, tmp_path: Path, syntax: str) -> None:
+    stored = marked_image(SHAPE, 4095)
+    path = make_dicom(tmp_path / "in.dcm", stored, bits=12)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    bone = pydicom.dcmread(convert_one(identity_engine, path, tmp_path / "out")[0])
+    assert bone.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(bone.pixel_array, stored)
+
+
 def test_derived_instances(identity_engine: Engine, tmp_path: Path) -> None:
     series = uid.generate_uid()
     sources = [make_dicom(tmp_path / f"im{i}.dcm", marked_image(SHAPE, 4095, seed=i), bits=12, series_uid=series)
