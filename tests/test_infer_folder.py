@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -116,6 +115,20 @@ def test_json_summary(plain_engine_path: Path, tree: Path, tmp_path: Path) -> No
     assert summary["files"][0]["geometry"]["resampled"] is False
     assert "records no training pixel spacing" in summary["resampling"]
     assert f"Error: {tree / 'broken.png'}" in result.stderr
+
+
+def test_spacing_options(plain_engine_path: Path, tree: Path, tmp_path: Path) -> None:
+    result = run("infer", tree, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2",
+                 "--no-resample")
+    assert result.exit_code == 2 and "contradict" in result.output
+    dicom = tree / "sub" / "deeper" / "d.dcm"
+    make_dicom(dicom, marked_image((40, 56), 4095), bits=12, spacing=(0.1, 0.1))
+    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model_spacing_mm"] == 0.2 and "(--spacing)" in summary["resampling"]
+    geometry = summary["files"][0]["geometry"]
+    assert geometry["resampled"] and geometry["working_size"] == [20, 28] and geometry["size"] == [40, 56]
 
 
 def test_preview(plain_engine_path: Path, tree: Path, tmp_path: Path) -> None:

@@ -72,8 +72,8 @@ class DicomSource:
         if self.bits_stored == 16 and not self.signed:
             values = stored.astype(np.uint16, copy=False)
         else:
-            scaled = (np.clip(stored.astype(np.float64), self.low, self.low + self.span) - self.low) * (65535 / self.span)
-            values = np.rint(scaled).astype(np.uint16)
+            clipped = np.clip(stored.astype(np.float64), self.low, self.low + self.span)
+            values = np.rint((clipped - self.low) * (65535 / self.span)).astype(np.uint16)
         return np.subtract(np.uint16(65535), values) if self.invert else values
 
     def from_engine(self, values: np.ndarray) -> np.ndarray:

@@ -67,6 +67,8 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
     from dexrt.engine import Engine
 
+    if spacing is not None and no_resample:
+        raise click.UsageError("--spacing and --no-resample contradict each other; give one")
     root = source if source.is_dir() else source.parent
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
     engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
