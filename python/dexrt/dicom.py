@@ -146,6 +146,8 @@ def _check_header(path: Path, ds: Any) -> None:
     if allocated not in (8, 16) or not 1 <= bits <= allocated:
         raise InputError(f"{path}: {bits} bits stored in {allocated} allocated are not supported "
                          "(8 to 16 bits per pixel)")
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise InputError(f"{path}: DICOM without SOP Instance/Class UID; outputs could not reference it")
     if "ModalityLUTSequence" in ds:
         raise InputError(f"{path}: a non-linear Modality LUT (ModalityLUTSequence) is not supported")
 
