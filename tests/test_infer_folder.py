@@ -131,6 +131,24 @@ def test_spacing_options(plain_engine_path: Path, tree: Path, tmp_path: Path) ->
     assert geometry["resampled"] and geometry["working_size"] == [20, 28] and geometry["size"] == [40, 56]
 
 
+def test_spacing_from_the_engine(tmp_path: Path) -> None:
+    """An engine whose model config records its training spacing (carried from the ONNX metadata)."""
+    from helpers import build_bundle, make_plain_onnx
+
+    meta = json.dumps({"model": {"pixel_spacing_mm": 0.4}, "size_multiple": 16})
+    bundle = build_bundle(make_plain_onnx(tmp_path / "s.onnx", metadata=meta), tmp_path / "s.dexrt")
+    assert dexrt.Engine(bundle).manifest["model"]["config"]["pixel_spacing_mm"] == 0.4
+    dicom = make_dicom(tmp_path / "d.dcm", marked_image((40, 56), 4095), bits=12, imager_spacing=(0.2, 0.2))
+    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", bundle, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model_spacing_mm"] == 0.4 and "(from the engine)" in summary["resampling"]
+    assert summary["files"][0]["geometry"]["working_size"] == [20, 28]
+    import pydicom
+
+    assert pydicom.dcmread(tmp_path / "o" / "d_bone.dcm").Rows == 40
+
+
 def test_preview(plain_engine_path: Path, tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run("infer", tree / "a.png", "-o", out, "--engine", plain_engine_path, "--preview")
