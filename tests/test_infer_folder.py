@@ -224,3 +224,16 @@ def test_killed_run_leaves_no_partial_file_and_rerun_finishes(plain_engine_path:
     summary = json.loads(result.stdout)
     assert summary["skipped"] == done_before and summary["converted"] == N_FILES - done_before
     assert len([p for p in out.iterdir()]) == 2 * N_FILES  # everything there, no temporary file left
+
+
+def test_files_are_batched_together(plain_engine_path: Path, many: Path, tmp_path: Path) -> None:
+    """Pipelining: frames of different files meet in the engine's batches (a sequential loop would give
+    batches of one)."""
+    from dexrt.convert import Converter, find_images
+
+    sources = find_images(many)[:32]
+    with dexrt.Engine(plain_engine_path, max_batch=8, max_delay_us=50_000) as engine:
+        outcomes = list(Converter(engine, tmp_path, jobs=16).run(sources))
+        sizes = engine.stats()["batch_sizes"]
+    assert all(o.ok for o in outcomes) and len(outcomes) == 32
+    assert sum(int(k) * v for k, v in sizes.items()) == 32 and max(int(k) for k in sizes) > 1, sizes
