@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,13 @@ def test_missing_codec_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
     path = make_dicom(tmp_path / "j.dcm", marked_image((64, 64), 4095), bits=12, syntax=uid.JPEG2000Lossless)
     monkeypatch.setattr(type(JPEG2000LosslessDecoder), "is_available", property(lambda self: False))
     with pytest.raises(InputError, match=r"needs a codec that is not installed: pip install 'dexrt\[dicom\]'"):
+        read_radiograph(path)
+
+
+def test_without_pydicom_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
+    path = make_dicom(tmp_path / "p.dcm", marked_image((8, 8), 4095), bits=12)
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    with pytest.raises(InputError, match="needs pydicom, which is not installed: pip install pydicom"):
         read_radiograph(path)
 
 

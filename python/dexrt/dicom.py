@@ -34,8 +34,9 @@ _INSTALL_CODECS = "pip install 'dexrt[dicom]'"
 def _pydicom() -> Any:
     try:
         import pydicom
-    except ImportError as exc:  # pragma: no cover - pydicom is a core dependency
-        raise InputError(f"reading DICOM needs pydicom: {_INSTALL_CODECS}") from exc
+    except ImportError as exc:  # pydicom is a dependency of dexrt, but an environment can lose it
+        raise InputError(f"reading DICOM needs pydicom, which is not installed: pip install pydicom "
+                         f"(and for compressed files {_INSTALL_CODECS})") from exc
     return pydicom
 
 
