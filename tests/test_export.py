@@ -127,7 +127,7 @@ def test_cli_export_bad_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("command", ["export"])
+@pytest.mark.parametrize("command", ["export", "train"])
 @pytest.mark.parametrize("blocked", ["torch", "dexrt_train"])
 def test_cli_without_torch_says_how_to_install(tmp_path: Path, monkeypatch, command: str, blocked: str) -> None:
     monkeypatch.setitem(sys.modules, blocked, None)  # `import <blocked>` now raises ImportError

@@ -72,7 +72,13 @@ std::vector<std::unique_ptr<Request>> Batcher::take_batch() {
   // The oldest request decides the batch's shape; requests of other shapes keep their place in the queue.
   std::vector<std::unique_ptr<Request>> batch;
   const Request& first = *queue_.front();  // stays valid: moving the unique_ptr does not move the request
-  for (auto it = queue_.begin(); it != queue_.end() && static_cast<int64_t>(batch.size()) < options_.max_batch;) {
+  int64_t size = std::min<int64_t>(static_cast<int64_t>(compatible_count(first)), options_.max_batch);
+  if (options_.power_of_two_batches) {
+    int64_t p = 1;
+    while (p * 2 <= size) p *= 2;
+    size = p;
+  }
+  for (auto it = queue_.begin(); it != queue_.end() && static_cast<int64_t>(batch.size()) < size;) {
     if (same_kind(**it, first)) {
       batch.push_back(std::move(*it));
       it = queue_.erase(it);

@@ -150,7 +150,8 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
   py::gil_scoped_release release;
   auto engine = std::make_shared<const Engine>(std::make_unique<OpenVinoBackend>(xml, bin, std::move(options)),
                                                std::move(contract));
-  return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers});
+  // OpenVINO compiles one static-shape model per batch size: keep their number small (see BatcherOptions).
+  return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers, true});
 }
 
 template <typename T>

@@ -25,6 +25,10 @@ struct BatcherOptions {
   int64_t max_batch = 8;
   int64_t max_delay_us = 1000;
   int workers = 2;
+  // Form only batches of 1, 2, 4, 8, ... images. A backend that compiles one model per batch size (OpenVINO,
+  // static shapes) then holds at most log2(max_batch) + 1 of them per image size instead of max_batch; the
+  // requests left over run in the next batch at once, since their deadline has passed.
+  bool power_of_two_batches = true;
 };
 
 using Pixels = std::variant<std::vector<uint16_t>, std::vector<float>>;

@@ -1,0 +1,288 @@
+"""`dexrt train`: data layouts, learning, exact resume, checkpoints that export, DDP on CPU, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from dexrt.cli import cli  # noqa: E402
+from dexrt.images import write_image  # noqa: E402
+from dexrt_train import metrics  # noqa: E402
+from dexrt_train.data import EpochBatchSampler, PairedDataset, find_views  # noqa: E402
+from dexrt_train.train import TrainConfig, learning_rate, train  # noqa: E402
+
+SIZE = 64
+FAST = dict(ngf=4, ndf=4, depth=6, crop=64, num_workers=0, progress=False, val_every=10, log_every=1)
+
+
+def synthetic_view(rng: np.random.Generator, size: int = SIZE, lesion: bool = True):
+    """uint16 (se, bone, soft) and a lesion mask: soft = body + lesion, bone = ribs + spine, SE mixes both."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    body = np.clip(1.0 - ((x - 0.5) / 0.45) ** 2 - ((y - 0.5) / 0.48) ** 2, 0, None) ** 0.5
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    mask = ((y - cy) ** 2 + (x - cx) ** 2 < 0.08**2) & lesion
+    soft = 0.6 * body + 0.15 * mask
+    phase = rng.uniform(0, 2 * np.pi)
+    ribs = (np.sin(2 * np.pi * 6 * y + phase + 2 * (x - 0.5) ** 2) > 0.55) * (body > 0.2)
+    spine = np.abs(x - 0.5) < 0.05
+    bone = 0.5 * ribs + 0.6 * spine * (body > 0)
+    se = 0.55 * soft + 0.45 * bone + rng.normal(0, 0.004, (size, size))
+    to16 = lambda a: np.clip(np.rint(a * 40000 + 3000), 0, 65535).astype(np.uint16)  # noqa: E731
+    return to16(se), to16(bone), to16(soft), mask
+
+
+def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test", 1)), seed: int = 0) -> Path:
+    """A dataset in docs/dataset-format.md's layout (manifest.json + se/ bone/ soft/ masks/)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for sub in ("se", "bone", "soft", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    views, i = [], 0
+    for split, n in counts:
+        for _ in range(n):
+            vid = f"view_{i:05d}"
+            se, bone, soft, mask = synthetic_view(rng, lesion=i % 2 == 0)
+            files = {}
+            for name, image in (("se", se), ("bone", bone), ("soft", soft)):
+                files[name] = f"{name}/{vid}.png"
+                write_image(root / files[name], image)
+            mask_rel = None
+            if mask.any():
+                mask_rel = f"masks/{vid}.png"
+                Image.fromarray((mask * 255).astype(np.uint8)).save(root / mask_rel)
+            views.append({"id": vid, "split": split, "files": files, "mask": mask_rel,
+                          "geometry": {"gantry_deg": 3.0 * i}, "noise_seed": i})
+            i += 1
+    enc = {"offset": 0.0, "scale": 1.0 / 40000, "quantity": "synthetic"}
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [SIZE, SIZE],
+                "channels": ["se", "bone", "soft"], "encoding": {c: enc for c in ("se", "bone", "soft")},
+                "splits": {}, "source": {}, "physics": {}, "views": views}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_manifest_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def read_metrics(run: Path, split: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+
+
+def test_manifest_views(dataset: Path) -> None:
+    train_views, val_views = find_views(dataset, "train"), find_views(dataset, "val")
+    assert [len(train_views), len(val_views)] == [6, 2]
+    assert train_views[0].mask is not None and train_views[1].mask is None
+    ds = PairedDataset(train_views, [(0, 65535)] * 3, crop=32, hflip=True, seed=1)
+    assert ds.cache is not None
+    sample = ds[(0, 0)]
+    assert sample["se"].shape == (1, 32, 32) and sample["de"].shape == (2, 32, 32)
+    assert sample["se"].dtype == torch.float32 and sample["has_mask"]
+    assert torch.equal(ds[(0, 0)]["de"], sample["de"])  # same (seed, epoch, index) -> same crop and flip
+    assert any(not torch.equal(ds[(e, 0)]["de"], sample["de"]) for e in range(1, 6))
+
+
+def test_window_keeps_16_bit_precision(tmp_path: Path, dataset: Path) -> None:
+    views = find_views(dataset, "train")
+    ds = PairedDataset(views, [(0, 65535)] * 3)
+    stored = np.asarray(__import__("PIL.Image").Image.open(views[0].files["se"]))
+    assert stored.dtype == np.uint16 and len(np.unique(stored)) > 256  # genuinely more than 8 bits
+    se = ds[0]["se"][0].numpy().astype(np.float64)
+    np.testing.assert_allclose((se + 1) / 2 * 65535, stored, atol=0.02)
+
+
+def test_paired_folder_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 3), ("val", 1)):
+        for i in range(n):
+            se, bone, soft, mask = synthetic_view(rng)
+            for name, image in (("se", se), ("bone", bone), ("soft", soft)):
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                write_image(tmp_path / split / name / f"img{i}.tif", image)
+    views = find_views(tmp_path, "train")
+    assert [v.id for v in views] == ["img0", "img1", "img2"] and find_views(tmp_path, "test") == []
+    summary = train(TrainConfig(steps=2, **{**FAST, "num_workers": 2}), tmp_path, tmp_path / "run")
+    assert summary["steps"] == 2 and (tmp_path / "run" / "best" / "model.safetensors").exists()
+    (tmp_path / "train" / "soft" / "img1.tif").unlink()
+    with pytest.raises(ValueError, match="img1"):
+        find_views(tmp_path, "train")
+
+
+def test_sampler_splits_epochs_over_ranks() -> None:
+    a, b = (EpochBatchSampler(10, 2, seed=0, rank=r, world=2) for r in (0, 1))
+    assert a.batches_per_epoch == 2
+    keys = [k for s in (a, b) for batch in s for k in batch]
+    assert len(keys) == 8 and len(set(keys)) == 8 and {e for e, _ in keys} == {0}
+    a.set_epoch(1, skip=1)
+    assert len(list(a)) == 1
+
+
+def test_learning_rate_schedule() -> None:
+    assert learning_rate(0, 100, 2e-4, 0.5) == learning_rate(49, 100, 2e-4, 0.5) == 2e-4
+    assert learning_rate(50, 100, 2e-4, 0.5) == pytest.approx(2e-4)
+    assert learning_rate(75, 100, 2e-4, 0.5) == pytest.approx(1e-4)
+    assert learning_rate(99, 100, 2e-4, 0.5) == pytest.approx(2e-4 / 50)
+    assert learning_rate(100, 100, 2e-4, 0.5) == 0.0
+
+
+# -- training -----------------------------------------------------------------------------------------------
+
+
+def test_loss_decreases(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(TrainConfig(steps=30, lr=1e-3, **{**FAST, "val_every": 30}), dataset, run)
+    l1 = [r["G_l1"] for r in read_metrics(run, "train")]
+    assert len(l1) == 30
+    assert np.mean(l1[-5:]) < 0.7 * np.mean(l1[:5])
+    (val,) = read_metrics(run, "val")
+    assert {"bone/psnr", "bone/ssim", "bone/mae", "soft/psnr", "soft/ssim", "soft/mae", "bone_suppression",
+            "cnr/se", "cnr/soft_true", "cnr/soft_pred"} <= set(val)
+    assert (run / "samples" / "step_0000030.png").exists()
+    options = (run / "options.txt").read_text()
+    assert "lr: 0.001\t[default: 0.0002]" in options
+
+
+def test_resume_is_bitwise_identical(dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=12, **{**FAST, "val_every": 5, "batch_size": 2})
+    train(config, dataset, tmp_path / "straight")
+    # an interrupted run, then resumed to 12
+    train(config, dataset, tmp_path / "resumed", stop_at=7)  # stops after step 7, in the middle of epoch 2
+    train(config, dataset, tmp_path / "resumed", resume=True)
+    for name in ("model.safetensors", "discriminator.safetensors", "optimizer.safetensors"):
+        a = (tmp_path / "straight" / "last" / name).read_bytes()
+        b = (tmp_path / "resumed" / "last" / name).read_bytes()
+        assert a == b, name
+    straight = [r for r in read_metrics(tmp_path / "straight", "train")]
+    resumed = [r for r in read_metrics(tmp_path / "resumed", "train")]
+    assert [r["G_l1"] for r in straight] == [r["G_l1"] for r in resumed]
+
+
+def test_resume_refuses_changed_options(dataset: Path, tmp_path: Path) -> None:
+    train(TrainConfig(steps=2, **FAST), dataset, tmp_path / "run")
+    with pytest.raises(ValueError, match="ngf"):
+        train(TrainConfig(steps=4, **{**FAST, "ngf": 8}), dataset, tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match="--resume"):
+        train(TrainConfig(steps=4, **FAST), dataset, tmp_path / "run")
+
+
+def test_cli_train_then_export_best(dataset: Path, tmp_path: Path) -> None:
+    run, onnx_path = tmp_path / "run", tmp_path / "best.onnx"
+    args = ["train", str(dataset), "-o", str(run), "--steps", "4", "--ngf", "4", "--ndf", "4", "--depth", "6",
+            "--crop", "64", "--num-workers", "0", "--val-every", "2", "--windows", "data", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 4 and summary["best"]["metric"] == "mae"
+    assert sorted(p.name for p in (run / "best").iterdir()) == ["config.json", "model.safetensors", "state.json"]
+    result = CliRunner().invoke(cli, ["export", str(run / "best"), "-o", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    from dexrt_train.export import read_metadata
+
+    meta = read_metadata(onnx_path)
+    lo, hi = meta["input"]["window"]
+    assert 0 < lo < hi < 65535 and meta["size_multiple"] == 64  # windows from the data, recorded and exported
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"se": np.zeros((2, 1, 64, 128), np.float32)})
+    assert y.shape == (2, 2, 64, 128) and np.isfinite(y).all()
+    # --resume extends the run; other options are refused
+    result = CliRunner().invoke(cli, ["train", str(dataset), "-o", str(run), "--resume", "--steps", "6",
+                                      "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "last" / "state.json").read_text())["step"] == 6
+    result = CliRunner().invoke(cli, ["train", str(dataset), "-o", str(run), "--resume", "--ngf", "8"])
+    assert result.exit_code == 1 and "ngf" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    dexrt_script = Path(sys.executable).parent / "dexrt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(dexrt_script), "train", str(dataset), "-o", str(tmp_path / "run"),
+           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "0",
+           "--val-every", "3", "--device", "cpu", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # only rank 0 prints
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    state = json.loads((tmp_path / "run" / "last" / "state.json").read_text())
+    assert state["step"] == 3 and state["world_size"] == 2
+
+
+# -- metrics ------------------------------------------------------------------------------------------------
+
+
+def test_psnr_of_known_mse() -> None:
+    a = np.zeros((16, 16))
+    b = np.full((16, 16), 0.1)  # MSE 0.01 -> 20 dB at data range 1
+    assert metrics.psnr(b, a) == pytest.approx(20.0)
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.mae(b, a) == pytest.approx(0.1)
+
+
+def test_ssim() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((48, 40))
+    assert metrics.ssim(img, img) == pytest.approx(1.0)
+    noisy = np.clip(img + rng.normal(0, 0.2, img.shape), 0, 1)
+    assert 0 < metrics.ssim(noisy, img) < 0.9
+    # constant images: luminance term only, (2*0.2*0.6 + c1) / (0.2^2 + 0.6^2 + c1)
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+    assert metrics.ssim(np.full((20, 20), 0.2), np.full((20, 20), 0.6)) == pytest.approx(expected)
+
+
+def test_cnr_of_a_disc() -> None:
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:128, 0:128]
+    disc = (y - 64) ** 2 + (x - 64) ** 2 < 20**2
+    image = np.where(disc, 0.8, 0.5) + rng.normal(0, 0.05, (128, 128)) * ~disc
+    assert metrics.cnr(image, disc) == pytest.approx(0.3 / 0.05, rel=0.05)
+    ring = metrics.background_ring(disc)
+    assert not (ring & disc).any() and ring.sum() > 2000
+    assert math.isnan(metrics.cnr(image, np.zeros_like(disc)))
+
+
+def test_bone_suppression() -> None:
+    rng = np.random.default_rng(2)
+    se, bone, soft, _ = (np.asarray(a, np.float64) / 65535 for a in synthetic_view(rng, 64))
+    assert metrics.bone_suppression(soft, se, bone, soft) == pytest.approx(1.0)
+    assert metrics.bone_suppression(se, se, bone, soft) == pytest.approx(0.0)
+    half = soft + 0.5 * (se - soft)  # half the SE's bone signal left
+    assert metrics.bone_suppression(half, se, bone, soft) == pytest.approx(0.5, abs=0.01)
+
+
+def test_predict_pads_like_the_runtime() -> None:
+    from dexrt_train.networks import GeneratorConfig, define_G
+    from dexrt_train.validate import predict
+
+    g = define_G(GeneratorConfig(ngf=4, depth=6)).eval()
+    se = torch.rand(1, 1, 40, 100) * 2 - 1  # padded to 64 x 128: wider than the image on one axis
+    y = predict(g, se, 64, torch.autocast("cpu", enabled=False))
+    padded = np.pad(se.numpy(), ((0, 0), (0, 0), (12, 12), (14, 14)), mode="reflect")
+    with torch.no_grad():
+        expected = g(torch.from_numpy(padded))[..., 12:52, 14:114]
+    assert y.shape == (1, 2, 40, 100)
+    torch.testing.assert_close(y, expected)

@@ -1,0 +1,219 @@
+"""Training data: the dexrt dataset format and a plain paired-folder layout, 16-bit throughout.
+
+Two layouts are read (docs/training.md):
+
+* a dexrt dataset (``DATASET/manifest.json``, docs/dataset-format.md), as `dexrt synth` writes it;
+* paired folders, ``DIR/{train,val,test}/{se,bone,soft}/NAME.png|.tif`` with optional
+  ``DIR/SPLIT/masks/NAME.png`` (lesion masks, nonzero = lesion); a view is a NAME present in se, bone and soft.
+
+Images stay uint16 (or float32 TIFF) in memory; they are windowed onto [-1, 1] as float32 only when a sample is
+made. Augmentation (random crop, flips) draws from a generator seeded by (seed, epoch, index), so a sample does
+not depend on the worker that makes it nor on whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dexrt._errors import InputError
+from dexrt.images import SUFFIXES, read_image
+
+CHANNELS = ("se", "bone", "soft")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class View:
+    id: str
+    files: dict[str, Path]  # channel -> image file
+    mask: Path | None
+
+
+def find_views(root: str | os.PathLike[str], split: str) -> list[View]:
+    """The views of one split, from a manifest dataset or a paired-folder layout."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if (root / "manifest.json").is_file():
+        return _manifest_views(root, split)
+    if any((root / s / "se").is_dir() for s in SPLITS):
+        return _paired_views(root, split)
+    raise InputError(f"{root}: not a dataset (no manifest.json, and no {{train,val,test}}/se/ folders)")
+
+
+def _manifest_views(root: Path, split: str) -> list[View]:
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "dexrt-dataset":
+        raise InputError(f"{path}: not a dexrt dataset manifest (format is not 'dexrt-dataset')")
+    if manifest.get("format_version") != 1:
+        raise InputError(f"{path}: dataset format version {manifest.get('format_version')!r} is not 1, "
+                         "the one this dexrt reads")
+    views = []
+    for i, v in enumerate(manifest.get("views", [])):
+        try:
+            if v["split"] != split:
+                continue
+            files = {c: _inside(root, v["files"][c], path) for c in CHANNELS}
+            mask = _inside(root, v["mask"], path) if v.get("mask") else None
+            views.append(View(str(v["id"]), files, mask))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files.se/bone/soft)") from None
+    return views
+
+
+def _inside(root: Path, rel: Any, manifest: Path) -> Path:
+    p = (root / str(rel)).resolve()
+    if not p.is_relative_to(root.resolve()):
+        raise InputError(f"{manifest}: path {rel!r} points outside the dataset folder")
+    return p
+
+
+def _paired_views(root: Path, split: str) -> list[View]:
+    base = root / split
+    if not (base / "se").is_dir():
+        return []
+
+    def names(channel: str) -> dict[str, Path]:
+        folder = base / channel
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SUFFIXES}
+
+    found = {c: names(c) for c in CHANNELS}
+    masks = names("masks")
+    missing = sorted((set(found["se"]) ^ set(found["bone"])) | (set(found["se"]) ^ set(found["soft"])))
+    if missing:
+        raise InputError(f"{base}: views not present in all of se/, bone/ and soft/: {', '.join(missing[:5])}")
+    return [View(n, {c: found[c][n] for c in CHANNELS}, masks.get(n)) for n in sorted(found["se"])]
+
+
+def read_view(view: View) -> tuple[np.ndarray, np.ndarray | None]:
+    """(3, H, W) se/bone/soft in their stored dtype, and the (H, W) bool lesion mask or None."""
+    images = [read_image(view.files[c]) for c in CHANNELS]
+    if len({im.shape for im in images}) != 1 or len({im.dtype for im in images}) != 1:
+        raise InputError(f"view {view.id}: se, bone and soft differ in size or type "
+                         f"({', '.join(f'{im.shape} {im.dtype}' for im in images)})")
+    mask = None
+    if view.mask is not None:
+        m = read_image(view.mask)
+        if m.shape != images[0].shape:
+            raise InputError(f"{view.mask}: mask is {m.shape}, the view is {images[0].shape}")
+        mask = m > 0
+    return np.stack(images), mask
+
+
+def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """Stored values -> network range: lo -> -1, hi -> +1 (float32)."""
+    lo, hi = float(window[0]), float(window[1])
+    return ((values.astype(np.float32) - lo) * (2.0 / (hi - lo)) - 1.0).astype(np.float32)
+
+
+def data_windows(views: list[View], margin: float = 0.05) -> list[tuple[float, float]]:
+    """Per-channel [min, max] over `views`, widened by `margin` of the span each side so Tanh need not saturate."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for v in views:
+        images, _ = read_view(v)
+        lo = np.minimum(lo, images.reshape(3, -1).min(axis=1))
+        hi = np.maximum(hi, images.reshape(3, -1).max(axis=1))
+    out = []
+    for a, b in zip(lo, hi):
+        span = max(float(b - a), 1.0)
+        out.append((math.floor(a - margin * span), math.ceil(b + margin * span)))
+    return out
+
+
+class PairedDataset(Dataset):
+    """Samples of one split: se (1, h, w), de (2, h, w) float32 in [-1, 1], mask (1, h, w) float32, has_mask.
+
+    `crop` > 0 takes random h = w = crop patches (training); 0 keeps whole images (validation). Decoded views
+    are kept in RAM when they fit in `cache_bytes` (then worker processes share them copy-on-write).
+    """
+
+    def __init__(self, views: list[View], windows: Sequence[Sequence[float]], *, crop: int = 0,
+                 hflip: bool = False, vflip: bool = False, seed: int = 0, cache_bytes: int = 2 << 30) -> None:
+        if not views:
+            raise InputError("the dataset split has no views")
+        self.views, self.windows = views, [tuple(map(float, w)) for w in windows]
+        self.crop, self.hflip, self.vflip, self.seed = crop, hflip, vflip, seed
+        first = read_view(views[0])
+        self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if first[0].nbytes * len(views) <= cache_bytes:
+            self.cache = [first] + [read_view(v) for v in views[1:]]
+        if crop:
+            h, w = first[0].shape[1:]
+            if crop > h or crop > w:
+                raise InputError(f"crop {crop} is larger than the images ({h}x{w}) of view {views[0].id}")
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        # key: index, or (epoch, index) from EpochBatchSampler: the epoch travels with the key because
+        # persistent worker processes keep their own copy of the dataset
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        images, mask = self.cache[index] if self.cache is not None else read_view(self.views[index])
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if self.crop:
+            h, w = images.shape[1:]
+            if self.crop > h or self.crop > w:
+                raise InputError(f"crop {self.crop} is larger than view {self.views[index].id} ({h}x{w})")
+            y = int(rng.integers(0, h - self.crop + 1))
+            x = int(rng.integers(0, w - self.crop + 1))
+            images = images[:, y : y + self.crop, x : x + self.crop]
+            mask = None if mask is None else mask[y : y + self.crop, x : x + self.crop]
+        if self.hflip and rng.random() < 0.5:
+            images, mask = images[:, :, ::-1], None if mask is None else mask[:, ::-1]
+        if self.vflip and rng.random() < 0.5:
+            images, mask = images[:, ::-1, :], None if mask is None else mask[::-1, :]
+        x = np.stack([window_to_unit(images[c], self.windows[c]) for c in range(3)])  # (3, h, w)
+        m = np.zeros(images.shape[1:], np.float32) if mask is None else mask.astype(np.float32)
+        return {"se": torch.from_numpy(x[:1].copy()), "de": torch.from_numpy(x[1:].copy()),
+                "mask": torch.from_numpy(m[None].copy()), "has_mask": mask is not None, "index": index}
+
+
+class EpochBatchSampler:
+    """Shuffled batches of (epoch, index) keys for one rank: a permutation seeded by (seed, epoch), split
+    round-robin over ranks.
+
+    Drops the last incomplete batch, so every rank runs the same number of steps. `skip` batches at the start
+    of the next epoch are left out (resuming in the middle of an epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.skip = 0, 0
+        if self.batches_per_epoch == 0:
+            raise InputError(f"{n} training views are too few for batch size {batch_size} x {world} processes")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        step = self.batch_size * self.world
+        for b in range(self.skip, self.batches_per_epoch):
+            chunk = perm[b * step : (b + 1) * step]
+            yield [(self.epoch, i) for i in chunk[self.rank :: self.world]]

@@ -1,0 +1,165 @@
+"""Image-quality metrics for SE -> (bone, soft): numpy only (no torch), shared by training and `dexrt eval`.
+
+Every function takes (H, W) float arrays in the normalised range: a channel's window maps stored values onto
+[-1, 1] for the network, and metrics see ``(v + 1) / 2``, i.e. [0, 1], so ``data_range = 1``.
+Definitions are in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # 11x11 Gaussian window, as in Wang et al. 2004
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+CNR_GAP, CNR_RING = 2, 12  # background ring: pixels 3..12 (chessboard distance) outside the lesion mask
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (H, W) images of one shape, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def mae(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean absolute error."""
+    p, t = _pair(pred, true)
+    return float(np.mean(np.abs(p - t)))
+
+
+def psnr(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``; inf for identical images."""
+    p, t = _pair(pred, true)
+    mse = float(np.mean((p - t) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def _gaussian_valid_filter(size: int, sigma: float, radius: int) -> np.ndarray:
+    """(size - 2r, size) matrix M so that M @ x is x filtered with a normalised Gaussian, 'valid' part only."""
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    m = np.zeros((size - 2 * radius, size))
+    for i in range(size - 2 * radius):
+        m[i, i : i + 2 * radius + 1] = k
+    return m
+
+
+def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
+    Gaussian-weighted moments, averaged over the window positions that lie fully inside the image."""
+    p, t = _pair(pred, true)
+    h, w = p.shape
+    r = SSIM_RADIUS
+    if h <= 2 * r or w <= 2 * r:
+        raise ValueError(f"SSIM needs images larger than {2 * r + 1}x{2 * r + 1}, got {h}x{w}")
+    fh, fw = _gaussian_valid_filter(h, SSIM_SIGMA, r), _gaussian_valid_filter(w, SSIM_SIGMA, r)
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return fh @ x @ fw.T  # separable filter, (h - 2r, w - 2r)
+
+    mu_p, mu_t = blur(p), blur(t)
+    var_p = blur(p * p) - mu_p**2
+    var_t = blur(t * t) - mu_t**2
+    cov = blur(p * t) - mu_p * mu_t
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return float(s.mean())
+
+
+def bone_content(image: np.ndarray, bone: np.ndarray, soft: np.ndarray) -> float:
+    """Coefficient of the true bone image in the least-squares fit ``image ~ c0 + cb * bone + cs * soft``.
+
+    The soft-tissue regressor keeps the anatomy that bone and soft share (body outline) from counting as bone.
+    """
+    x, b = _pair(image, bone)
+    _, s = _pair(image, soft)
+    design = np.stack([np.ones(b.size), b.ravel(), s.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, x.ravel(), rcond=None)
+    return float(coef[1])
+
+
+def bone_suppression(pred_soft: np.ndarray, se: np.ndarray, true_bone: np.ndarray, true_soft: np.ndarray) -> float:
+    """Fraction of the SE image's bone signal that is gone from the predicted soft image.
+
+    ``1 - |bone_content(pred_soft)| / |bone_content(se)|``: 1 when the prediction holds no more bone than the
+    true soft image (whose bone content is 0 by construction), 0 when it holds as much as SE, negative when
+    more. NaN when SE carries no bone signal.
+    """
+    ref = bone_content(se, true_bone, true_soft)
+    if abs(ref) < 1e-12:
+        return math.nan
+    return 1.0 - abs(bone_content(pred_soft, true_bone, true_soft)) / abs(ref)
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """Binary dilation by a (2*steps+1)^2 square: chessboard distance <= steps."""
+    out = mask.copy()
+    for _ in range(steps):
+        grown = out.copy()
+        grown[1:, :] |= out[:-1, :]
+        grown[:-1, :] |= out[1:, :]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        grown[1:, 1:] |= out[:-1, :-1]
+        grown[1:, :-1] |= out[:-1, 1:]
+        grown[:-1, 1:] |= out[1:, :-1]
+        grown[:-1, :-1] |= out[1:, 1:]
+        out = grown
+    return out
+
+
+def background_ring(mask: np.ndarray, gap: int = CNR_GAP, ring: int = CNR_RING) -> np.ndarray:
+    """Pixels whose chessboard distance to the mask is in (gap, ring]: local background, clear of the edge."""
+    m = np.asarray(mask, bool)
+    return _dilate(m, ring) & ~_dilate(m, gap)
+
+
+def cnr(image: np.ndarray, mask: np.ndarray, gap: int = CNR_GAP, ring: int = CNR_RING) -> float:
+    """Lesion contrast-to-noise ratio: ``|mean(lesion) - mean(ring)| / std(ring)``.
+
+    The ring is the local background around the mask (see `background_ring`); NaN when the mask or the ring is
+    empty or the ring has no variation.
+    """
+    img = np.asarray(image, np.float64)
+    m = np.asarray(mask, bool)
+    if img.shape != m.shape:
+        raise ValueError(f"image {img.shape} and mask {m.shape} differ in shape")
+    bg = background_ring(m, gap, ring)
+    if not m.any() or bg.sum() < 2:
+        return math.nan
+    sd = float(img[bg].std())
+    if sd == 0:
+        return math.nan
+    return abs(float(img[m].mean()) - float(img[bg].mean())) / sd
+
+
+def view_metrics(se: np.ndarray, true: np.ndarray, pred: np.ndarray, mask: np.ndarray | None,
+                 channels: tuple[str, ...] = ("bone", "soft")) -> dict[str, float]:
+    """All metrics of one view. se (H, W), true/pred (C, H, W), all in [0, 1]; mask (H, W) bool or None."""
+    out: dict[str, float] = {}
+    for c, name in enumerate(channels):
+        out[f"{name}/psnr"] = psnr(pred[c], true[c])
+        out[f"{name}/ssim"] = ssim(pred[c], true[c])
+        out[f"{name}/mae"] = mae(pred[c], true[c])
+    if "bone" in channels and "soft" in channels:
+        b, s = channels.index("bone"), channels.index("soft")
+        out["bone_suppression"] = bone_suppression(pred[s], se, true[b], true[s])
+        if mask is not None and np.any(mask):
+            out["cnr/se"] = cnr(se, mask)
+            out["cnr/soft_true"] = cnr(true[s], mask)
+            out["cnr/soft_pred"] = cnr(pred[s], mask)
+    return out
+
+
+def mean_metrics(per_view: list[dict[str, float]]) -> dict[str, float]:
+    """Average each metric over the views that have it (NaN values skipped; inf PSNR kept as inf)."""
+    keys = sorted({k for m in per_view for k in m})
+    out: dict[str, float] = {}
+    for k in keys:
+        values = [m[k] for m in per_view if k in m and not math.isnan(m[k])]
+        if values:
+            out[k] = float(np.mean(values))
+    return out
