@@ -62,52 +62,30 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     run again. A file that cannot be converted is reported and the others go on; the exit code is 1 if any
     failed.
     """
-    from tqdm import tqdm
-
-    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
-    from dexrt.engine import Engine
+    from dexrt.convert import find_images
 
     if spacing is not None and no_resample:
         raise click.UsageError("--spacing and --no-resample contradict each other; give one")
     root = source if source.is_dir() else source.parent
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
-    engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
-    converter = Converter(engine, output, root=root, overwrite=overwrite, resample=not no_resample,
-                          spacing_mm=spacing, preview=preview, jobs=jobs)
-    if converter.model_spacing_mm is None and not no_resample:
-        click.echo(f"Note: {converter.resampling_note}", err=True)
-    order = {path: i for i, path in enumerate(sources)}
-    outcomes = []
-    start = time.perf_counter()
-    interrupted: KeyboardInterrupt | None = None
-    show_progress = sys.stderr.isatty() and not as_json
-    with _sigterm_raises(), tqdm(total=len(sources), unit="file", disable=not show_progress, file=sys.stderr) as bar:
-        try:
-            with closing(converter.run(sources)) as results:  # closing: stops the workers on an interrupt
-                for outcome in results:  # as files finish
-                    outcomes.append(outcome)
-                    if not outcome.ok:
-                        tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
-                    bar.update()
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() has stopped cleanly, nothing partial
-            interrupted = exc
-        finally:
-            engine.close(cancel=True)
-    elapsed = time.perf_counter() - start
-    outcomes.sort(key=lambda o: order[o.source])
+    run = _run(sources, engine_path, device, output,
+               dict(root=root, overwrite=overwrite, resample=not no_resample, spacing_mm=spacing, preview=preview,
+                    jobs=jobs),
+               show_progress=sys.stderr.isatty() and not as_json, note=not no_resample)
+    outcomes = run["outcomes"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("converted", "skipped", "failed")}
     if as_json:
         summary = {
             "engine": str(engine_path),
-            "backend": engine.backend,
-            "device": engine.device,
+            "backend": run["backend"],
+            "device": run["device"],
             "output": str(output),
             "files_found": len(sources),
             **counts,
-            "interrupted": interrupted is not None,
-            "seconds": round(elapsed, 3),
-            "resampling": converter.resampling_note,
-            "model_spacing_mm": converter.model_spacing_mm,
+            "interrupted": run["interrupted"] is not None,
+            "seconds": round(run["seconds"], 3),
+            "resampling": run["resampling"],
+            "model_spacing_mm": run["model_spacing_mm"],
             "files": [
                 {"source": str(o.source), "status": o.status, "outputs": [str(p) for p in o.outputs],
                  "error": o.error, "frames": o.frames, "seconds": round(o.seconds, 4), "geometry": o.geometry}
@@ -120,12 +98,50 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
             f"Converted {counts['converted']} of {len(sources)} images"
             + (f" ({counts['failed']} failed)" if counts["failed"] else "")
             + (f", skipped {counts['skipped']} already converted" if counts["skipped"] else "")
-            + f" in {elapsed:.1f} s with {engine_path.name} ({engine.backend} {engine.device}) -> {output}"
+            + f" in {run['seconds']:.1f} s with {engine_path.name} ({run['backend']} {run['device']}) -> {output}"
         )
-    if interrupted is not None:
+    if run["interrupted"] is not None:
         left = len(sources) - len(outcomes)
         click.echo(f"Interrupted: {left} of {len(sources)} files not converted; run the same command again to "
                    "finish them.", err=True)
-        sys.exit(143 if isinstance(interrupted, Terminated) else 130)
+        sys.exit(run["interrupted"])
     if counts["failed"]:
         sys.exit(1)
+
+
+def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: dict[str, Any], *,
+         show_progress: bool, note: bool) -> dict[str, Any]:
+    """Convert `sources`; returns plain results (outcomes in input order, engine facts, timing, interruption).
+
+    The engine lives only inside this function, so it is released before the command exits, whatever holds on
+    to the command's frames afterwards (a traceback, a test runner).
+    """
+    from tqdm import tqdm
+
+    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
+    from dexrt.engine import Engine
+
+    engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
+    converter = Converter(engine, output, **options)
+    if converter.model_spacing_mm is None and note:
+        click.echo(f"Note: {converter.resampling_note}", err=True)
+    order = {path: i for i, path in enumerate(sources)}
+    outcomes = []
+    start = time.perf_counter()
+    interrupted: int | None = None  # the exit code; not the exception, whose traceback would keep the engine
+    with _sigterm_raises(), tqdm(total=len(sources), unit="file", disable=not show_progress, file=sys.stderr) as bar:
+        try:
+            with closing(converter.run(sources)) as results:  # closing: stops the workers on an interrupt
+                for outcome in results:  # as files finish
+                    outcomes.append(outcome)
+                    if not outcome.ok:
+                        tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
+                    bar.update()
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() has stopped cleanly, nothing partial
+            interrupted = 143 if isinstance(exc, Terminated) else 130
+        finally:
+            engine.close(cancel=True)
+    outcomes.sort(key=lambda o: order[o.source])
+    return {"outcomes": outcomes, "backend": engine.backend, "device": engine.device,
+            "resampling": converter.resampling_note, "model_spacing_mm": converter.model_spacing_mm,
+            "seconds": time.perf_counter() - start, "interrupted": interrupted}
