@@ -75,3 +75,25 @@ def test_png_output_must_be_uint16(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint16"):
         write_image(tmp_path / "f.png", np.zeros((4, 4), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (64, 65)], ids=str)
+def test_png16_encoder_reads_back_with_pillow(tmp_path: Path, shape) -> None:
+    from PIL import Image
+
+    image = (np.random.default_rng(1).random(shape) * 65536).astype(np.uint16)
+    image.flat[0], image.flat[-1] = 0, 65535
+    write_image(tmp_path / "e.png", image, {"note": "Grüße, µm"})
+    with Image.open(tmp_path / "e.png") as img:
+        assert img.mode in ("I;16", "I;16B") and img.size == shape[::-1]
+        np.testing.assert_array_equal(np.array(img).astype(np.uint16), image)
+    assert read_metadata(tmp_path / "e.png") == {"note": "Grüße, µm"}
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_image(tmp_path / "p.png", np.zeros((4, 4), np.uint16))
+    assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o666 & ~mask

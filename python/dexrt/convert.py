@@ -1,21 +1,52 @@
-"""Converting image files with an engine: the work behind `dexrt infer`, reusable from Python.
+"""Converting radiograph files with an engine: the work behind `dexrt infer`, reusable from Python.
 
-For each input `<name>.<ext>` the outputs are `<name>_<channel>.<ext>` (``_bone``, ``_soft``) in the output
-folder, same format and dtype, written atomically with provenance metadata. Inputs are never overwritten.
+    engine = dexrt.Engine("model.dexrt")
+    converter = Converter(engine, "out", root="in")
+    for outcome in converter.run(find_images("in", recursive=True)):
+        print(outcome.source, outcome.status)
+
+For each input `<name>.<ext>` the outputs are `<name>_<channel>.<ext>` (``_bone``, ``_soft``; a DICOM file
+without a known suffix gives `<name>_<channel>`) in the output folder, under the input's folder relative to
+`root`; same format and value convention, written atomically with provenance. Inputs are never overwritten; a
+file whose outputs all exist is skipped (resumable runs) unless ``overwrite``.
+
+Pipelining: each file is one job on a pool of ``jobs`` threads: decode, resample, submit its frames to the
+engine's batched queue, wait, resample back, write. While some jobs wait for the engine, others decode and write,
+so the stages overlap, and the engine batches frames of different files together. At most ``jobs`` files are
+decoded at once, so memory stays flat whatever the folder's size. `Converter.run` yields outcomes as files finish.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import logging
 import os
+import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dexrt._errors import DexrtError, InputError
+from dexrt.dicom import DICOM_SUFFIXES, write_dicom
 from dexrt.engine import Engine
-from dexrt.images import SUFFIXES, is_image_path, read_image, write_image
+from dexrt.images import SUFFIXES, image_kind, read_radiograph, write_image, write_preview
+from dexrt.resample import model_spacing_mm, resample, to_dtype, working_size
+
+log = logging.getLogger(__name__)
+
+PREVIEW = "preview"
+# Engine settings for folder runs: a batch waits up to 10 ms to fill (against ~100 ms per 256x256 frame on a
+# CPU), so frames of different files batch together even when files arrive a few milliseconds apart.
+FOLDER_ENGINE_OPTIONS: dict[str, Any] = {"max_batch": 8, "max_delay_us": 10_000}
+DEFAULT_JOBS = 16  # files in flight: enough to keep two batches of 8 queued while others decode and write
+_TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.part")  # atomic_write's temporary for a target: .NAME.XXXXXXXX.part
 
 
 @dataclass
@@ -23,67 +54,274 @@ class Outcome:
     source: Path
     outputs: list[Path] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False  # all outputs existed already
     seconds: float = 0.0
+    frames: int = 0
+    geometry: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def status(self) -> str:
+        return "failed" if self.error else "skipped" if self.skipped else "converted"
 
-def find_images(source: str | os.PathLike[str]) -> list[Path]:
-    """The images to convert: `source` itself, or the PNG/TIFF files directly inside the folder `source`."""
+
+class Interrupted(DexrtError):
+    """The run was stopped before this file was written."""
+
+
+def find_images(source: str | os.PathLike[str], *, recursive: bool = False, include: Sequence[str] = (),
+                exclude: Sequence[str] = (), skip: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The images to convert: `source` itself, or the DICOM, PNG and TIFF files in the folder `source`.
+
+    ``include``/``exclude`` are glob patterns (``*``, ``?``, ``[...]``): a pattern with a ``/`` is matched
+    against the path relative to `source`, one without against the file name. A file is taken if it matches
+    any ``include`` (or there are none) and no ``exclude``. Hidden files and folders are ignored, and so is
+    the folder ``skip`` (the output folder, when it lies inside `source`).
+    """
     source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise InputError(f"{source}: no such file or folder")
-    images = sorted(p for p in source.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith("."))
-    if not images:
-        raise InputError(f"{source}: no images to convert (looked for {', '.join(SUFFIXES)} files)")
-    return images
+    skip_dir = Path(skip).resolve() if skip is not None else None
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder, d).resolve() != skip_dir))
+        if not recursive:
+            dirs.clear()
+        for name in sorted(files):
+            path = Path(folder, name)
+            if name.startswith(".") or name == "DICOMDIR" or not _selected(path.relative_to(source), include, exclude):
+                continue
+            if image_kind(path) is not None:
+                found.append(path)
+    if not found:
+        raise InputError(f"{source}: no images to convert (looked for DICOM, {', '.join(SUFFIXES)} files"
+                         + (" in its subfolders too)" if recursive else "; use --recursive for subfolders)"))
+    return found
 
 
-def output_paths(source: Path, out_dir: Path, channels: tuple[str, ...]) -> list[Path]:
-    return [out_dir / f"{source.stem}_{channel}{source.suffix}" for channel in channels]
+def _selected(relative: Path, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    def matches(pattern: str) -> bool:
+        return fnmatch.fnmatch(relative.as_posix() if "/" in pattern else relative.name, pattern)
+
+    return (not include or any(matches(p) for p in include)) and not any(matches(p) for p in exclude)
 
 
-def provenance(engine: Engine, source: Path, channel: str) -> dict[str, Any]:
-    from dexrt import __version__
+def _stem(source: Path) -> tuple[str, str]:
+    """(stem, suffix); a DICOM file named without a known suffix (`IM0001`, `1.2.840.1`) keeps its whole name."""
+    if source.suffix.lower() in SUFFIXES + DICOM_SUFFIXES:
+        return source.stem, source.suffix
+    return source.name, ""
 
-    m = engine.manifest
-    return {
-        "software": f"dexrt {__version__}",
-        "derived_from": source.name,
-        "channel": channel,
-        "engine": {
+
+def output_names(source: Path, channels: Sequence[str]) -> list[str]:
+    """`a.png` -> `a_bone.png`, `IM0001` -> `IM0001_bone`."""
+    stem, suffix = _stem(source)
+    return [f"{stem}_{channel}{suffix}" for channel in channels]
+
+
+class Converter:
+    """Converts radiograph files with one engine into `out_dir` (see the module docstring).
+
+    ``spacing_mm`` overrides the model's training pixel spacing from the engine manifest; ``resample=False``
+    turns resampling off. ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit, for looking at).
+    """
+
+    def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
+                 overwrite: bool = False, resample: bool = True, spacing_mm: float | None = None,
+                 preview: bool = False, jobs: int = DEFAULT_JOBS) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        if spacing_mm is not None and not spacing_mm > 0:
+            raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+        self.engine = engine
+        self.out_dir = Path(out_dir)
+        self.root = Path(root) if root is not None else None
+        self.overwrite = overwrite
+        self.preview = preview
+        self.jobs = jobs
+        recorded = model_spacing_mm(engine.manifest)
+        self.model_spacing_mm = (spacing_mm or recorded) if resample else None
+        if not resample:
+            note = "resampling turned off"
+        elif self.model_spacing_mm is None:
+            note = "the engine records no training pixel spacing (pixel_spacing_mm); images are not resampled"
+        else:
+            note = f"images with a known pixel spacing are resampled to {self.model_spacing_mm} mm" + (
+                " (--spacing)" if spacing_mm else " (from the engine)")
+        self.resampling_note = note
+        self._protected: set[Path] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._temporaries: dict[Path, dict[str, list[Path]]] = {}  # folder -> target name -> stale temporaries
+        m = engine.manifest
+        self._engine_info = {
             "file": engine.path.name,
             "backend": m["backend"],
             "precision": m["precision"],
             "onnx_sha256": m.get("model", {}).get("onnx_sha256"),
             "model_hash": m.get("model", {}).get("model_hash"),
-        },
-    }
+        }
 
+    # -- planning ---------------------------------------------------------------------------------------------
+    def targets(self, source: Path) -> list[Path]:
+        """The files converting `source` writes (the preview last)."""
+        folder = self.out_dir
+        if self.root is not None and self.root.is_dir():
+            with contextlib.suppress(ValueError):
+                folder = self.out_dir / source.parent.relative_to(self.root)
+        names = output_names(source, self.engine.channels)
+        if self.preview:
+            names.append(f"{_stem(source)[0]}_{PREVIEW}.png")
+        return [folder / n for n in names]
 
-def convert_files(engine: Engine, sources: list[Path], out_dir: Path) -> Iterator[Outcome]:
-    """Convert each file, yielding one Outcome per file; a failing file does not stop the others."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    protected = {p.resolve() for p in sources}
-    for source in sources:
+    def is_done(self, source: Path) -> bool:
+        """All outputs exist (atomic writes: an existing output is complete) and ``overwrite`` is off.
+
+        Outputs that are themselves inputs of this run do not count: converting reports the clash instead."""
+        targets = self.targets(source)
+        return (not self.overwrite and all(t.exists() for t in targets)
+                and not any(t.resolve() in self._protected for t in targets))
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:
+        """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
+
+        A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM
+        turned into an exception) arrives while waiting, queued files are dropped, files being converted stop
+        before they write, and files being written are completed: no partial output is left.
+        """
+        sources = list(sources)
+        self._protected = {p.resolve() for p in sources}
+        self._stop.clear()
+        self._temporaries.clear()
+        pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="dexrt-convert")
+        running: set[Future[Outcome]] = set()
+        try:
+            for source in sources:
+                if self.is_done(source):
+                    yield Outcome(source, self.targets(source), skipped=True)
+                    continue
+                while len(running) >= 2 * self.jobs:  # a short queue keeps every worker busy
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+                running.add(pool.submit(self.convert, source))
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def convert(self, source: Path) -> Outcome:
+        """Convert one file (blocking; thread-safe). Errors are reported in the Outcome, not raised."""
         outcome = Outcome(source)
         start = time.perf_counter()
         try:
-            targets = output_paths(source, out_dir, engine.channels)
-            clash = [t for t in targets if t.resolve() in protected]
-            if clash:
-                raise InputError(f"{source}: its output {clash[0]} would overwrite an input file")
-            image = read_image(source)
-            results = engine.infer(image)
-            for target, channel, result in zip(targets, engine.channels, results):
-                write_image(target, result, provenance(engine, source, channel))
-                outcome.outputs.append(target)
+            self._convert(source, outcome)
         except DexrtError as exc:
             message = str(exc)
             outcome.error = message if str(source) in message else f"{source}: {message}"
+            outcome.outputs = []
+        except Exception as exc:  # a codec or library failing on one file must not end a run of thousands
+            log.debug("%s: unexpected error", source, exc_info=True)
+            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set -vv for the traceback)"
+            outcome.outputs = []
         outcome.seconds = time.perf_counter() - start
-        yield outcome
+        return outcome
+
+    def _convert(self, source: Path, outcome: Outcome) -> None:
+        targets = self.targets(source)
+        clash = [t for t in targets if t.resolve() in self._protected or t.resolve() == source.resolve()]
+        if clash:
+            raise InputError(f"{source}: its output {clash[0]} would overwrite an input file")
+        image = read_radiograph(source)
+        frames = image.frames  # (F, H, W)
+        outcome.frames = frames.shape[0]
+        size = working_size(frames.shape[1:], image.spacing_mm, self.model_spacing_mm)
+        outcome.geometry = {
+            "size": list(frames.shape[1:]),
+            "spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
+            "model_spacing_mm": self.model_spacing_mm,
+            "resampled": size is not None,
+            "working_size": list(size) if size else list(frames.shape[1:]),
+        }
+        work = [resample(f, size) for f in frames] if size else list(frames)
+        results = self._infer(source, work)  # per frame: (bone, soft)
+        channels = self.engine.channels
+        outputs = []
+        for c in range(len(channels)):
+            stack = np.stack([r[c] for r in results])  # (F, H', W')
+            if size:
+                stack = np.stack([to_dtype(resample(f, frames.shape[1:]), frames.dtype) for f in stack])
+            outputs.append(stack)
+        if self._stop.is_set():
+            raise Interrupted(f"{source}: interrupted before writing")
+        targets[0].parent.mkdir(parents=True, exist_ok=True)
+        for index, (target, channel, stack) in enumerate(zip(targets, channels, outputs)):
+            self._remove_stale_temporaries(target)
+            meta = self._provenance(source, channel, outcome.geometry)
+            if image.dicom is not None:
+                write_dicom(target, image.dicom, stack, channel, index, meta)
+            else:
+                write_image(target, stack[0], meta)
+            outcome.outputs.append(target)
+        if self.preview:
+            target = targets[-1]
+            self._remove_stale_temporaries(target)
+            write_preview(target, [frames[0], *(s[0] for s in outputs)], self._provenance(source, PREVIEW,
+                                                                                          outcome.geometry))
+            outcome.outputs.append(target)
+
+    def _infer(self, source: Path, work: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        futures = [self.engine.submit(np.ascontiguousarray(f)) for f in work]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+            if self._stop.is_set():
+                for f in pending:
+                    f.cancel()
+                raise Interrupted(f"{source}: interrupted during inference")
+        return [f.result() for f in futures]
+
+    def _remove_stale_temporaries(self, target: Path) -> None:
+        """Remove the temporary files of `target` left by a run killed outright (SIGKILL, power loss).
+
+        Each output folder is listed once per run (not once per file, which would be quadratic). Only
+        temporaries of this run's own targets are removed, never those of another process writing other files
+        into the same folder.
+        """
+        folder = target.parent
+        with self._lock:
+            if folder not in self._temporaries:
+                found: dict[str, list[Path]] = {}
+                for entry in os.scandir(folder):
+                    match = _TEMPORARY.fullmatch(entry.name)
+                    if match:
+                        found.setdefault(match.group(1), []).append(Path(entry.path))
+                self._temporaries[folder] = found
+            stale = self._temporaries[folder].pop(target.name, [])
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _provenance(self, source: Path, channel: str, geometry: dict[str, Any] | None) -> dict[str, Any]:
+        from dexrt import __version__
+
+        return {
+            "software": f"dexrt {__version__}",
+            "derived_from": source.name,
+            "channel": channel,
+            "engine": dict(self._engine_info),
+            "geometry": geometry,
+        }
+
+
+def convert_files(engine: Engine, sources: Iterable[Path], out_dir: str | os.PathLike[str],
+                  **options: Any) -> Iterator[Outcome]:
+    """Convert each file, yielding one Outcome per file as it finishes; see :class:`Converter` for options."""
+    yield from Converter(engine, out_dir, **options).run(sources)

@@ -1,9 +1,12 @@
-"""Reading and writing single-channel radiographs: 16-bit PNG and TIFF.
+"""Reading and writing single-channel radiographs: 16-bit PNG, TIFF and (through `dexrt.dicom`) DICOM.
 
 Readers return (H, W) arrays: uint16 for integer images (8-bit grayscale is widened exactly, v * 257, so
 0..255 spans 0..65535), float32 for floating-point TIFF. Colour, multi-page and other layouts are refused with
 an `InputError` naming the file and the reason. Writers are atomic and keep provenance in the file's own
 metadata (a PNG iTXt chunk / the TIFF ImageDescription), as JSON.
+
+`read_radiograph` reads any supported file, DICOM included, as (F, H, W) frames in the engine's convention
+(bright = attenuating) with its pixel spacing when the file records one.
 """
 
 from __future__ import annotations
@@ -11,22 +14,62 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dexrt._atomic import atomic_write
+from dexrt._png import encode_png16
 from dexrt._errors import InputError
+from dexrt.dicom import DICOM_SUFFIXES, DicomSource, is_dicom_file, read_dicom
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
-SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES
+SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES  # what read_image reads
 METADATA_KEY = "dexrt"
 
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES
+
+
+def image_kind(path: Path) -> str | None:
+    """``"png"``, ``"tiff"`` or ``"dicom"`` from the suffix; a file with another or no suffix is DICOM if it has
+    the DICOM preamble (clinical archives often store DICOM without a suffix); otherwise None."""
+    suffix = path.suffix.lower()
+    if suffix in PNG_SUFFIXES:
+        return "png"
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in DICOM_SUFFIXES or is_dicom_file(path):
+        return "dicom"
+    return None
+
+
+@dataclass
+class Radiograph:
+    """A decoded input file, ready for the engine."""
+
+    path: Path
+    kind: str  # "png", "tiff" or "dicom"
+    frames: np.ndarray  # (F, H, W) uint16 or float32, bright = attenuating
+    spacing_mm: tuple[float, float] | None = None  # (row, col) at the patient, when the file records it
+    dicom: DicomSource | None = None  # the header to mirror in DICOM outputs
+
+
+def read_radiograph(path: str | os.PathLike[str]) -> Radiograph:
+    """Read a PNG, TIFF or DICOM radiograph. PNG and TIFF carry no trusted pixel spacing (their resolution tags
+    are display settings more often than not), so only DICOM files are resampled."""
+    path = Path(path)
+    kind = image_kind(path)
+    if kind == "dicom":
+        frames, spacing, source = read_dicom(path)
+        return Radiograph(path, kind, frames, spacing, source)
+    if kind is None:
+        raise InputError(f"{path}: not a supported image type (use DICOM, PNG or TIFF)")
+    return Radiograph(path, kind, read_image(path)[np.newaxis])
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -111,13 +154,9 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[
     if suffix in PNG_SUFFIXES:
         if image.dtype != np.uint16:
             raise ValueError(f"{path}: PNG output must be uint16, got {image.dtype} (use TIFF for float32)")
-        from PIL import Image, PngImagePlugin
-
-        info = PngImagePlugin.PngInfo()
-        if text:
-            info.add_itxt(METADATA_KEY, text)
+        data = encode_png16(image, {METADATA_KEY: text} if text else None)
         with atomic_write(path) as f:
-            Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG", pnginfo=info)
+            f.write(data)
     elif suffix in TIFF_SUFFIXES:
         import tifffile
 
@@ -146,3 +185,27 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return json.loads(text) if text else None
     except ValueError:
         return None
+
+
+def write_preview(path: str | os.PathLike[str], panels: list[np.ndarray], metadata: dict[str, Any] | None = None,
+                  max_height: int = 512) -> None:
+    """An 8-bit PNG of (H, W) images side by side (SE | bone | soft), each windowed to its own 0.5-99.5
+    percentiles, at most `max_height` pixels high; for looking at, not for measuring."""
+    from PIL import Image, PngImagePlugin
+
+    h, w = panels[0].shape
+    scale = min(1.0, max_height / h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    gap = 4
+    sheet = np.zeros((size[1], len(panels) * (size[0] + gap) - gap), np.uint8)
+    for i, panel in enumerate(panels):
+        lo, hi = np.percentile(panel, (0.5, 99.5))
+        view = np.clip((panel.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255)
+        small = Image.fromarray(view.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        x = i * (size[0] + gap)
+        sheet[:, x:x + size[0]] = np.clip(np.rint(np.asarray(small)), 0, 255).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    if metadata:
+        info.add_itxt(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+    with atomic_write(path) as f:
+        Image.fromarray(sheet).save(f, format="PNG", pnginfo=info)

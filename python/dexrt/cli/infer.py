@@ -1,68 +1,147 @@
-"""`dexrt infer`: convert a folder of single-energy radiographs into bone and soft-tissue images."""
+"""`dexrt infer`: convert radiographs (DICOM, PNG, TIFF) into bone and soft-tissue images."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so the run shuts down like on Ctrl-C (no partial files)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @click.command()
-@click.argument("source", metavar="FOLDER", type=click.Path(path_type=Path))
+@click.argument("source", metavar="SOURCE", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the outputs (created if needed).")
+              help="Folder for the outputs (created if needed; subfolders mirror SOURCE's).")
 @click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Engine bundle (.dexrt) from `dexrt build-engine`.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("-r", "--recursive", is_flag=True, help="Also convert the images in SOURCE's subfolders.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files matching GLOB (a name, or a path relative to SOURCE if it has a '/'). Repeatable.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB. Repeatable.")
+@click.option("--overwrite", is_flag=True, help="Convert again files whose outputs exist (default: skip them).")
+@click.option("--spacing", type=click.FloatRange(min=0, min_open=True), metavar="MM",
+              help="The model's training pixel spacing in mm (default: from the engine, if recorded).")
+@click.option("--no-resample", is_flag=True, help="Never resample to the training pixel spacing.")
+@click.option("--preview", is_flag=True, help="Also write NAME_preview.png (SE | bone | soft, 8-bit).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Files in flight at once (decoding, waiting for the engine, writing).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of text.")
-def infer(source: Path, output: Path, engine_path: Path, device: str, as_json: bool) -> None:
-    """Convert the PNG (16-bit) and TIFF images in FOLDER (or one image file).
+def infer(source: Path, output: Path, engine_path: Path, device: str, recursive: bool, include: tuple[str, ...],
+          exclude: tuple[str, ...], overwrite: bool, spacing: float | None, no_resample: bool, preview: bool,
+          jobs: int, as_json: bool) -> None:
+    """Convert the DICOM, PNG (8/16-bit) and TIFF radiographs in SOURCE (a folder or one file).
 
-    Each NAME.ext gives NAME_bone.ext and NAME_soft.ext in the output folder. A file that cannot be converted is
-    reported and skipped; the exit code is 1 if any failed.
+    Each NAME.ext gives NAME_bone.ext and NAME_soft.ext in the output folder, in the input's format, value
+    convention and size. Files whose outputs already exist are skipped, so an interrupted run can simply be
+    run again. A file that cannot be converted is reported and the others go on; the exit code is 1 if any
+    failed.
     """
-    from tqdm import tqdm
+    from dexrt.convert import find_images
 
-    from dexrt.convert import convert_files, find_images
-    from dexrt.engine import Engine
-
-    sources = find_images(source)
-    engine = Engine(engine_path, device=device)
-    start = time.perf_counter()
-    outcomes = []
-    show_progress = sys.stderr.isatty() and not as_json
-    with tqdm(total=len(sources), unit="image", disable=not show_progress, file=sys.stderr) as bar:
-        for outcome in convert_files(engine, sources, output):
-            outcomes.append(outcome)
-            if not outcome.ok:
-                tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
-            bar.update()
-    elapsed = time.perf_counter() - start
-    failed = [o for o in outcomes if not o.ok]
+    if spacing is not None and no_resample:
+        raise click.UsageError("--spacing and --no-resample contradict each other; give one")
+    root = source if source.is_dir() else source.parent
+    sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
+    run = _run(sources, engine_path, device, output,
+               dict(root=root, overwrite=overwrite, resample=not no_resample, spacing_mm=spacing, preview=preview,
+                    jobs=jobs),
+               show_progress=sys.stderr.isatty() and not as_json, note=not no_resample)
+    outcomes = run["outcomes"]
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("converted", "skipped", "failed")}
     if as_json:
         summary = {
             "engine": str(engine_path),
-            "backend": engine.backend,
-            "device": engine.device,
+            "backend": run["backend"],
+            "device": run["device"],
             "output": str(output),
-            "converted": len(outcomes) - len(failed),
-            "failed": len(failed),
-            "seconds": round(elapsed, 3),
+            "files_found": len(sources),
+            **counts,
+            "interrupted": run["interrupted"] is not None,
+            "seconds": round(run["seconds"], 3),
+            "resampling": run["resampling"],
+            "model_spacing_mm": run["model_spacing_mm"],
             "files": [
-                {"source": str(o.source), "outputs": [str(p) for p in o.outputs], "error": o.error,
-                 "seconds": round(o.seconds, 4)}
+                {"source": str(o.source), "status": o.status, "outputs": [str(p) for p in o.outputs],
+                 "error": o.error, "frames": o.frames, "seconds": round(o.seconds, 4), "geometry": o.geometry}
                 for o in outcomes
             ],
         }
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(
-            f"Converted {len(outcomes) - len(failed)} of {len(outcomes)} images"
-            + (f" ({len(failed)} failed)" if failed else "")
-            + f" in {elapsed:.1f} s with {engine_path.name} ({engine.backend} {engine.device}) -> {output}"
+            f"Converted {counts['converted']} of {len(sources)} images"
+            + (f" ({counts['failed']} failed)" if counts["failed"] else "")
+            + (f", skipped {counts['skipped']} already converted" if counts["skipped"] else "")
+            + f" in {run['seconds']:.1f} s with {engine_path.name} ({run['backend']} {run['device']}) -> {output}"
         )
-    if failed:
+    if run["interrupted"] is not None:
+        left = len(sources) - len(outcomes)
+        click.echo(f"Interrupted: {left} of {len(sources)} files not converted; run the same command again to "
+                   "finish them.", err=True)
+        sys.exit(run["interrupted"])
+    if counts["failed"]:
         sys.exit(1)
+
+
+def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: dict[str, Any], *,
+         show_progress: bool, note: bool) -> dict[str, Any]:
+    """Convert `sources`; returns plain results (outcomes in input order, engine facts, timing, interruption).
+
+    The engine lives only inside this function, so it is released before the command exits, whatever holds on
+    to the command's frames afterwards (a traceback, a test runner).
+    """
+    from tqdm import tqdm
+
+    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
+    from dexrt.engine import Engine
+
+    engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
+    converter = Converter(engine, output, **options)
+    if converter.model_spacing_mm is None and note:
+        click.echo(f"Note: {converter.resampling_note}", err=True)
+    order = {path: i for i, path in enumerate(sources)}
+    outcomes = []
+    start = time.perf_counter()
+    interrupted: int | None = None  # the exit code; not the exception, whose traceback would keep the engine
+    with _sigterm_raises(), tqdm(total=len(sources), unit="file", disable=not show_progress, file=sys.stderr) as bar:
+        try:
+            with closing(converter.run(sources)) as results:  # closing: stops the workers on an interrupt
+                for outcome in results:  # as files finish
+                    outcomes.append(outcome)
+                    if not outcome.ok:
+                        tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
+                    bar.update()
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() has stopped cleanly, nothing partial
+            interrupted = 143 if isinstance(exc, Terminated) else 130
+        finally:
+            engine.close(cancel=True)
+    outcomes.sort(key=lambda o: order[o.source])
+    return {"outcomes": outcomes, "backend": engine.backend, "device": engine.device,
+            "resampling": converter.resampling_note, "model_spacing_mm": converter.model_spacing_mm,
+            "seconds": time.perf_counter() - start, "interrupted": interrupted}

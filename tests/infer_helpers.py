@@ -1,0 +1,84 @@
+"""Helpers for the `dexrt infer` tests: an identity engine and DICOM files built with pydicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_identity_onnx(path: Path) -> Path:
+    """A 1x1 convolution generator whose bone output is its input and whose soft output is the negated input,
+    so through the default windows bone == SE and soft == 65535 - SE: intensities and orientation can be
+    checked exactly through the whole file-to-file path."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([1.0, -1.0], np.float32).reshape(2, 1, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["out"], kernel_shape=[1, 1])],
+        "identity_generator",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(2, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def marked_image(shape: tuple[int, int], high: int, low: int = 0, seed: int = 0) -> np.ndarray:
+    """An asymmetric test picture: a gradient, noise, and a bright block in the top-left corner only, so a
+    flip or transpose anywhere would show."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    base = np.linspace(0.1, 0.6, w)[np.newaxis, :] + np.linspace(0.0, 0.2, h)[:, np.newaxis]
+    image = base + rng.random(shape) * 0.15
+    image[: h // 4, : w // 5] = 1.0
+    return np.rint(low + image / image.max() * (high - low)).astype(np.int64)
+
+
+def make_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits: int = 16,
+               modality: str = "DX", syntax: str | None = None, signed: bool = False,
+               spacing: tuple[float, float] | None = None, imager_spacing: tuple[float, float] | None = None,
+               series_uid: str | None = None, study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+               extra: dict | None = None) -> Path:
+    """Write a radiograph DICOM file: (H, W) or (F, H, W) stored values, optionally compressed."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset, Dataset
+
+    sop_class = {"CR": uid.ComputedRadiographyImageStorage, "RF": uid.XRayRadiofluoroscopicImageStorage,
+                 "CT": uid.CTImageStorage}.get(modality, uid.DigitalXRayImageStorageForPresentation)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid.generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Modality = modality
+    ds.PatientName = "Test^Patient"
+    ds.PatientID = "P0001"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid or uid.generate_uid()
+    ds.SeriesNumber = 3
+    ds.InstanceNumber = 1
+    ds.SeriesDescription = "PA chest"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    if spacing:
+        ds.PixelSpacing = list(spacing)
+    if imager_spacing:
+        ds.ImagerPixelSpacing = list(imager_spacing)
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    dtype = (np.int8 if signed else np.uint8) if bits <= 8 else (np.int16 if signed else np.uint16)
+    ds.set_pixel_data(pixels.astype(dtype), photometric, bits, generate_instance_uid=False)
+    if pixels.ndim == 3 and modality == "RF":
+        ds.FrameTime = 33.3
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    if syntax is not None:
+        ds.compress(syntax, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+    return path
