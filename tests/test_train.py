@@ -307,3 +307,26 @@ def test_predict_pads_like_the_runtime() -> None:
         expected = g(torch.from_numpy(padded))[..., 12:52, 14:114]
     assert y.shape == (1, 2, 40, 100)
     torch.testing.assert_close(y, expected)
+
+
+def test_cli_help_states_the_config_defaults() -> None:
+    import re
+
+    from dexrt.cli.train import _FIELDS
+    from dexrt.cli.train import train as command
+
+    default = TrainConfig(steps=1)
+    checked = 0
+    for param in command.params:
+        m = re.search(r"\[([^\]:]+)\]\.?$", getattr(param, "help", "") or "")
+        if param.name not in _FIELDS or not m:
+            continue
+        stated, actual = m.group(1), getattr(default, _FIELDS[param.name])
+        if isinstance(actual, bool):
+            assert stated == ("on" if actual else "off"), param.name
+        elif isinstance(actual, (int, float)):
+            assert float(stated) == actual, param.name
+        else:
+            assert stated == actual, param.name
+        checked += 1
+    assert checked >= 20
