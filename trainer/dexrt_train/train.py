@@ -32,7 +32,7 @@ from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
 from dexrt_train.data import EpochBatchSampler, PairedDataset, data_windows, find_views
-from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, define_D, define_G
+from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_parameters, define_D, define_G
 from dexrt_train.state import TrainState, load_training, training_files
 from dexrt_train.validate import BEST_METRICS, score, validate
 
@@ -249,6 +249,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         changed = ", ".join(f"{k}={v}" for k, v in non_defaults(config).items())
         tqdm.write(f"dexrt train: {len(train_views)} train / {len(val_views)} val views, {world} process(es) on "
                    f"{device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; "
+                   f"G {count_parameters(G) / 1e6:.2f} M, D {count_parameters(D) / 1e6:.2f} M parameters; "
                    f"options: {changed or 'defaults'}", file=sys.stderr)
 
     def log(record: dict[str, Any]) -> None:
