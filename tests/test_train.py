@@ -119,7 +119,7 @@ def test_paired_folder_layout(tmp_path: Path) -> None:
                 write_image(tmp_path / split / name / f"img{i}.tif", image)
     views = find_views(tmp_path, "train")
     assert [v.id for v in views] == ["img0", "img1", "img2"] and find_views(tmp_path, "test") == []
-    summary = train(TrainConfig(steps=2, **{**FAST, "num_workers": 2}), tmp_path, tmp_path / "run")
+    summary = train(TrainConfig(steps=2, **FAST), tmp_path, tmp_path / "run")
     assert summary["steps"] == 2 and (tmp_path / "run" / "best" / "model.safetensors").exists()
     (tmp_path / "train" / "soft" / "img1.tif").unlink()
     with pytest.raises(ValueError, match="img1"):
@@ -228,10 +228,13 @@ def _free_port() -> int:
 
 
 def test_ddp_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    # Also the test of loader worker processes: they run here, in subprocesses, because a multi-worker
+    # DataLoader installs a SIGCHLD handler in its process, which has crashed the test process when a later
+    # subprocess exited.
     dexrt_script = Path(sys.executable).parent / "dexrt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(dexrt_script), "train", str(dataset), "-o", str(tmp_path / "run"),
-           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "0",
+           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "2",
            "--val-every", "3", "--device", "cpu", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
