@@ -51,7 +51,7 @@ def test_manifest_describes_the_engine(plain_engine_path: Path) -> None:
 
 
 def test_metadata_windows_are_used_and_options_override(tmp_path: Path) -> None:
-    from conftest import build_bundle, make_plain_onnx
+    from helpers import build_bundle, make_plain_onnx
 
     meta = json.dumps({
         "format_version": 1,

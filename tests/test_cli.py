@@ -68,7 +68,7 @@ def test_build_engine_bad_model(tmp_path: Path, content: bytes | None, message: 
 
 
 def test_build_engine_wrong_channel_count(tmp_path: Path) -> None:
-    from conftest import make_plain_onnx
+    from helpers import make_plain_onnx
 
     model = make_plain_onnx(tmp_path / "three.onnx", out_channels=3)
     result = run("build-engine", model, "-o", tmp_path / "x.dexrt")

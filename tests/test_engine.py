@@ -94,7 +94,7 @@ def test_non_contiguous_input_is_accepted(plain_engine_path: Path) -> None:
 
 
 def test_uint16_outputs_are_clipped_and_float_outputs_are_not(tmp_path: Path) -> None:
-    from conftest import build_bundle, make_plain_onnx
+    from helpers import build_bundle, make_plain_onnx
 
     # An output window narrower than the network's range pushes values past 0..65535 for uint16.
     onnx_path = make_plain_onnx(tmp_path / "m.onnx", seed=3)
@@ -137,7 +137,8 @@ def test_input_error_is_a_value_error_and_dexrt_error() -> None:
 
 def test_core_rejects_bad_arrays_with_typed_errors(plain_engine_path: Path) -> None:
     # The C++ layer checks too, for callers of dexrt._core.
-    core = dexrt.Engine(plain_engine_path)._core
+    engine = dexrt.Engine(plain_engine_path)
+    core = engine._core
     with pytest.raises(dexrt.InputError, match="3-D"):
         core.infer(np.zeros((4, 4), np.uint16))
     with pytest.raises(dexrt.InputError, match="uint16 or float32"):
@@ -184,7 +185,7 @@ def test_concurrent_calls_give_the_single_call_results(plain_engine_path: Path) 
 
 
 def test_fp16_weights_bundle_is_smaller_and_close(unet_onnx: Path, unet_engine_path: Path, tmp_path: Path) -> None:
-    from conftest import build_bundle
+    from helpers import build_bundle
 
     fp16 = build_bundle(unet_onnx, tmp_path / "fp16.dexrt", precision="fp16")
     assert fp16.stat().st_size < 0.6 * unet_engine_path.stat().st_size
@@ -193,3 +194,12 @@ def test_fp16_weights_bundle_is_smaller_and_close(unet_onnx: Path, unet_engine_p
     b = dexrt.Engine(fp16).infer(images)
     for x, y in zip(a, b):
         assert np.abs(x - y).max() / 65535 < 1e-2
+
+
+def test_uint16_output_is_the_float_output_rounded_half_to_even(plain_engine_path: Path) -> None:
+    engine = dexrt.Engine(plain_engine_path)
+    images = random_images((3, 130, 170), np.uint16, seed=4)
+    as_float = engine.infer(images.astype(np.float32))
+    as_uint16 = engine.infer(images)
+    for f, u in zip(as_float, as_uint16):
+        np.testing.assert_array_equal(np.clip(np.rint(f), 0, 65535).astype(np.uint16), u)

@@ -8,4 +8,6 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = DEXRT_VERSION;
   dexrt::register_errors(m);
   dexrt::register_engine(m);
+  dexrt::register_drr(m);
+  dexrt::register_cuda(m);
 }

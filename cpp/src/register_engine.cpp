@@ -1,15 +1,25 @@
-// Bindings for dexrt::Engine. The GIL is released while an engine builds and while it infers.
+// Bindings for the engine runtime. The GIL is released while an engine builds, while it infers, and while
+// it closes; batched requests complete on worker threads, which take the GIL once per batch to resolve the
+// callers' futures.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "dexrt/batcher.h"
 #include "dexrt/engine.h"
 #include "dexrt/error.h"
 #include "dexrt/openvino_backend.h"
+#ifdef DEXRT_WITH_TENSORRT
+#include "dexrt/tensorrt_backend.h"
+#endif
+#include "dexrt/stats.h"
 #include "register.h"
 
 namespace py = pybind11;
@@ -20,17 +30,175 @@ namespace {
 
 using WindowPair = std::pair<float, float>;
 
-std::unique_ptr<Engine> make_engine(const std::string& backend, const std::string& device, const py::bytes& model,
-                                    const py::bytes& weights, WindowPair input_window,
-                                    const std::vector<WindowPair>& output_windows, int64_t size_multiple,
-                                    const std::string& performance_hint, int num_threads) {
-  if (backend != "openvino") {
-    throw py::value_error("unknown backend '" + backend + "' (this build has: openvino)");
+// Batchers closed in the background (see ~Runtime); the interpreter waits for them at exit.
+struct BackgroundCloses {
+  std::mutex mutex;
+  std::condition_variable done;
+  int running = 0;
+};
+
+BackgroundCloses& background_closes() {
+  static auto* closes = new BackgroundCloses();  // never destroyed: detached threads may outlive static destructors
+  return *closes;
+}
+
+void background_close(std::unique_ptr<Batcher> batcher) {
+  auto& bc = background_closes();
+  {
+    std::lock_guard<std::mutex> lock(bc.mutex);
+    ++bc.running;
+  }
+  std::thread([b = std::move(batcher)]() mutable {
+    b->close(false);
+    b.reset();
+    auto& bc = background_closes();
+    std::lock_guard<std::mutex> lock(bc.mutex);
+    --bc.running;
+    bc.done.notify_all();
+  }).detach();
+}
+
+void wait_for_background_closes() {
+  py::gil_scoped_release release;  // their last batches may need the GIL to resolve futures
+  auto& bc = background_closes();
+  std::unique_lock<std::mutex> lock(bc.mutex);
+  bc.done.wait(lock, [&] { return bc.running == 0; });
+}
+
+// An engine with its statistics and, once the first request is submitted, its batcher.
+class Runtime {
+ public:
+  Runtime(std::shared_ptr<const Engine> engine, BatcherOptions options)
+      : engine_(std::move(engine)), stats_(std::make_shared<StatsRecorder>()), options_(options) {}
+
+  // Runs inside the Python object's deallocation: the GIL must stay held here (releasing it mid-teardown lets
+  // other threads run the interpreter while this object is half destroyed). A worker finishing a batch may be
+  // waiting for the GIL, so the batcher is drained and joined on a background thread instead.
+  ~Runtime() {
+    if (batcher_) background_close(std::move(batcher_));
+  }
+
+  const Engine& engine() const { return *engine_; }
+  StatsRecorder& stats() { return *stats_; }
+
+  void check_open() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) throw Error(ErrorKind::Engine, "the engine is closed");
+  }
+
+  Batcher& batcher() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) throw Error(ErrorKind::Engine, "the engine is closed; no new work is accepted");
+    if (!batcher_) batcher_ = std::make_unique<Batcher>(engine_, stats_, options_, &complete);
+    return *batcher_;
+  }
+
+  int64_t pending() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return batcher_ ? batcher_->pending() : 0;
+  }
+
+  void close(bool cancel) {
+    Batcher* batcher = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
+      batcher = batcher_.get();
+    }
+    if (batcher) {
+      py::gil_scoped_release release;
+      batcher->close(cancel);
+    }
+  }
+
+  const BatcherOptions& options() const { return options_; }
+
+ private:
+  static void complete(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome, std::exception_ptr error);
+
+  std::shared_ptr<const Engine> engine_;
+  std::shared_ptr<StatsRecorder> stats_;
+  BatcherOptions options_;
+  mutable std::mutex mutex_;
+  std::unique_ptr<Batcher> batcher_;
+  bool closed_ = false;
+};
+
+// (C, H, W) pixels -> a tuple of C (H, W) arrays viewing one buffer, which the arrays own (no copy).
+template <typename T>
+py::tuple to_arrays(std::vector<T>&& pixels, int64_t channels, int64_t h, int64_t w) {
+  auto* owned = new std::vector<T>(std::move(pixels));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  py::tuple out(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    out[static_cast<size_t>(c)] = py::array_t<T>({h, w}, owned->data() + c * h * w, owner);
+  }
+  return out;
+}
+
+void Runtime::complete(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome, std::exception_ptr error) {
+  py::gil_scoped_acquire gil;
+  py::object exception = outcome == Outcome::Failed ? python_exception(error) : py::none();
+  for (auto& r : batch) {
+    // Each future is resolved on its own: one that its caller cancelled meanwhile must not stop the others.
+    try {
+      py::object future = *static_cast<py::object*>(r->tag.get());
+      if (future.attr("done")().cast<bool>()) continue;
+      if (outcome == Outcome::Cancelled) {
+        future.attr("cancel")();
+        continue;
+      }
+      if (outcome == Outcome::Failed) {
+        future.attr("set_exception")(exception);
+        continue;
+      }
+      const int64_t plane = r->height * r->width;
+      py::tuple result = std::visit(
+          [&](auto&& pixels) {
+            const auto channels = static_cast<int64_t>(pixels.size()) / plane;  // (C, H, W)
+            return to_arrays(std::move(pixels), channels, r->height, r->width);
+          },
+          r->output);
+      future.attr("set_result")(result);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("dexrt: resolving a future");
+    }
+    r->tag.reset();  // drop the future while the GIL is held
+  }
+}
+
+std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::string& device, const py::bytes& model,
+                                      const py::bytes& weights, WindowPair input_window,
+                                      const std::vector<WindowPair>& output_windows, int64_t size_multiple,
+                                      const std::string& performance_hint, int num_threads, int64_t max_batch,
+                                      int64_t max_delay_us, int workers, int cuda_device, int contexts,
+                                      bool cuda_graphs) {
+  if (max_batch < 1 || max_delay_us < 0 || workers < 1) {
+    throw py::value_error("max_batch and workers must be at least 1, max_delay_us at least 0");
   }
   Contract contract;
   contract.input = Window{input_window.first, input_window.second};
   for (const auto& w : output_windows) contract.outputs.push_back(Window{w.first, w.second});
   contract.size_multiple = size_multiple;
+#ifdef DEXRT_WITH_TENSORRT
+  if (backend == "tensorrt") {  // `model` is the serialized plan; `weights` is unused
+    const TensorRtOptions options{cuda_device, contexts, cuda_graphs};
+    std::string plan = model;
+    py::gil_scoped_release release;
+    auto engine = std::make_shared<const Engine>(std::make_unique<TensorRtBackend>(plan, options),
+                                                 std::move(contract));
+    return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers});
+  }
+  const char* const available = "openvino, tensorrt";
+#else
+  static_cast<void>(cuda_device);  // only the TensorRT backend uses these three
+  static_cast<void>(contexts);
+  static_cast<void>(cuda_graphs);
+  const char* const available = "openvino";
+#endif
+  if (backend != "openvino") {
+    throw py::value_error("unknown backend '" + backend + "' (this build has: " + available + ")");
+  }
   OpenVinoOptions options;
   options.device = device;
   options.performance_hint = performance_hint;
@@ -38,50 +206,156 @@ std::unique_ptr<Engine> make_engine(const std::string& backend, const std::strin
   std::string xml = model;  // copies out of the Python objects while the GIL is held
   std::string bin = weights;
   py::gil_scoped_release release;
-  return std::make_unique<Engine>(std::make_unique<OpenVinoBackend>(xml, bin, std::move(options)),
-                                  std::move(contract));
+  auto engine = std::make_shared<const Engine>(std::make_unique<OpenVinoBackend>(xml, bin, std::move(options)),
+                                               std::move(contract));
+  // OpenVINO compiles one static-shape model per batch size: keep their number small (see BatcherOptions).
+  return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers, true});
 }
 
 template <typename T>
-py::array infer_typed(const Engine& engine, const py::array& images) {
+py::array infer_typed(Runtime& rt, const py::array& images) {
   // A C-contiguous array is used in place; any other layout is copied once into a contiguous buffer.
   auto contiguous = py::array_t<T, py::array::c_style>::ensure(images);
   const int64_t n = images.shape(0), h = images.shape(1), w = images.shape(2);
-  const int64_t c = engine.backend().output_channels();
+  const int64_t c = rt.engine().output_channels();
   py::array_t<T> out({c, n, h, w});  // (C, N, H, W), the input's dtype
   const T* src = contiguous.data();
   T* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
-    engine.infer(src, n, h, w, dst);
+    const auto started = std::chrono::steady_clock::now();
+    const StageTimes times = rt.engine().infer(src, n, h, w, dst);
+    const double total = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started).count();
+    rt.stats().record_batch(n, times, std::vector<double>(static_cast<size_t>(n), 0.0),
+                            std::vector<double>(static_cast<size_t>(n), total));
   }
   return out;
 }
 
-py::array infer(const Engine& engine, const py::array& images) {
+// Images already on the GPU, as __cuda_array_interface__ describes them: a device pointer to C-contiguous
+// (N, H, W) pixels and the stream that wrote them. The (C, N, H, W) result comes back in host memory.
+py::array infer_device(Runtime& rt, uintptr_t pointer, int64_t n, int64_t height, int64_t width,
+                       const std::string& dtype, uintptr_t stream) {
+  rt.check_open();
+  if (dtype != "uint16" && dtype != "float32") {
+    throw Error(ErrorKind::Input, "images must be uint16 or float32, got " + dtype);
+  }
+  if (pointer == 0 || n <= 0 || height <= 0 || width <= 0) throw Error(ErrorKind::Input, "the images are empty");
+  const bool u16 = dtype == "uint16";
+  const int64_t c = rt.engine().output_channels();
+  py::array out = u16 ? py::array(py::array_t<uint16_t>({c, n, height, width}))
+                      : py::array(py::array_t<float>({c, n, height, width}));
+  ImageBatch batch{u16 ? PixelType::UInt16 : PixelType::Float32, n, height, width};
+  batch.device_data = reinterpret_cast<const void*>(pointer);
+  batch.stream = stream;
+  void* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const StageTimes times = rt.engine().infer_device(batch, dst);
+    rt.stats().record_batch(n, times, std::vector<double>(static_cast<size_t>(n), 0.0),
+                            std::vector<double>(static_cast<size_t>(n), times.infer_us));
+  }
+  return out;
+}
+
+bool is_uint16(const py::array& a) { return py::isinstance<py::array_t<uint16_t>>(a); }
+bool is_float32(const py::array& a) { return py::isinstance<py::array_t<float>>(a); }
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+py::array infer(Runtime& rt, const py::array& images) {
+  rt.check_open();
   if (images.ndim() != 3) {
     throw Error(ErrorKind::Input, "images must be a 3-D array (N, H, W), got " + std::to_string(images.ndim()) +
                                       "-D");
   }
-  if (py::isinstance<py::array_t<uint16_t>>(images)) return infer_typed<uint16_t>(engine, images);
-  if (py::isinstance<py::array_t<float>>(images)) return infer_typed<float>(engine, images);
-  throw Error(ErrorKind::Input, "images must be uint16 or float32 (native byte order), got " +
-                                    py::str(images.dtype()).cast<std::string>());
+  if (is_uint16(images)) return infer_typed<uint16_t>(rt, images);
+  if (is_float32(images)) return infer_typed<float>(rt, images);
+  throw Error(ErrorKind::Input, "images must be uint16 or float32 (native byte order), got " + dtype_name(images));
+}
+
+template <typename T>
+Pixels copy_pixels(const py::array& image) {
+  auto contiguous = py::array_t<T, py::array::c_style>::ensure(image);
+  return std::vector<T>(contiguous.data(), contiguous.data() + contiguous.size());
+}
+
+void submit(Runtime& rt, const py::array& image, py::object future) {
+  if (image.ndim() != 2) {
+    throw Error(ErrorKind::Input, "submit takes one (H, W) image, got " + std::to_string(image.ndim()) + "-D");
+  }
+  if (image.shape(0) <= 0 || image.shape(1) <= 0) throw Error(ErrorKind::Input, "the image is empty");
+  auto request = std::make_unique<Request>();
+  if (is_uint16(image)) {
+    request->input = copy_pixels<uint16_t>(image);
+  } else if (is_float32(image)) {
+    request->input = copy_pixels<float>(image);
+  } else {
+    throw Error(ErrorKind::Input, "the image must be uint16 or float32 (native byte order), got " + dtype_name(image));
+  }
+  request->height = image.shape(0);
+  request->width = image.shape(1);
+  // The future may be released on a worker thread: its deleter takes the GIL.
+  request->tag = std::shared_ptr<void>(new py::object(std::move(future)), [](void* p) {
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
+  rt.batcher().submit(std::move(request));
+}
+
+py::dict stats(Runtime& rt) {
+  const StatsSnapshot s = rt.stats().snapshot();
+  py::dict out, stages, sizes;
+  for (const auto& [name, sum] : s.stages) {
+    py::dict d;
+    d["count"] = sum.count;
+    d["mean"] = sum.mean;
+    d["p50"] = sum.p50;
+    d["p99"] = sum.p99;
+    d["max"] = sum.max;
+    stages[py::str(name)] = d;
+  }
+  for (const auto& [size, count] : s.batch_sizes) sizes[py::int_(size)] = count;
+  out["requests"] = s.requests;
+  out["batches"] = s.batches;
+  out["batch_sizes"] = sizes;
+  out["stages"] = stages;
+  return out;
 }
 
 }  // namespace
 
 void register_engine(py::module_& m) {
-  py::class_<Engine>(m, "Engine", "A network behind the value contract: (N, H, W) images -> (C, N, H, W) images.")
-      .def(py::init(&make_engine), py::kw_only(), py::arg("backend"), py::arg("device"), py::arg("model"),
+  py::class_<Runtime>(m, "Engine", "A network behind the value contract: (N, H, W) images -> (C, N, H, W) images.")
+      .def(py::init(&make_runtime), py::kw_only(), py::arg("backend"), py::arg("device"), py::arg("model"),
            py::arg("weights"), py::arg("input_window"), py::arg("output_windows"), py::arg("size_multiple"),
-           py::arg("performance_hint") = "LATENCY", py::arg("num_threads") = 0)
-      .def_property_readonly("backend", [](const Engine& e) { return e.backend().name(); })
-      .def_property_readonly("device", [](const Engine& e) { return e.backend().device(); })
-      .def_property_readonly("output_channels", [](const Engine& e) { return e.backend().output_channels(); })
-      .def_property_readonly("size_multiple", [](const Engine& e) { return e.contract().size_multiple; })
+           py::arg("performance_hint") = "LATENCY", py::arg("num_threads") = 0, py::arg("max_batch") = 8,
+           py::arg("max_delay_us") = 1000, py::arg("workers") = 2, py::arg("cuda_device") = 0,
+           py::arg("contexts") = 2, py::arg("cuda_graphs") = false)
+      .def_property_readonly("backend", [](const Runtime& r) { return r.engine().backend().name(); })
+      .def_property_readonly("device", [](const Runtime& r) { return r.engine().backend().device(); })
+      .def_property_readonly("output_channels", [](const Runtime& r) { return r.engine().output_channels(); })
+      .def_property_readonly("size_multiple", [](const Runtime& r) { return r.engine().contract().size_multiple; })
+      .def_property_readonly("max_batch", [](const Runtime& r) { return r.options().max_batch; })
+      .def_property_readonly("max_delay_us", [](const Runtime& r) { return r.options().max_delay_us; })
+      .def_property_readonly("workers", [](const Runtime& r) { return r.options().workers; })
       .def("infer", &infer, py::arg("images"),
-           "(N, H, W) uint16 or float32 -> (C, N, H, W) of the same dtype. Releases the GIL.");
+           "(N, H, W) uint16 or float32 -> (C, N, H, W) of the same dtype. Releases the GIL.")
+      .def("infer_device", &infer_device, py::arg("pointer"), py::arg("n"), py::arg("height"), py::arg("width"),
+           py::arg("dtype"), py::arg("stream") = 0,
+           "(N, H, W) images in CUDA device memory -> (C, N, H, W) host array. GPU backends only.")
+      .def("submit", &submit, py::arg("image"), py::arg("future"),
+           "Queue one (H, W) image (copied); `future` (concurrent.futures.Future) receives a tuple of C (H, W) "
+           "arrays, or the exception.")
+      .def("close", &Runtime::close, py::arg("cancel") = false,
+           "Stop accepting work; run (or, with cancel, cancel) what is queued; wait for the workers.")
+      .def_property_readonly("pending", &Runtime::pending, "Requests queued and not yet running.")
+      .def("stats", &stats, "Per-stage latency summaries (microseconds) and the batch-size histogram.")
+      .def("reset_stats", [](Runtime& r) { r.stats().reset(); });
+
+  m.def("wait_for_background_closes", &wait_for_background_closes,
+        "Wait until engines released without close() have finished their queued work (run at exit).");
+  py::module_::import("atexit").attr("register")(m.attr("wait_for_background_closes"));
 
   m.def(
       "pad_geometry",

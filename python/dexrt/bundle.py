@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_PAYLOAD_BYTES = 4 << 30  # refuse absurd declared sizes before allocating anything
+# What zipfile raises on damaged archives: a damaged bundle is a BundleError, never another exception type.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+               RuntimeError, struct.error, zlib.error, UnicodeDecodeError, KeyError)
 _PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # a plain file name: no folders, no '..'
 
 
@@ -87,7 +92,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
                 )
             try:
                 data = z.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except _ZIP_ERRORS as exc:
                 raise BundleError(f"{path}: '{name}' cannot be read ({exc}); the file is truncated or corrupt") from exc
             if sha256_hex(data) != entry["sha256"]:
                 raise BundleError(
@@ -103,12 +108,12 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise BundleError(f"{path}: no such engine file")
     try:
         return zipfile.ZipFile(path, "r")
-    except zipfile.BadZipFile as exc:
+    except PermissionError as exc:
+        raise BundleError(f"{path}: cannot be opened: {exc}") from exc
+    except _ZIP_ERRORS as exc:
         raise BundleError(
             f"{path}: not a dexrt engine bundle, or truncated (not a readable ZIP archive: {exc})"
         ) from exc
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot be opened: {exc}") from exc
 
 
 def _manifest_of(path: Path, z: zipfile.ZipFile) -> dict[str, Any]:
@@ -120,7 +125,7 @@ def _manifest_of(path: Path, z: zipfile.ZipFile) -> dict[str, Any]:
         raise BundleError(f"{path}: manifest is {info.file_size} bytes, larger than any dexrt manifest")
     try:
         manifest = json.loads(z.read(info).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: the manifest is not valid JSON ({exc})") from exc
     _check_manifest(path, manifest)
     return manifest

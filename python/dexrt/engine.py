@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dexrt import _core
-from dexrt._errors import EngineError, InputError
+from dexrt._errors import BundleError, EngineError, InputError
 from dexrt.bundle import read_bundle
 
 _DEVICES = ("auto", "cpu", "gpu")
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    # Batcher workers must not be left resolving futures while the interpreter finalizes.
+    for engine in list(_LIVE):
+        engine.close()
+
 _MAX_SIDE = 16384  # larger images are refused before anything is allocated
 
 
@@ -36,6 +48,12 @@ class Engine:
         *,
         performance_hint: str = "latency",
         num_threads: int = 0,
+        max_batch: int = 8,
+        max_delay_us: int = 1000,
+        workers: int = 2,
+        cuda_device: int = 0,
+        contexts: int = 2,
+        cuda_graphs: bool = False,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -43,30 +61,53 @@ class Engine:
             raise ValueError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        if max_batch < 1 or workers < 1 or max_delay_us < 0:
+            raise ValueError("max_batch and workers must be >= 1 and max_delay_us >= 0")
         bundle = read_bundle(path)
         m = bundle.manifest
         self._path = Path(path)
         self._manifest = m
-        if m["backend"] != "openvino":
+        if m["backend"] == "tensorrt":
+            backend = self._tensorrt_args(bundle.payload, device, cuda_device, contexts, cuda_graphs)
+        elif m["backend"] == "openvino":
+            if device == "gpu":
+                raise EngineError(f"{path}: this is a CPU (OpenVINO) engine; build a GPU engine with "
+                                  "`dexrt build-engine --device gpu`")
+            try:
+                model, weights = bundle.payload["model.xml"], bundle.payload["model.bin"]
+            except KeyError as exc:
+                raise EngineError(f"{path}: an OpenVINO bundle must hold model.xml and model.bin") from exc
+            backend = dict(backend="openvino", device="CPU", model=model, weights=weights,
+                           performance_hint=performance_hint.upper(), num_threads=num_threads)
+        else:
             raise EngineError(f"{path}: backend {m['backend']!r} is not available in this build of dexrt")
-        if device == "gpu":
-            raise EngineError(f"{path}: this is a CPU (OpenVINO) engine; build a GPU engine with "
-                              "`dexrt build-engine --device gpu`")
-        try:
-            model, weights = bundle.payload["model.xml"], bundle.payload["model.bin"]
-        except KeyError as exc:
-            raise EngineError(f"{path}: an OpenVINO bundle must hold model.xml and model.bin") from exc
         self._core = _core.Engine(
-            backend="openvino",
-            device="CPU",
-            model=model,
-            weights=weights,
+            **backend,
             input_window=tuple(m["input"]["window"]),
             output_windows=[tuple(w) for w in m["output"]["windows"]],
             size_multiple=m["size_multiple"],
-            performance_hint=performance_hint.upper(),
-            num_threads=num_threads,
+            max_batch=max_batch,
+            max_delay_us=max_delay_us,
+            workers=workers,
         )
+        _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
+
+    def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
+                       cuda_graphs: bool) -> dict[str, Any]:
+        """Checks a TensorRT bundle against this machine before TensorRT sees the plan."""
+        from dexrt._gpu import check_plan, current_runtime
+
+        if device == "cpu":
+            raise EngineError(f"{self._path}: this is a GPU (TensorRT) engine; build a CPU engine with "
+                              "`dexrt build-engine --device cpu`")
+        if contexts < 1:
+            raise ValueError(f"contexts must be >= 1, got {contexts}")
+        check_plan(self._manifest, self._path, current_runtime(cuda_device))
+        plan = payload.get("model.plan")
+        if plan is None:
+            raise BundleError(f"{self._path}: a TensorRT bundle must hold model.plan")
+        return dict(backend="tensorrt", device="GPU", model=plan, weights=b"", cuda_device=cuda_device,
+                    contexts=contexts, cuda_graphs=cuda_graphs)
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -122,29 +163,119 @@ class Engine:
 
     # -- inference --------------------------------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Run the engine on ``images``: (H, W) or (N, H, W), uint16 or float32.
+        """Run the engine on ``images``: (H, W) or (N, H, W), uint16 or float32; returns when done.
 
         Returns one array per output channel (``bone, soft``), each of the input's shape and dtype. The
         outputs of one call share one buffer, laid out channel-major, so each is contiguous. A C-contiguous
         input is read in place (do not modify it during the call); any other layout is copied once.
+
+        A GPU (TensorRT) engine also takes images already on the GPU: any array with
+        ``__cuda_array_interface__`` (torch, CuPy, PyCUDA), C-contiguous, is read in place there without a
+        host round trip; the results come back as numpy arrays.
         """
-        if not isinstance(images, np.ndarray):
-            raise InputError(f"images must be a numpy array, got {type(images).__name__}")
-        if images.ndim not in (2, 3):
-            raise InputError(f"images must be (H, W) or (N, H, W), got an array of shape {images.shape}")
-        if images.dtype not in (np.uint16, np.float32):
-            raise InputError(f"images must be uint16 or float32, got {images.dtype}")
+        if not isinstance(images, np.ndarray) and hasattr(images, "__cuda_array_interface__"):
+            out, ndim = self._infer_device(images.__cuda_array_interface__)
+            return tuple(out[c, 0] if ndim == 2 else out[c] for c in range(out.shape[0]))
+        _check(images, (2, 3))
         batch = images[np.newaxis] if images.ndim == 2 else images
-        n, h, w = batch.shape
-        if n == 0 or h == 0 or w == 0:
-            raise InputError(f"images must not be empty, got shape {images.shape}")
-        if h > _MAX_SIDE or w > _MAX_SIDE:
-            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
-        if images.dtype == np.float32 and not np.isfinite(batch).all():
-            raise InputError("images contain NaN or infinite values")
         out = self._core.infer(batch)  # (C, N, H, W)
         if images.ndim == 2:
             return tuple(out[c, 0] for c in range(out.shape[0]))
         return tuple(out[c] for c in range(out.shape[0]))
 
     __call__ = infer
+
+    def _infer_device(self, cai: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """Images already on the GPU (torch, cupy, pycuda...): read in place by the GPU engine.
+
+        ``cai`` is the array's ``__cuda_array_interface__``: a C-contiguous (H, W) or (N, H, W) uint16 or
+        float32 array. Its ``stream``, when given, is waited on before reading. NaN checks of float32 input
+        are not made on this path (that would copy the images to the host).
+        """
+        shape, typestr = tuple(cai["shape"]), cai["typestr"]
+        dtype = {"<u2": "uint16", "<f4": "float32"}.get(typestr)
+        if dtype is None:
+            raise InputError(f"device images must be uint16 or float32, got typestr {typestr!r}")
+        if len(shape) not in (2, 3) or 0 in shape:
+            raise InputError(f"device images must be (H, W) or (N, H, W) and not empty, got shape {shape}")
+        n, h, w = (1, *shape) if len(shape) == 2 else shape
+        if h > _MAX_SIDE or w > _MAX_SIDE:
+            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+        item = np.dtype(dtype).itemsize
+        strides = cai.get("strides")
+        if strides is not None and tuple(strides) != tuple(item * p for p in (h * w, w, 1)[-len(shape):]):
+            raise InputError(f"device images must be C-contiguous, got strides {tuple(strides)}")
+        if cai.get("mask") is not None:
+            raise InputError("masked device arrays are not supported")
+        pointer = int(cai["data"][0])
+        stream = cai.get("stream")
+        out = self._core.infer_device(pointer, n, h, w, dtype, int(stream) if stream else 0)  # (C, N, H, W)
+        return out, len(shape)
+
+    def submit(self, image: np.ndarray) -> Future[tuple[np.ndarray, ...]]:
+        """Queue one (H, W) image for batched inference; returns a future of ``(bone, soft)``.
+
+        Requests from any number of threads are grouped into batches of up to ``max_batch`` same-sized
+        images, waiting at most ``max_delay_us`` for a batch to fill. The image is copied, so the caller may
+        reuse its buffer as soon as this returns. An invalid image fails only its own future; a closed engine
+        raises :class:`EngineError` here.
+        """
+        future: Future[tuple[np.ndarray, ...]] = Future()
+        try:
+            _check(image, (2,))
+        except InputError as exc:
+            future.set_exception(exc)
+            return future
+        self._core.submit(image, future)
+        return future
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them)."""
+        self._core.close(cancel)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Submitted requests still queued (not yet running)."""
+        return int(self._core.pending)
+
+    def stats(self) -> dict[str, Any]:
+        """Latency per stage in microseconds (``queue_us``, ``pre_us``, ``infer_us``, ``post_us``,
+        ``total_us``: count, mean, p50, p99, max over the last 8192 samples) and the batch-size histogram.
+
+        Stage times are per batch; queue wait and total latency are per request. Direct :meth:`infer`
+        calls count as batches with no queue wait.
+        """
+        raw = self._core.stats()
+        return {
+            "requests": raw["requests"],
+            "batches": raw["batches"],
+            "batch_sizes": dict(sorted(raw["batch_sizes"].items())),
+            **raw["stages"],
+        }
+
+    def reset_stats(self) -> None:
+        self._core.reset_stats()
+
+
+def _check(images: object, ndims: tuple[int, ...]) -> None:
+    """Argument checks shared by infer and submit (the C++ layer checks dtype and rank again)."""
+    if not isinstance(images, np.ndarray):
+        raise InputError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.ndim not in ndims:
+        shapes = " or ".join({2: "(H, W)", 3: "(N, H, W)"}[n] for n in ndims)
+        raise InputError(f"images must be {shapes}, got an array of shape {images.shape}")
+    if images.dtype not in (np.uint16, np.float32):
+        raise InputError(f"images must be uint16 or float32, got {images.dtype}")
+    if 0 in images.shape:
+        raise InputError(f"images must not be empty, got shape {images.shape}")
+    h, w = images.shape[-2:]
+    if h > _MAX_SIDE or w > _MAX_SIDE:
+        raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+    if images.dtype == np.float32 and not np.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")

@@ -18,6 +18,16 @@ struct Window {
   float hi = 65535.0f;
 };
 
+// The affine map of a window, computed once per batch: x_net = x * scale + offset on the way in, and
+// x = y_net * scale + offset on the way out. Applied as a rounded multiply, then a rounded add, never fused
+// into one FMA: the CUDA kernels (dexrt/cuda/prepost.h) do the same and match this bit for bit.
+struct Affine {
+  float scale = 1.0f, offset = 0.0f;
+  float operator()(float v) const { return v * scale + offset; }
+};
+Affine to_network(Window w);    // stored value -> network value
+Affine from_network(Window w);  // network value -> stored value
+
 // Where an (H, W) image sits inside the padded (Hp, Wp) network input.
 struct PadGeometry {
   int64_t height = 0, width = 0;                // image
@@ -30,14 +40,14 @@ PadGeometry plan_padding(int64_t height, int64_t width, int64_t size_multiple);
 // Index of the source pixel that mirrors padded position `i` (may be outside [0, n)) into [0, n).
 int64_t reflect_index(int64_t i, int64_t n);
 
-// (N, H, W) T -> (N, 1, Hp, Wp) f32 in network range, mirror-padded.
+// One (H, W) T image -> one (Hp, Wp) f32 plane in network range, mirror-padded.
 template <typename T>
-void preprocess(const T* images, int64_t n, const PadGeometry& g, Window window, float* net_input);
+void preprocess_image(const T* image, const PadGeometry& g, Window window, float* net_plane);
 
-// (N, C, Hp, Wp) f32 network range -> (C, N, H, W) T, cropped, one window per channel. Channel-major, so
-// each output kind (bone, soft) is one contiguous (N, H, W) block.
+// One image's (C, Hp, Wp) f32 network output -> C cropped (H, W) T planes, one window per channel; channel c
+// is written at out + c * channel_stride.
 template <typename T>
-void postprocess(const float* net_output, int64_t n, int64_t channels, const PadGeometry& g,
-                 const std::vector<Window>& windows, T* images);
+void postprocess_image(const float* net_output, const PadGeometry& g, const std::vector<Window>& windows, T* out,
+                       int64_t channel_stride);
 
 }  // namespace dexrt

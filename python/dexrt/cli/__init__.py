@@ -19,6 +19,7 @@ _COMMANDS = {
     "export": "dexrt.cli.export:export",
     "synth": "dexrt.cli.synth:synth",
     "train": "dexrt.cli.train:train",
+    "bench": "dexrt.cli.bench:bench",
 }
 
 

@@ -1,0 +1,87 @@
+// Dynamic batching: requests from any thread are grouped into batches of up to max_batch images of the same
+// size and dtype, waiting at most max_delay_us after the oldest queued request; `workers` threads each form
+// and run batches, so several batches are in flight at once. No Python runs here: completion is a C++
+// callback, invoked once per batch on the worker thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "dexrt/engine.h"
+#include "dexrt/stats.h"
+
+namespace dexrt {
+
+struct BatcherOptions {
+  int64_t max_batch = 8;
+  int64_t max_delay_us = 1000;
+  int workers = 2;
+  // Form only batches of 1, 2, 4, 8, ... images. A backend that compiles one model per batch size (OpenVINO,
+  // static shapes) then holds at most log2(max_batch) + 1 of them per image size instead of max_batch; the
+  // requests left over run in the next batch at once, since their deadline has passed.
+  bool power_of_two_batches = true;
+};
+
+using Pixels = std::variant<std::vector<uint16_t>, std::vector<float>>;
+
+// One submitted image. The batcher owns a copy of the pixels, so the caller may reuse its buffer at once.
+struct Request {
+  Pixels input;   // (H, W)
+  Pixels output;  // (C, H, W), same dtype as input; filled when the request succeeds
+  int64_t height = 0, width = 0;
+  std::shared_ptr<void> tag;  // the caller's handle (e.g. a future), carried through untouched
+  std::chrono::steady_clock::time_point enqueued;
+};
+
+enum class Outcome { Done, Failed, Cancelled };
+
+// Called once per batch: every request in `batch` has the same outcome; `error` is set when Failed.
+using Completion = std::function<void(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome,
+                                      std::exception_ptr error)>;
+
+class Batcher {
+ public:
+  Batcher(std::shared_ptr<const Engine> engine, std::shared_ptr<StatsRecorder> stats, BatcherOptions options,
+          Completion completion);
+  ~Batcher();  // drains pending work (close(false))
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues one image. Throws Error(Engine) once closed.
+  void submit(std::unique_ptr<Request> request);
+
+  // Stops accepting requests; with cancel, queued (not yet running) requests complete as Cancelled, otherwise
+  // they all run. Returns when every worker has finished. Idempotent.
+  void close(bool cancel);
+
+  int64_t pending() const;
+  const BatcherOptions& options() const { return options_; }
+
+ private:
+  void worker_loop();
+  size_t compatible_count(const Request& first) const;  // needs mutex_
+  std::vector<std::unique_ptr<Request>> take_batch();   // needs mutex_
+  void run_batch(std::vector<std::unique_ptr<Request>>& batch);
+
+  std::shared_ptr<const Engine> engine_;
+  std::shared_ptr<StatsRecorder> stats_;
+  BatcherOptions options_;
+  Completion completion_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Request>> queue_;
+  bool closing_ = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace dexrt

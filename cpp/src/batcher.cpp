@@ -1,0 +1,158 @@
+#include "dexrt/batcher.h"
+
+#include <algorithm>
+#include <string>
+
+#include "dexrt/error.h"
+
+namespace dexrt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+bool same_kind(const Request& a, const Request& b) {
+  return a.height == b.height && a.width == b.width && a.input.index() == b.input.index();
+}
+
+}  // namespace
+
+Batcher::Batcher(std::shared_ptr<const Engine> engine, std::shared_ptr<StatsRecorder> stats, BatcherOptions options,
+                 Completion completion)
+    : engine_(std::move(engine)), stats_(std::move(stats)), options_(options), completion_(std::move(completion)) {
+  if (options_.max_batch < 1) throw Error(ErrorKind::Engine, "max_batch must be at least 1");
+  if (options_.max_delay_us < 0) throw Error(ErrorKind::Engine, "max_delay_us must not be negative");
+  if (options_.workers < 1) throw Error(ErrorKind::Engine, "workers must be at least 1");
+  workers_.reserve(static_cast<size_t>(options_.workers));
+  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+Batcher::~Batcher() { close(false); }
+
+void Batcher::submit(std::unique_ptr<Request> request) {
+  request->enqueued = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closing_) throw Error(ErrorKind::Engine, "the engine is closed; no new work is accepted");
+    queue_.push_back(std::move(request));
+  }
+  wake_.notify_all();
+}
+
+void Batcher::close(bool cancel) {
+  std::vector<std::unique_ptr<Request>> cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
+    if (cancel) {
+      for (auto& r : queue_) cancelled.push_back(std::move(r));
+      queue_.clear();
+    }
+  }
+  wake_.notify_all();
+  if (!cancelled.empty()) completion_(cancelled, Outcome::Cancelled, nullptr);
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int64_t Batcher::pending() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return static_cast<int64_t>(queue_.size());
+}
+
+size_t Batcher::compatible_count(const Request& first) const {
+  return static_cast<size_t>(
+      std::count_if(queue_.begin(), queue_.end(), [&](const auto& r) { return same_kind(*r, first); }));
+}
+
+std::vector<std::unique_ptr<Request>> Batcher::take_batch() {
+  // The oldest request decides the batch's shape; requests of other shapes keep their place in the queue.
+  std::vector<std::unique_ptr<Request>> batch;
+  const Request& first = *queue_.front();  // stays valid: moving the unique_ptr does not move the request
+  int64_t size = std::min<int64_t>(static_cast<int64_t>(compatible_count(first)), options_.max_batch);
+  if (options_.power_of_two_batches) {
+    int64_t p = 1;
+    while (p * 2 <= size) p *= 2;
+    size = p;
+  }
+  for (auto it = queue_.begin(); it != queue_.end() && static_cast<int64_t>(batch.size()) < size;) {
+    if (same_kind(**it, first)) {
+      batch.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return batch;
+}
+
+void Batcher::worker_loop() {
+  for (;;) {
+    std::vector<std::unique_ptr<Request>> batch;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // closing and drained
+      // Wait for a full batch, but never longer than max_delay after the oldest request arrived.
+      const auto deadline = queue_.front()->enqueued + std::chrono::microseconds(options_.max_delay_us);
+      while (!closing_ && !queue_.empty() &&
+             static_cast<int64_t>(compatible_count(*queue_.front())) < options_.max_batch) {
+        if (wake_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+      }
+      if (queue_.empty()) continue;  // another worker took them
+      batch = take_batch();
+      if (!queue_.empty()) wake_.notify_one();  // what is left may already make another batch
+    }
+    run_batch(batch);
+  }
+}
+
+namespace {
+
+template <typename T>
+StageTimes run_typed(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch) {
+  const int64_t h = batch.front()->height, w = batch.front()->width;
+  const int64_t plane = h * w;
+  std::vector<ImageSlot<T>> slots;
+  slots.reserve(batch.size());
+  for (auto& r : batch) {
+    auto& out = std::get<std::vector<T>>(r->output);
+    out.resize(static_cast<size_t>(engine.output_channels() * plane));
+    slots.push_back({std::get<std::vector<T>>(r->input).data(), out.data(), plane});  // (C, H, W) per request
+  }
+  return engine.run(slots.data(), static_cast<int64_t>(slots.size()), h, w);
+}
+
+}  // namespace
+
+void Batcher::run_batch(std::vector<std::unique_ptr<Request>>& batch) {
+  const auto started = Clock::now();
+  Outcome outcome = Outcome::Done;
+  std::exception_ptr error;
+  StageTimes times;
+  try {
+    if (std::holds_alternative<std::vector<uint16_t>>(batch.front()->input)) {
+      for (auto& r : batch) r->output = std::vector<uint16_t>();
+      times = run_typed<uint16_t>(*engine_, batch);
+    } else {
+      for (auto& r : batch) r->output = std::vector<float>();
+      times = run_typed<float>(*engine_, batch);
+    }
+  } catch (...) {
+    outcome = Outcome::Failed;
+    error = std::current_exception();
+  }
+  const auto finished = Clock::now();
+  std::vector<double> queue_us, total_us;
+  for (const auto& r : batch) {
+    queue_us.push_back(micros(started - r->enqueued));
+    total_us.push_back(micros(finished - r->enqueued));
+  }
+  stats_->record_batch(static_cast<int64_t>(batch.size()), times, queue_us, total_us);
+  completion_(batch, outcome, error);
+}
+
+}  // namespace dexrt

@@ -1,0 +1,281 @@
+"""`dexrt bench`: latency and throughput of dexrt's engine against peers on the same ONNX generator.
+
+Peers, each run only where its package is installed: OpenVINO's own Python API, ONNX Runtime (CPU), and, when
+the generator's PyTorch module is at hand, torch eager FP32 (NCHW and channels_last). Every measurement is
+checked against ONNX Runtime (or dexrt) on the same input before it is reported. Results are a JSON document
+(`schema: dexrt-bench/1`) that two runs can be compared with, a printed table and a latency-vs-size plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Runner = Callable[[np.ndarray], np.ndarray]  # (N, 1, H, W) f32 in [-1, 1] -> (N, C, H, W) f32 in [-1, 1]
+
+SCHEMA = "dexrt-bench/1"
+TOLERANCE = 2e-3  # max abs difference to the reference, in the network's [-1, 1] range
+
+
+@dataclass
+class Result:
+    engine: str
+    height: int
+    width: int
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    images_per_s: float
+    gflops: float  # achieved GFLOP/s
+    peak_percent: float | None
+    max_abs_error: float
+    repeats: int
+
+
+def conv_flops(onnx_path: str | os.PathLike[str], height: int, width: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the Conv and ConvTranspose nodes for one (1, 1, H, W) image."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(onnx_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 1, height, width)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    model = shape_inference.infer_shapes(model)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    weights = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    total = 0.0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            out = shapes.get(node.output[0])
+            w = weights.get(node.input[1])
+            if out and w:
+                total += 2.0 * float(np.prod(w)) * out[2] * out[3]
+        elif node.op_type == "ConvTranspose":
+            inp = shapes.get(node.input[0])
+            w = weights.get(node.input[1])
+            if inp and w:
+                total += 2.0 * float(np.prod(w)) * inp[2] * inp[3]
+    return total
+
+
+def cpu_peak_gflops() -> float | None:
+    """Estimated FP32 peak of this CPU: cores x clock x FLOPs/cycle (2 FMA units of the widest vectors)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
+    if not mhz:
+        return None
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    per_cycle = lanes * 2 * (2 if "fma" in flags or "avx512f" in flags else 1)
+    return len(os.sched_getaffinity(0)) * (sum(mhz) / len(mhz)) / 1e3 * per_cycle
+
+
+def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] | None = None) -> dict[str, Runner]:
+    """The engines to compare, each taking and returning network-range tensors."""
+    import importlib.util
+
+    runners: dict[str, Runner] = {}
+    wanted = set(engines) if engines else None
+
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    if want("dexrt"):
+        runners["dexrt"] = _dexrt_runner(onnx_path)
+    if want("openvino-python"):
+        runners["openvino-python"] = _openvino_runner(onnx_path)
+    if want("onnxruntime") and importlib.util.find_spec("onnxruntime"):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        runners["onnxruntime"] = lambda x: session.run(None, {name: x})[0]
+    if torch_module is not None and importlib.util.find_spec("torch"):
+        import torch
+
+        module = torch_module.eval()
+        if want("torch-eager"):
+            runners["torch-eager"] = lambda x: _torch_run(module, x, channels_last=False)
+        if want("torch-channels-last"):
+            cl = module.to(memory_format=torch.channels_last)
+            runners["torch-channels-last"] = lambda x: _torch_run(cl, x, channels_last=True)
+    return runners
+
+
+def _torch_run(module: Any, x: np.ndarray, *, channels_last: bool) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        t = torch.from_numpy(x)
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return module(t).contiguous().numpy()
+
+
+def _dexrt_runner(onnx_path: Path) -> Runner:
+    """dexrt's engine with identity windows ([-1, 1] <-> [-1, 1]), so it consumes network-range input directly."""
+    from dexrt import _core
+    from dexrt.build import build_openvino, read_onnx_contract
+
+    contract = read_onnx_contract(onnx_path, input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
+    _, payload = build_openvino(contract, onnx_path)
+    core = _core.Engine(backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
+                        input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * len(contract.channels),
+                        size_multiple=contract.size_multiple)
+    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+
+
+def _openvino_runner(onnx_path: Path) -> Runner:
+    """OpenVINO's own Python API, compiled per input shape like dexrt does (static shapes, latency hint)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape not in compiled:
+            m = model.clone()
+            m.reshape(list(x.shape))
+            compiled[x.shape] = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        request = compiled[x.shape]
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+
+    return run
+
+
+def measure(runner: Runner, x: np.ndarray, *, min_seconds: float, min_repeats: int = 3) -> list[float]:
+    """Wall times in seconds of repeated runs after one warm-up run."""
+    runner(x)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        runner(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_module: Any = None,
+              engines: list[str] | None = None, min_seconds: float = 2.0,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    runners = make_runners(onnx_path, torch_module, engines)
+    peak = cpu_peak_gflops()
+    results: list[Result] = []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        flops = conv_flops(onnx_path, size, size)
+        for batch in batches:
+            x = rng.uniform(-1, 1, (batch, 1, size, size)).astype(np.float32)
+            reference = None
+            for name, runner in runners.items():
+                if progress:
+                    progress(f"{name} {size}x{size} batch {batch}")
+                out = runner(x)
+                reference = out if reference is None else reference
+                error = float(np.abs(out - reference).max())
+                if error > TOLERANCE:
+                    raise AssertionError(f"{name} differs from {next(iter(runners))} by {error:.2e} at "
+                                         f"{size}x{size} batch {batch}")
+                times = measure(runner, x, min_seconds=min_seconds)
+                p50 = statistics.median(times)
+                gflops = flops * batch / p50 / 1e9
+                results.append(Result(
+                    engine=name, height=size, width=size, batch=batch, p50_ms=p50 * 1e3,
+                    p99_ms=float(np.percentile(times, 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
+                    peak_percent=100 * gflops / peak if peak else None, max_abs_error=error, repeats=len(times)))
+    return {
+        "schema": SCHEMA,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": len(os.sched_getaffinity(0)),
+                    "peak_gflops_estimate": peak},
+        "libraries": _versions(),
+        "model": {"onnx": str(onnx_path), "reference": next(iter(runners))},
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        match = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+        return match.group(1) if match else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("dexrt", "openvino", "onnxruntime", "torch", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    base = {(r["height"], r["batch"]): r["p50_ms"] for r in rows if r["engine"] == "dexrt"}
+    lines = [f"{'engine':22s} {'size':>9s} {'batch':>5s} {'p50 ms':>9s} {'p99 ms':>9s} {'img/s':>8s} "
+             f"{'GFLOP/s':>8s} {'% peak':>7s} {'vs dexrt':>8s}"]
+    for r in rows:
+        ratio = r["p50_ms"] / base[(r["height"], r["batch"])] if (r["height"], r["batch"]) in base else float("nan")
+        peak = f"{r['peak_percent']:6.1f}%" if r["peak_percent"] is not None else "    n/a"
+        lines.append(f"{r['engine']:22s} {r['height']:>4d}x{r['width']:<4d} {r['batch']:>5d} {r['p50_ms']:9.2f} "
+                     f"{r['p99_ms']:9.2f} {r['images_per_s']:8.2f} {r['gflops']:8.1f} {peak} {ratio:7.2f}x")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency (p50 per image) against image size, one line per engine and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = sorted({(r["engine"], r["batch"]) for r in report["results"]})
+    for engine, batch in keys:
+        rows = sorted((r for r in report["results"] if r["engine"] == engine and r["batch"] == batch),
+                      key=lambda r: r["height"])
+        ax.plot([r["height"] for r in rows], [r["p50_ms"] / batch for r in rows], marker="o",
+                label=f"{engine} (batch {batch})")
+    ax.set_xlabel("image size (pixels a side)")
+    ax.set_ylabel("p50 latency per image (ms)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{report['machine']['processor']}, {report['machine']['cpus']} CPUs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    from dexrt._atomic import atomic_write
+
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def save(report: dict[str, Any], path: Path) -> None:
+    from dexrt._atomic import atomic_write
+
+    with atomic_write(path) as f:
+        f.write((json.dumps(report, indent=2) + "\n").encode())

@@ -1,0 +1,76 @@
+"""`dexrt bench`: compare dexrt's engine with its peers on one generator; table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from dexrt._errors import DexrtError
+
+
+@click.command()
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Generator to benchmark (default: a random-weight U-Net of width --ngf; needs the train extra).")
+@click.option("--ngf", type=click.IntRange(1, 256), default=64, show_default=True,
+              help="Width of the default random-weight U-Net.")
+@click.option("--quick", is_flag=True, help="256x256 at batch 1 and 4, short runs (about a minute).")
+@click.option("--sizes", default=None, help="Comma-separated image sizes (default 256,512,1024; quick: 256).")
+@click.option("--batches", default=None, help="Comma-separated batch sizes (default 1,4,8; quick: 1,4).")
+@click.option("--engines", default=None,
+              help="Comma-separated subset of: dexrt, openvino-python, onnxruntime, torch-eager, torch-channels-last.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("dexrt-bench.json"),
+              show_default=True, help="Results file (JSON, schema dexrt-bench/1).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Latency-vs-size plot (PNG; default: next to the results file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout instead of a table.")
+def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batches: str | None,
+          engines: str | None, output: Path, plot_path: Path | None, as_json: bool) -> None:
+    """Benchmark dexrt against OpenVINO's Python API, ONNX Runtime and torch eager on the same weights."""
+    from dexrt.bench import format_table, plot, run_suite, save
+
+    size_list = _ints(sizes) if sizes else ([256] if quick else [256, 512, 1024])
+    batch_list = _ints(batches) if batches else ([1, 4] if quick else [1, 4, 8])
+    module = None
+    with tempfile.TemporaryDirectory(prefix="dexrt-bench-") as tmp:
+        if onnx_path is None:
+            module, onnx_path = _random_unet(ngf, Path(tmp))
+        report = run_suite(onnx_path, sizes=size_list, batches=batch_list, torch_module=module,
+                           engines=engines.split(",") if engines else None, min_seconds=0.5 if quick else 2.0,
+                           progress=lambda s: click.echo(f"  {s}", err=True))
+    report["model"]["ngf"] = ngf if module is not None else None
+    save(report, output)
+    plot(report, plot_path or output.with_suffix(".png"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_table(report))
+        click.echo(f"Saved {output} and {plot_path or output.with_suffix('.png')}", err=True)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _random_unet(ngf: int, folder: Path):  # noqa: ANN202
+    try:
+        import torch
+
+        from dexrt_train.export import export_onnx
+        from dexrt_train.networks import GeneratorConfig, define_G
+    except ImportError as exc:
+        raise DexrtError("the default benchmark model needs the train extra (pip install 'dexrt[train]'); "
+                         "or pass --onnx MODEL.onnx") from exc
+    torch.manual_seed(0)
+    config = GeneratorConfig(ngf=ngf)
+    module = define_G(config).eval()
+    path = folder / f"unet_ngf{ngf}.onnx"
+    export_onnx(module, config, path)
+    print(f"benchmark model: random-weight U-Net, ngf {ngf}", file=sys.stderr)
+    return module, path

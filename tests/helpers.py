@@ -1,0 +1,44 @@
+"""Helpers shared by tests and benchmarks: small ONNX generators and engine bundles built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadata: str | None = None) -> Path:
+    """A plain ONNX generator without torch: 3x3 conv (1 -> C) + tanh, dynamic N, H, W, no dexrt metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0, 0.5, (out_channels, 1, 3, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.1, (out_channels,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+            helper.make_node("Tanh", ["y"], ["out"]),
+        ],
+        "plain_generator",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", out_channels, "H", "W"])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata is not None:
+        helper.set_model_props(model, {"dexrt": metadata})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def build_bundle(onnx_path: Path, out: Path, **options) -> Path:
+    from dexrt.build import build_openvino, read_onnx_contract
+    from dexrt.bundle import write_bundle
+
+    precision = options.pop("precision", "fp32")
+    contract = read_onnx_contract(onnx_path, **options)
+    manifest, payload = build_openvino(contract, onnx_path, precision=precision)
+    write_bundle(out, manifest, payload)
+    return out

@@ -1,0 +1,49 @@
+"""`dexrt bench`: results file, plot and table, with every engine checked against the reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dexrt.bench import conv_flops
+from dexrt.cli import cli
+
+
+def test_bench_quick_writes_comparable_results(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["bench", "--ngf", "4", "--sizes", "256", "--batches", "1,2", "-o", str(out),
+                                      "--engines", "dexrt,onnxruntime,torch-eager"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["schema"] == "dexrt-bench/1"
+    engines = {(r["engine"], r["batch"]) for r in report["results"]}
+    assert engines == {(e, b) for e in ("dexrt", "onnxruntime", "torch-eager") for b in (1, 2)}
+    for r in report["results"]:
+        assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] * 0.999
+        assert r["max_abs_error"] <= 2e-3
+        assert r["gflops"] > 0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dexrt" in result.stdout and "GFLOP/s" in result.stdout
+
+
+def test_conv_flops_of_the_unet(unet_onnx: Path) -> None:
+    from dexrt_train.networks import GeneratorConfig
+
+    # Independent count for the ngf=8 depth-8 U-Net at 256x256: encoder convs then decoder transposed convs.
+    c = GeneratorConfig(ngf=8)
+    widths = [c.ngf * min(2**i, 8) for i in range(c.depth)]
+    expected = 0.0
+    size = 256
+    cin = 1
+    for w in widths:  # conv 4x4 stride 2: output size halves
+        size //= 2
+        expected += 2 * 16 * cin * w * size * size
+        cin = w
+    for i in reversed(range(c.depth)):  # transposed conv 4x4 stride 2 from size to 2*size
+        cin = widths[i] * (1 if i == c.depth - 1 else 2)
+        cout = 2 if i == 0 else widths[i - 1]
+        expected += 2 * 16 * cin * cout * size * size
+        size *= 2
+    assert conv_flops(unet_onnx, 256, 256) == expected
