@@ -43,7 +43,8 @@ def synthetic_view(rng: np.random.Generator, size: int = SIZE, lesion: bool = Tr
     return to16(se), to16(bone), to16(soft), mask
 
 
-def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test", 1)), seed: int = 0) -> Path:
+def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test", 1)), seed: int = 0,
+                           size: int = SIZE) -> Path:
     """A dataset in docs/dataset-format.md's layout (manifest.json + se/ bone/ soft/ masks/)."""
     from PIL import Image
 
@@ -54,7 +55,7 @@ def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test"
     for split, n in counts:
         for _ in range(n):
             vid = f"view_{i:05d}"
-            se, bone, soft, mask = synthetic_view(rng, lesion=i % 2 == 0)
+            se, bone, soft, mask = synthetic_view(rng, size, lesion=i % 2 == 0)
             files = {}
             for name, image in (("se", se), ("bone", bone), ("soft", soft)):
                 files[name] = f"{name}/{vid}.png"
@@ -67,7 +68,7 @@ def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test"
                           "geometry": {"gantry_deg": 3.0 * i}, "noise_seed": i})
             i += 1
     enc = {"offset": 0.0, "scale": 1.0 / 40000, "quantity": "synthetic"}
-    manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [SIZE, SIZE],
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [size, size],
                 "channels": ["se", "bone", "soft"], "encoding": {c: enc for c in ("se", "bone", "soft")},
                 "splits": {}, "source": {}, "physics": {}, "views": views}
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -118,7 +119,7 @@ def test_paired_folder_layout(tmp_path: Path) -> None:
                 write_image(tmp_path / split / name / f"img{i}.tif", image)
     views = find_views(tmp_path, "train")
     assert [v.id for v in views] == ["img0", "img1", "img2"] and find_views(tmp_path, "test") == []
-    summary = train(TrainConfig(steps=2, **{**FAST, "num_workers": 2}), tmp_path, tmp_path / "run")
+    summary = train(TrainConfig(steps=2, **FAST), tmp_path, tmp_path / "run")
     assert summary["steps"] == 2 and (tmp_path / "run" / "best" / "model.safetensors").exists()
     (tmp_path / "train" / "soft" / "img1.tif").unlink()
     with pytest.raises(ValueError, match="img1"):
@@ -180,6 +181,16 @@ def test_resume_refuses_changed_options(dataset: Path, tmp_path: Path) -> None:
         train(TrainConfig(steps=4, **{**FAST, "ngf": 8}), dataset, tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="--resume"):
         train(TrainConfig(steps=4, **FAST), dataset, tmp_path / "run")
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(TrainConfig(steps=4, **FAST), dataset, tmp_path / "other", resume=True)
+
+
+def test_without_val_split_only_last_is_written(tmp_path: Path) -> None:
+    data = write_manifest_dataset(tmp_path / "ds", counts=(("train", 2),))
+    summary = train(TrainConfig(steps=2, **FAST), data, tmp_path / "run")
+    assert summary["best"] is None
+    assert (tmp_path / "run" / "last" / "model.safetensors").exists() and not (tmp_path / "run" / "best").exists()
+    assert read_metrics(tmp_path / "run", "val") == []
 
 
 def test_cli_train_then_export_best(dataset: Path, tmp_path: Path) -> None:
@@ -217,10 +228,13 @@ def _free_port() -> int:
 
 
 def test_ddp_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    # Also the test of loader worker processes: they run here, in subprocesses, because a multi-worker
+    # DataLoader installs a SIGCHLD handler in its process, which has crashed the test process when a later
+    # subprocess exited.
     dexrt_script = Path(sys.executable).parent / "dexrt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(dexrt_script), "train", str(dataset), "-o", str(tmp_path / "run"),
-           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "0",
+           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "2",
            "--val-every", "3", "--device", "cpu", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
@@ -252,6 +266,16 @@ def test_ssim() -> None:
     c1 = 0.01**2
     expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
     assert metrics.ssim(np.full((20, 20), 0.2), np.full((20, 20), 0.6)) == pytest.approx(expected)
+
+
+def test_ssim_and_psnr_agree_with_scikit_image() -> None:
+    # reference values from skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+    # use_sample_covariance=False, data_range=1.0) and peak_signal_noise_ratio(a, b, data_range=1.0)
+    rng = np.random.default_rng(0)
+    a = rng.random((96, 80))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    assert metrics.ssim(b, a) == pytest.approx(0.9461759391426161, abs=1e-12)
+    assert metrics.psnr(b, a) == pytest.approx(20.48422458662514, abs=1e-10)
 
 
 def test_cnr_of_a_disc() -> None:
@@ -286,3 +310,26 @@ def test_predict_pads_like_the_runtime() -> None:
         expected = g(torch.from_numpy(padded))[..., 12:52, 14:114]
     assert y.shape == (1, 2, 40, 100)
     torch.testing.assert_close(y, expected)
+
+
+def test_cli_help_states_the_config_defaults() -> None:
+    import re
+
+    from dexrt.cli.train import _FIELDS
+    from dexrt.cli.train import train as command
+
+    default = TrainConfig(steps=1)
+    checked = 0
+    for param in command.params:
+        m = re.search(r"\[([^\]:]+)\]\.?$", getattr(param, "help", "") or "")
+        if param.name not in _FIELDS or not m:
+            continue
+        stated, actual = m.group(1), getattr(default, _FIELDS[param.name])
+        if isinstance(actual, bool):
+            assert stated == ("on" if actual else "off"), param.name
+        elif isinstance(actual, (int, float)):
+            assert float(stated) == actual, param.name
+        else:
+            assert stated == actual, param.name
+        checked += 1
+    assert checked >= 20

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class Windows:
 
     input: tuple[float, float] = DEFAULT_WINDOW
     outputs: tuple[tuple[float, float], ...] = (DEFAULT_WINDOW, DEFAULT_WINDOW)
-    channels: tuple[str, ...] = field(default=OUTPUT_CHANNELS)
+    channels: tuple[str, ...] = OUTPUT_CHANNELS
 
     def __post_init__(self) -> None:
         for w in (self.input, *self.outputs):

@@ -106,6 +106,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
     model.producer_name = "dexrt"
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         f.write(model.SerializeToString())
     return path

@@ -37,14 +37,17 @@ def psnr(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
-def _gaussian_valid_filter(size: int, sigma: float, radius: int) -> np.ndarray:
-    """(size - 2r, size) matrix M so that M @ x is x filtered with a normalised Gaussian, 'valid' part only."""
+def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    m = np.zeros((size - 2 * radius, size))
-    for i in range(size - 2 * radius):
-        m[i, i : i + 2 * radius + 1] = k
-    return m
+    return k / k.sum()
+
+
+def _blur_valid(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Separable filter with kernel `k` on both axes, 'valid' part only: (H, W) -> (H - 2r, W - 2r)."""
+    n = len(k) - 1
+    h, w = x.shape
+    rows = sum(k[j] * x[j : h - n + j] for j in range(len(k)))
+    return sum(k[j] * rows[:, j : w - n + j] for j in range(len(k)))
 
 
 def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
@@ -55,10 +58,10 @@ def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
     r = SSIM_RADIUS
     if h <= 2 * r or w <= 2 * r:
         raise ValueError(f"SSIM needs images larger than {2 * r + 1}x{2 * r + 1}, got {h}x{w}")
-    fh, fw = _gaussian_valid_filter(h, SSIM_SIGMA, r), _gaussian_valid_filter(w, SSIM_SIGMA, r)
+    k = _gaussian_kernel(SSIM_SIGMA, r)
 
     def blur(x: np.ndarray) -> np.ndarray:
-        return fh @ x @ fw.T  # separable filter, (h - 2r, w - 2r)
+        return _blur_valid(x, k)
 
     mu_p, mu_t = blur(p), blur(t)
     var_p = blur(p * p) - mu_p**2

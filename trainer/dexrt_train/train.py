@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import InputError
+from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
 from dexrt_train.data import EpochBatchSampler, PairedDataset, data_windows, find_views
-from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, define_D, define_G
+from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_parameters, define_D, define_G
 from dexrt_train.state import TrainState, load_training, training_files
 from dexrt_train.validate import BEST_METRICS, score, validate
 
@@ -162,6 +162,13 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def _saved_train_config(folder: Path, raw: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig(**raw["train"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{folder}/config.json: no usable training config ({exc})") from None
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DDP) else net
 
@@ -177,8 +184,10 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     last, best_dir, metrics_path = run / "last", run / "best", run / "metrics.jsonl"
     windows: Windows | None = None
     if resume:
+        if not last.is_dir():
+            raise InputError(f"{run}: nothing to resume (no last/ checkpoint in the run folder)")
         saved = read_config(last)
-        old = TrainConfig(**saved["train"])
+        old = _saved_train_config(last, saved)
         changed = [k for k in asdict(old) if k not in RUNTIME_OPTIONS and getattr(old, k) != getattr(config, k)]
         if changed:
             raise InputError(f"{last}: resuming with options that differ from the run's ({', '.join(changed)}); "
@@ -240,6 +249,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         changed = ", ".join(f"{k}={v}" for k, v in non_defaults(config).items())
         tqdm.write(f"dexrt train: {len(train_views)} train / {len(val_views)} val views, {world} process(es) on "
                    f"{device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; "
+                   f"G {count_parameters(G) / 1e6:.2f} M, D {count_parameters(D) / 1e6:.2f} M parameters; "
                    f"options: {changed or 'defaults'}", file=sys.stderr)
 
     def log(record: dict[str, Any]) -> None:
@@ -340,7 +350,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
 def run_config(run: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     """The saved config of a run (RUN/last/), with runtime options replaced, for `train(..., resume=True)`."""
     last = Path(run) / "last"
-    saved = TrainConfig(**read_config(last)["train"])
+    if not last.is_dir():
+        raise InputError(f"{run}: nothing to resume (no last/ checkpoint in the run folder)")
+    saved = _saved_train_config(last, read_config(last))
     bad = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if bad:
         raise InputError(f"{last}: a resumed run keeps its options; only {', '.join(RUNTIME_OPTIONS)} may be "
