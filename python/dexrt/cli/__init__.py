@@ -20,6 +20,7 @@ _COMMANDS = {
     "synth": "dexrt.cli.synth:synth",
     "train": "dexrt.cli.train:train",
     "bench": "dexrt.cli.bench:bench",
+    "eval": "dexrt.cli.eval:eval_",
 }
 
 

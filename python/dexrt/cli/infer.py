@@ -37,8 +37,8 @@ def _sigterm_raises() -> Iterator[None]:
 @click.argument("source", metavar="SOURCE", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the outputs (created if needed; subfolders mirror SOURCE's).")
-@click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Engine bundle (.dexrt) from `dexrt build-engine`.")
+@click.option("--engine", "engine_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Engine bundle (.dexrt) from `dexrt build-engine` (default: dexrt's bundled model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("-r", "--recursive", is_flag=True, help="Also convert the images in SOURCE's subfolders.")
 @click.option("--include", multiple=True, metavar="GLOB",
@@ -63,7 +63,12 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     failed.
     """
     from dexrt.convert import find_images
+    from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
+    engine_path = resolve_engine(engine_path)
+    if not as_json:
+        which = "the bundled default model" if engine_path == DEFAULT_ENGINE else "engine"
+        click.echo(f"Using {which} {engine_path}", err=True)
     if spacing is not None and no_resample:
         raise click.UsageError("--spacing and --no-resample contradict each other; give one")
     root = source if source.is_dir() else source.parent
