@@ -101,3 +101,46 @@ def test_bundle_copy_is_usable(plain_engine_path: Path, tmp_path: Path) -> None:
     # The fuzz tests start from this file: make sure it loads as is, so their exceptions are the mutations'.
     copy = Path(shutil.copy(plain_engine_path, tmp_path / "ok.dexrt"))
     assert dexrt.Engine(copy).backend == "openvino"
+
+
+def _image_bytes(tmp: Path) -> dict[str, bytes]:
+    """One valid file of each input format: PNG16, TIFF, uncompressed and RLE DICOM."""
+    from infer_helpers import make_dicom
+
+    from dexrt.images import write_image
+
+    image = (np.random.default_rng(0).random((24, 20)) * 65535).astype(np.uint16)
+    write_image(tmp / "a.png", image)
+    write_image(tmp / "a.tif", image)
+    make_dicom(tmp / "a.dcm", image)
+    from pydicom.uid import RLELossless
+
+    make_dicom(tmp / "r.dcm", image, syntax=RLELossless)
+    return {name: (tmp / name).read_bytes() for name in ("a.png", "a.tif", "a.dcm", "r.dcm")}
+
+
+@pytest.fixture(scope="module")
+def pristine_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    return _image_bytes(tmp_path_factory.mktemp("pristine"))
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_image_files(pristine_images: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
+    from dexrt.images import read_radiograph
+
+    name = data.draw(st.sampled_from(sorted(pristine_images)), label="format")
+    blob = bytearray(pristine_images[name])
+    if data.draw(st.booleans(), label="truncate"):
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="cut")]
+    else:
+        for _ in range(data.draw(st.integers(1, 6), label="mutations")):
+            blob[data.draw(st.integers(0, len(blob) - 1), label="position")] = data.draw(st.integers(0, 255))
+    path = tmp_path / name
+    path.write_bytes(bytes(blob))
+    try:
+        radiograph = read_radiograph(path)
+    except dexrt.InputError as exc:
+        assert str(path) in str(exc)  # the error names the file
+        return
+    assert radiograph is not None

@@ -14,6 +14,7 @@ import copy
 import datetime as _dt
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,24 @@ class DicomSource:
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, DicomSource]:
     """Read a DICOM radiograph: (F, H, W) uint16 in the engine's convention, pixel spacing (row, col) in mm or
-    None, and the header needed to write outputs. Colour, wrong rank and unsupported encodings are refused."""
+    None, and the header needed to write outputs. Colour, wrong rank and unsupported encodings are refused.
+
+    pydicom parses elements lazily, so a damaged file can fail at any attribute access: every parser error
+    on the way is reported as an InputError naming the file."""
     pydicom = _pydicom()
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        return _read_dicom(pydicom, path)
     except InvalidDicomError as exc:
         raise InputError(f"{path}: not a DICOM file ({exc})") from exc
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: corrupt or truncated DICOM ({exc})") from exc
+    except (BytesLengthException, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+            OverflowError, struct.error) as exc:
+        raise InputError(f"{path}: corrupt or truncated DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_dicom(pydicom: Any, path: Path) -> tuple[np.ndarray, tuple[float, float] | None, DicomSource]:
+    ds = pydicom.dcmread(path)
     _check_header(path, ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None:
@@ -109,8 +118,6 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
         stored = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:  # a codec that gave up on this file
         raise InputError(f"{path}: cannot decode pixel data in {syntax.name} ({exc})") from exc
-    except (ValueError, EOFError, OSError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: corrupt or truncated pixel data ({exc})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and stored.ndim == 2:
         stored = stored[np.newaxis]
@@ -125,8 +132,9 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
         transfer_syntax=syntax,
     )
     images = source.to_engine(stored)
+    spacing = _spacing(ds)
     del ds.PixelData  # the header is kept for the outputs; the pixels are not needed twice
-    return images, _spacing(ds), source
+    return images, spacing, source
 
 
 def _check_header(path: Path, ds: Any) -> None:
