@@ -68,3 +68,20 @@ def test_missing_split(tiny_dataset: Path, plain_engine_path: Path) -> None:
     result = CliRunner().invoke(cli, ["eval", str(tiny_dataset), "--engine", str(plain_engine_path),
                                       "--split", "val"])
     assert result.exit_code == 1 and "no views in split 'val'" in result.output
+
+
+def test_infer_uses_the_bundled_default_model(tmp_path: Path) -> None:
+    from dexrt.models import DEFAULT_ENGINE
+
+    examples = Path(__file__).parent.parent / "examples"
+    result = CliRunner().invoke(cli, ["infer", str(examples), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"Using the bundled default model {DEFAULT_ENGINE}" in result.stderr
+    sources = sorted(examples.glob("*.png"))
+    assert len(sources) == 4
+    for source in sources:
+        for channel in ("bone", "soft"):
+            assert (tmp_path / "out" / f"{source.stem}_{channel}.png").is_file()
+    manifest = dexrt.Engine(DEFAULT_ENGINE).manifest
+    assert manifest["precision"] == "fp16" and manifest["model"]["config"]["ngf"] == 16
+    assert DEFAULT_ENGINE.stat().st_size <= 30e6
