@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,3 @@ def _smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: 
     if out.shape != (len(manifest["output"]["channels"]), 1, m, m):
         raise EngineError(f"{onnx_path}: the built engine returned shape {out.shape}")
     log.info("smoke test passed at %dx%d", m, m)
-
-
-def contract_summary(contract: OnnxContract) -> dict[str, Any]:
-    return asdict(contract)
