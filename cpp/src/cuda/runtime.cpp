@@ -86,53 +86,11 @@ Event& Event::operator=(Event&& other) noexcept {
 
 void Event::record(cudaStream_t stream) const { check(cudaEventRecord(event_, stream), "cudaEventRecord"); }
 
-DeviceBuffer::~DeviceBuffer() { release(); }
+void DeviceMemory::allocate(void** data, size_t bytes) { check(cudaMalloc(data, bytes), "cudaMalloc"); }
+void DeviceMemory::free(void* data) noexcept { cudaFree(data); }
 
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  if (this != &other) {
-    release();
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-void DeviceBuffer::reserve(size_t bytes) {
-  if (bytes <= bytes_) return;
-  release();
-  check(cudaMalloc(&data_, bytes), "cudaMalloc");
-  bytes_ = bytes;
-}
-
-void DeviceBuffer::release() noexcept {
-  if (data_) cudaFree(data_);
-  data_ = nullptr;
-  bytes_ = 0;
-}
-
-PinnedBuffer::~PinnedBuffer() { release(); }
-
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
-  if (this != &other) {
-    release();
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-void PinnedBuffer::reserve(size_t bytes) {
-  if (bytes <= bytes_) return;
-  release();
-  check(cudaMallocHost(&data_, bytes), "cudaMallocHost");
-  bytes_ = bytes;
-}
-
-void PinnedBuffer::release() noexcept {
-  if (data_) cudaFreeHost(data_);
-  data_ = nullptr;
-  bytes_ = 0;
-}
+void PinnedMemory::allocate(void** data, size_t bytes) { check(cudaMallocHost(data, bytes), "cudaMallocHost"); }
+void PinnedMemory::free(void* data) noexcept { cudaFreeHost(data); }
 
 GraphExec::~GraphExec() {
   if (exec_) cudaGraphExecDestroy(exec_);

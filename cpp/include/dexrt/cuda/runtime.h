@@ -82,50 +82,60 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
-// Device memory that only grows: reserve() reallocates when asked for more than it holds, so a buffer
-// reused across batches of varying size settles at the largest.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) { reserve(bytes); }
-  ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  void reserve(size_t bytes);  // contents are not kept
-  void* get() const { return data_; }
-  size_t size() const { return bytes_; }
-
- private:
-  void release() noexcept;
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
+// Where a GrowingBuffer's memory comes from.
+struct DeviceMemory {
+  static void allocate(void** data, size_t bytes);  // cudaMalloc
+  static void free(void* data) noexcept;
 };
-
 // Page-locked host memory: the only host memory cudaMemcpyAsync copies without a hidden staging copy,
-// and the only kind such a copy overlaps with other work. Grows like DeviceBuffer.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+// and the only kind such a copy overlaps with other work.
+struct PinnedMemory {
+  static void allocate(void** data, size_t bytes);  // cudaMallocHost
+  static void free(void* data) noexcept;
+};
 
-  void reserve(size_t bytes);  // contents are not kept
+// Memory that only grows: reserve() reallocates when asked for more than it holds, so a buffer reused
+// across batches of varying size settles at the largest.
+template <class Memory>
+class GrowingBuffer {
+ public:
+  GrowingBuffer() = default;
+  explicit GrowingBuffer(size_t bytes) { reserve(bytes); }
+  ~GrowingBuffer() { release(); }
+  GrowingBuffer(GrowingBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+  GrowingBuffer& operator=(GrowingBuffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+
+  void reserve(size_t bytes) {  // contents are not kept
+    if (bytes <= bytes_) return;
+    release();
+    Memory::allocate(&data_, bytes);
+    bytes_ = bytes;
+  }
   void* get() const { return data_; }
   size_t size() const { return bytes_; }
 
  private:
-  void release() noexcept;
+  void release() noexcept {
+    if (data_) Memory::free(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
   void* data_ = nullptr;
   size_t bytes_ = 0;
 };
+
+using DeviceBuffer = GrowingBuffer<DeviceMemory>;
+using PinnedBuffer = GrowingBuffer<PinnedMemory>;
 
 // An instantiated CUDA graph: the work captured from a stream, replayed with one launch.
 class GraphExec {
