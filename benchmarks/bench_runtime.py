@@ -81,8 +81,7 @@ def test_sequential(benchmark, record, unet_bundle_bench: Path, reference) -> No
 @pytest.mark.benchmark(group=f"throughput, {IMAGES_PER_ROUND} frames of 256x256")
 def test_concurrent_clients(benchmark, record, unet_bundle_bench: Path, reference, clients: int) -> None:
     images = frames(IMAGES_PER_ROUND)
-    with dexrt.Engine(unet_bundle_bench, max_batch=8, max_delay_us=2000,
-                      performance_hint="throughput") as engine:
+    with dexrt.Engine(unet_bundle_bench, max_batch=8, max_delay_us=2000) as engine:
         run_clients(engine, images, clients)  # compile every batch size that will occur
         results = benchmark.pedantic(lambda: run_clients(engine, images, clients), rounds=3, warmup_rounds=1)
         benchmark.extra_info["batch_sizes"] = engine.stats()["batch_sizes"]
