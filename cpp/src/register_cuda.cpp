@@ -25,16 +25,6 @@ namespace dexrt {
 
 namespace {
 
-using WindowPair = std::pair<float, float>;
-
-std::vector<Window> to_windows(const std::vector<WindowPair>& pairs) {
-  std::vector<Window> windows;
-  for (const auto& w : pairs) windows.push_back(Window{w.first, w.second});
-  return windows;
-}
-
-std::string dtype_text(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
 void require_ndim(const py::array& a, int ndim, const char* what) {
   if (a.ndim() != ndim) {
     throw Error(ErrorKind::Input, std::string(what) + " must be " + std::to_string(ndim) + "-D, got " +
@@ -72,7 +62,7 @@ py::array cpu_preprocess(const py::array& images, WindowPair window, int64_t siz
   } else if (py::isinstance<py::array_t<float>>(images)) {
     cpu_preprocess_typed<float>(images, g, w, net.mutable_data());
   } else {
-    throw Error(ErrorKind::Input, "images must be uint16 or float32, got " + dtype_text(images));
+    throw Error(ErrorKind::Input, "images must be uint16 or float32, got " + dtype_name(images));
   }
   return net;
 }
@@ -105,7 +95,7 @@ py::array cpu_postprocess(const py::array_t<float, py::array::c_style | py::arra
 #ifdef DEXRT_WITH_CUDA
 
 cuda::DType dtype_of(const py::array& a) {
-  const std::string t = dtype_text(a);
+  const std::string t = dtype_name(a);
   if (t == "uint16") return cuda::DType::UInt16;
   if (t == "float32") return cuda::DType::Float32;
   if (t == "float16") return cuda::DType::Float16;

@@ -28,8 +28,6 @@ namespace dexrt {
 
 namespace {
 
-using WindowPair = std::pair<float, float>;
-
 // Batchers closed in the background (see ~Runtime); the interpreter waits for them at exit.
 struct BackgroundCloses {
   std::mutex mutex;
@@ -178,7 +176,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
   }
   Contract contract;
   contract.input = Window{input_window.first, input_window.second};
-  for (const auto& w : output_windows) contract.outputs.push_back(Window{w.first, w.second});
+  contract.outputs = to_windows(output_windows);
   contract.size_multiple = size_multiple;
 #ifdef DEXRT_WITH_TENSORRT
   if (backend == "tensorrt") {  // `model` is the serialized plan; `weights` is unused
@@ -260,8 +258,6 @@ py::array infer_device(Runtime& rt, uintptr_t pointer, int64_t n, int64_t height
 
 bool is_uint16(const py::array& a) { return py::isinstance<py::array_t<uint16_t>>(a); }
 bool is_float32(const py::array& a) { return py::isinstance<py::array_t<float>>(a); }
-
-std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 py::array infer(Runtime& rt, const py::array& images) {
   rt.check_open();
