@@ -67,6 +67,30 @@ class Outcome:
     def status(self) -> str:
         return "failed" if self.error else "skipped" if self.skipped else "converted"
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (paths as strings): how an Outcome travels between processes."""
+        return {"source": str(self.source), "outputs": [str(p) for p in self.outputs], "error": self.error,
+                "skipped": self.skipped, "seconds": self.seconds, "frames": self.frames, "geometry": self.geometry}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Outcome:
+        return cls(Path(d["source"]), [Path(p) for p in d["outputs"]], d["error"], d["skipped"], d["seconds"],
+                   d["frames"], d["geometry"])
+
+
+def resampling_plan(manifest: dict[str, Any], resample: bool = True,
+                    spacing_mm: float | None = None) -> tuple[float | None, str]:
+    """(the model spacing images are resampled to, or None; a one-line note saying which and why)."""
+    model_mm = (spacing_mm or model_spacing_mm(manifest)) if resample else None
+    if not resample:
+        note = "resampling turned off"
+    elif model_mm is None:
+        note = "the engine records no training pixel spacing (pixel_spacing_mm); images are not resampled"
+    else:
+        note = f"images with a known pixel spacing are resampled to {model_mm} mm" + (
+            " (--spacing)" if spacing_mm else " (from the engine)")
+    return model_mm, note
+
 
 class Interrupted(DexrtError):
     """The run was stopped before this file was written."""
@@ -124,6 +148,29 @@ def output_names(source: Path, channels: Sequence[str]) -> list[str]:
     return [f"{stem}_{channel}{suffix}" for channel in channels]
 
 
+def output_paths(source: Path, out_dir: Path, channels: Sequence[str], *, root: Path | None = None,
+                 preview: bool = False) -> list[Path]:
+    """The files converting `source` writes into `out_dir` (under its folder relative to `root`; the preview
+    last). A pure function of the names, so a driver can plan a run without loading the engine."""
+    folder = out_dir
+    if root is not None and root.is_dir():
+        with contextlib.suppress(ValueError):
+            folder = out_dir / source.parent.relative_to(root)
+    names = output_names(source, channels)
+    if preview:
+        names.append(f"{_stem(source)[0]}_{PREVIEW}.png")
+    return [folder / n for n in names]
+
+
+def inputs_at_risk(sources: Sequence[Path], out_dir: Path, channels: Sequence[str], *, root: Path | None = None,
+                   preview: bool = False) -> set[Path]:
+    """The inputs (resolved) that converting some other input would overwrite: what a worker converting only a
+    share of `sources` must also protect (`Converter.run(share, protect=...)`). Usually empty."""
+    inputs = {p.resolve() for p in sources}
+    return {t for s in sources for t in (p.resolve() for p in output_paths(s, out_dir, channels, root=root,
+                                                                           preview=preview)) if t in inputs}
+
+
 class Converter:
     """Converts radiograph files with one engine into `out_dir` (see the module docstring).
 
@@ -144,16 +191,7 @@ class Converter:
         self.overwrite = overwrite
         self.preview = preview
         self.jobs = jobs
-        recorded = model_spacing_mm(engine.manifest)
-        self.model_spacing_mm = (spacing_mm or recorded) if resample else None
-        if not resample:
-            note = "resampling turned off"
-        elif self.model_spacing_mm is None:
-            note = "the engine records no training pixel spacing (pixel_spacing_mm); images are not resampled"
-        else:
-            note = f"images with a known pixel spacing are resampled to {self.model_spacing_mm} mm" + (
-                " (--spacing)" if spacing_mm else " (from the engine)")
-        self.resampling_note = note
+        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, resample, spacing_mm)
         self._protected: set[Path] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -170,14 +208,7 @@ class Converter:
     # -- planning ---------------------------------------------------------------------------------------------
     def targets(self, source: Path) -> list[Path]:
         """The files converting `source` writes (the preview last)."""
-        folder = self.out_dir
-        if self.root is not None and self.root.is_dir():
-            with contextlib.suppress(ValueError):
-                folder = self.out_dir / source.parent.relative_to(self.root)
-        names = output_names(source, self.engine.channels)
-        if self.preview:
-            names.append(f"{_stem(source)[0]}_{PREVIEW}.png")
-        return [folder / n for n in names]
+        return output_paths(source, self.out_dir, self.engine.channels, root=self.root, preview=self.preview)
 
     def is_done(self, source: Path) -> bool:
         """All outputs exist (atomic writes: an existing output is complete) and ``overwrite`` is off.
@@ -188,17 +219,23 @@ class Converter:
                 and not any(t.resolve() in self._protected for t in targets))
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Iterator[Outcome]:
         """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
 
         A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM
         turned into an exception) arrives while waiting, queued files are dropped, files being converted stop
         before they write, and files being written are completed: no partial output is left.
+
+        No output may overwrite one of `sources` or of ``protect``: the other inputs of a run of which
+        `sources` is one share (see :func:`inputs_at_risk`). Each output folder is listed once per run for stale
+        temporaries; a worker converting its share batch by batch passes ``rescan=False`` after its first batch,
+        so a large folder is not listed again for every batch.
         """
         sources = list(sources)
-        self._protected = {p.resolve() for p in sources}
+        self._protected = {p.resolve() for p in sources} | {Path(p).resolve() for p in protect}
         self._stop.clear()
-        self._temporaries.clear()
+        if rescan:
+            self._temporaries.clear()
         pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="dexrt-convert")
         running: set[Future[Outcome]] = set()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import time
@@ -52,31 +53,44 @@ def _sigterm_raises() -> Iterator[None]:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Files in flight at once (decoding, waiting for the engine, writing).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of text.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Convert on a Ray cluster: 'auto' (the cluster this machine belongs to), 'local' (a Ray "
+                   "instance started here for this run), HOST:PORT or ray://HOST:10001. SOURCE, OUTPUT and the "
+                   "engine must be on a filesystem every node sees. Needs `pip install 'dexrt[ray]'`.")
+@click.option("--ray-actors", type=click.IntRange(min=1), metavar="N",
+              help="Engines (Ray actors) in the pool (default: one per CPU, or per GPU for a GPU engine).")
 def infer(source: Path, output: Path, engine_path: Path, device: str, recursive: bool, include: tuple[str, ...],
           exclude: tuple[str, ...], overwrite: bool, spacing: float | None, no_resample: bool, preview: bool,
-          jobs: int, as_json: bool) -> None:
+          jobs: int, as_json: bool, ray_address: str | None, ray_actors: int | None) -> None:
     """Convert the DICOM, PNG (8/16-bit) and TIFF radiographs in SOURCE (a folder or one file).
 
     Each NAME.ext gives NAME_bone.ext and NAME_soft.ext in the output folder, in the input's format, value
     convention and size. Files whose outputs already exist are skipped, so an interrupted run can simply be
     run again. A file that cannot be converted is reported and the others go on; the exit code is 1 if any
-    failed.
+    failed. With --ray the files are converted by a pool of engines on a Ray cluster (docs/distributed.md).
     """
     from dexrt.convert import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
+    if spacing is not None and no_resample:
+        raise click.UsageError("--spacing and --no-resample contradict each other; give one")
+    if ray_actors is not None and ray_address is None:
+        raise click.UsageError("--ray-actors needs --ray ADDRESS")
+    given_engine = engine_path
     engine_path = resolve_engine(engine_path)
     if not as_json:
         which = "the bundled default model" if engine_path == DEFAULT_ENGINE else "engine"
-        click.echo(f"Using {which} {engine_path}", err=True)
-    if spacing is not None and no_resample:
-        raise click.UsageError("--spacing and --no-resample contradict each other; give one")
+        click.echo(f"Using {which} {engine_path}" + (f" on Ray ({ray_address})" if ray_address else ""), err=True)
     root = source if source.is_dir() else source.parent
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
-    run = _run(sources, engine_path, device, output,
-               dict(root=root, overwrite=overwrite, resample=not no_resample, spacing_mm=spacing, preview=preview,
-                    jobs=jobs),
-               show_progress=sys.stderr.isatty() and not as_json, note=not no_resample)
+    options = dict(root=root, overwrite=overwrite, resample=not no_resample, spacing_mm=spacing, preview=preview,
+                   jobs=jobs)
+    show_progress = sys.stderr.isatty() and not as_json
+    if ray_address is None:
+        run = _run(sources, engine_path, device, output, options, show_progress=show_progress, note=not no_resample)
+    else:
+        run = _run_ray(sources, given_engine, device, output, options, address=ray_address, actors=ray_actors,
+                       show_progress=show_progress, note=not no_resample)
     outcomes = run["outcomes"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("converted", "skipped", "failed")}
     if as_json:
@@ -87,6 +101,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
             "output": str(output),
             "files_found": len(sources),
             **counts,
+            **({"ray": run["ray"]} if "ray" in run else {}),
             "interrupted": run["interrupted"] is not None,
             "seconds": round(run["seconds"], 3),
             "resampling": run["resampling"],
@@ -103,7 +118,8 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
             f"Converted {counts['converted']} of {len(sources)} images"
             + (f" ({counts['failed']} failed)" if counts["failed"] else "")
             + (f", skipped {counts['skipped']} already converted" if counts["skipped"] else "")
-            + f" in {run['seconds']:.1f} s with {engine_path.name} ({run['backend']} {run['device']}) -> {output}"
+            + f" in {run['seconds']:.1f} s with {engine_path.name} ({run['backend']} {run['device']}"
+            + (f", {run['ray']['actors']} Ray actors" if "ray" in run else "") + f") -> {output}"
         )
     if run["interrupted"] is not None:
         left = len(sources) - len(outcomes)
@@ -116,37 +132,63 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
 
 def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: dict[str, Any], *,
          show_progress: bool, note: bool) -> dict[str, Any]:
-    """Convert `sources`; returns plain results (outcomes in input order, engine facts, timing, interruption).
+    """Convert `sources` in this process; returns plain results (outcomes in input order, engine facts, timing,
+    interruption).
 
     The engine lives only inside this function, so it is released before the command exits, whatever holds on
     to the command's frames afterwards (a traceback, a test runner).
     """
-    from tqdm import tqdm
-
     from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
     from dexrt.engine import Engine
 
     engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
-    converter = Converter(engine, output, **options)
+    try:
+        converter = Converter(engine, output, **options)
+        if converter.model_spacing_mm is None and note:
+            click.echo(f"Note: {converter.resampling_note}", err=True)
+        run = _drive(lambda: closing(converter.run(sources)), sources, show_progress)
+    finally:
+        engine.close(cancel=True)
+    return {**run, "backend": engine.backend, "device": engine.device, "resampling": converter.resampling_note,
+            "model_spacing_mm": converter.model_spacing_mm}
+
+
+def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output: Path, options: dict[str, Any], *,
+             address: str, actors: int | None, show_progress: bool, note: bool) -> dict[str, Any]:
+    """Convert `sources` on a Ray cluster (dexrt.distributed); the same results as `_run`, plus the pool's."""
+    from dexrt.distributed import RayConverter, import_ray
+
+    import_ray()  # a missing extra is reported before anything starts
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # without -v, Ray Data's execution log is noise
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    converter = RayConverter(output, engine=engine_path, device=device, address=address, actors=actors,
+                             **options)
     if converter.model_spacing_mm is None and note:
         click.echo(f"Note: {converter.resampling_note}", err=True)
+    run = _drive(lambda: closing(converter.run(sources)), sources, show_progress)
+    return {**run, "backend": converter.backend, "device": converter.engine_device,
+            "resampling": converter.resampling_note, "model_spacing_mm": converter.model_spacing_mm,
+            "ray": {"address": address, "actors": converter.actors_used, "workers": len(converter.workers)}}
+
+
+def _drive(open_run: Any, sources: list[Path], show_progress: bool) -> dict[str, Any]:
+    """Consume a converter's outcomes with a progress bar and errors on stderr; Ctrl-C and SIGTERM end the run
+    cleanly. Returns the outcomes in input order, the time taken and the exit code of an interruption."""
+    from tqdm import tqdm
+
     order = {path: i for i, path in enumerate(sources)}
     outcomes = []
     start = time.perf_counter()
     interrupted: int | None = None  # the exit code; not the exception, whose traceback would keep the engine
     with _sigterm_raises(), tqdm(total=len(sources), unit="file", disable=not show_progress, file=sys.stderr) as bar:
         try:
-            with closing(converter.run(sources)) as results:  # closing: stops the workers on an interrupt
+            with open_run() as results:  # closing(): an interrupt stops the workers
                 for outcome in results:  # as files finish
                     outcomes.append(outcome)
                     if not outcome.ok:
                         tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
                     bar.update()
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: run() has stopped cleanly, nothing partial
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run has stopped cleanly, nothing partial
             interrupted = 143 if isinstance(exc, Terminated) else 130
-        finally:
-            engine.close(cancel=True)
     outcomes.sort(key=lambda o: order[o.source])
-    return {"outcomes": outcomes, "backend": engine.backend, "device": engine.device,
-            "resampling": converter.resampling_note, "model_spacing_mm": converter.model_spacing_mm,
-            "seconds": time.perf_counter() - start, "interrupted": interrupted}
+    return {"outcomes": outcomes, "seconds": time.perf_counter() - start, "interrupted": interrupted}
