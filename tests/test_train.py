@@ -231,17 +231,45 @@ def test_ddp_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
     # Also the test of loader worker processes: they run here, in subprocesses, because a multi-worker
     # DataLoader installs a SIGCHLD handler in its process, which has crashed the test process when a later
     # subprocess exited.
-    dexrt_script = Path(sys.executable).parent / "dexrt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(dexrt_script), "train", str(dataset), "-o", str(tmp_path / "run"),
-           "--steps", "3", "--ngf", "4", "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "2",
-           "--val-every", "3", "--device", "cpu", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, check=False)
+           "--master_port", str(_free_port()), *_ddp_train_args(dataset, tmp_path / "run", num_workers=2)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_ddp_env(), check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout)  # only rank 0 prints
+    _check_ddp_run(result.stdout, tmp_path / "run")
+
+
+def test_ddp_two_nodes_rendezvous_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    """docs/distributed.md's multi-node command: one torchrun per node, joined by a c10d rendezvous. Here both
+    "nodes" are this machine, each one process; the store is hosted by whichever launch binds the port first."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "dexrt-test",
+           *_ddp_train_args(dataset, tmp_path / "run", num_workers=0)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ddp_env())
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-3000:]
+    printed = [stdout for stdout, _ in outputs if stdout.strip()]
+    assert len(printed) == 1  # global rank 0 alone prints, on whichever node it landed
+    _check_ddp_run(printed[0], tmp_path / "run")
+
+
+def _ddp_train_args(dataset: Path, run: Path, *, num_workers: int) -> list[str]:
+    dexrt_script = Path(sys.executable).parent / "dexrt"
+    return [str(dexrt_script), "train", str(dataset), "-o", str(run), "--steps", "3", "--ngf", "4", "--ndf", "4",
+            "--depth", "6", "--crop", "64", "--num-workers", str(num_workers), "--val-every", "3", "--device",
+            "cpu", "--json"]
+
+
+def _ddp_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _check_ddp_run(stdout: str, run: Path) -> None:
+    summary = json.loads(stdout)  # only rank 0 prints
     assert summary["world_size"] == 2 and summary["steps"] == 3
-    state = json.loads((tmp_path / "run" / "last" / "state.json").read_text())
+    state = json.loads((run / "last" / "state.json").read_text())
     assert state["step"] == 3 and state["world_size"] == 2
 
 
