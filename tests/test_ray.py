@@ -185,3 +185,48 @@ print(result.stderr)
     assert result.returncode == 0, result.stderr
     code, stderr = result.stdout.split("\n", 1)
     assert code == "1" and "pip install 'dexrt[ray]'" in stderr, stderr
+
+
+def test_interrupted_run_leaves_no_partial_output_and_rerun_finishes(plain_engine_path: Path,
+                                                                      tmp_path: Path) -> None:
+    """Ctrl-C stops a `dexrt infer --ray local` run (its own Ray instance, in a child process): exit code 130,
+    every output present is complete, and the same command finishes the rest (removing any temporary left by
+    an actor killed while writing)."""
+    import signal
+    import time
+
+    from dexrt import Engine
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(160):
+        write_image(src / f"img{i:04d}.png", (np.random.default_rng(i).random((48, 48)) * 60000).astype(np.uint16))
+    out = tmp_path / "out"
+    args = ["infer", str(src), "-o", str(out), "--engine", str(plain_engine_path), "--ray", "local",
+            "--ray-actors", "1", "--jobs", "1"]
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from dexrt.cli import main; sys.argv[0] = 'dexrt'; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and sum(1 for _ in out.glob("*_soft.png")) >= 10):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no outputs appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()[-3000:]
+    assert "Interrupted:" in stderr.decode()
+    finished = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(finished) < 2 * 160, "the run ended before it was interrupted"
+    engine = Engine(plain_engine_path)
+    for output in finished:  # every output present is complete and right
+        stem, channel = output.stem.rsplit("_", 1)
+        want = engine.infer(read_image(src / f"{stem}.png"))[engine.channels.index(channel)]
+        np.testing.assert_array_equal(read_image(output), want)
+
+    result = run(*args[:-6], "--json", "--ray", "local")  # in this process: the fixture's Ray instance
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["converted"] + summary["skipped"] == 160 and summary["skipped"] >= 10
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"img{i:04d}_{c}.png" for i in range(160)
+                                                          for c in ("bone", "soft"))

@@ -133,9 +133,9 @@ class RayConverter:
         self.progress = progress
         self.options = dict(root=self.root, overwrite=overwrite, resample=resample, spacing_mm=spacing_mm,
                             preview=preview, jobs=jobs)
-        # Filled in as rows arrive: what the actors' engines resolved to, and who converted.
-        self.backend: str | None = None
-        self.engine_device: str | None = None
+        # Updated as rows arrive: what the actors' engines resolved to, and who converted.
+        self.backend: str = manifest["backend"]
+        self.engine_device: str = "GPU" if self.gpu else "CPU"
         self.workers: set[str] = set()
         self.actors_used: int | None = None
 

@@ -123,7 +123,9 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
         )
     if run["interrupted"] is not None:
         left = len(sources) - len(outcomes)
-        click.echo(f"Interrupted: {left} of {len(sources)} files not converted; run the same command again to "
+        # Ray reports files a batch at a time: some of those not reported may be written already.
+        unreported = "not confirmed converted" if "ray" in run else "not converted"
+        click.echo(f"Interrupted: {left} of {len(sources)} files {unreported}; run the same command again to "
                    "finish them.", err=True)
         sys.exit(run["interrupted"])
     if counts["failed"]:
