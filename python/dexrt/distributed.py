@@ -43,7 +43,7 @@ from dexrt.models import resolve_engine
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'dexrt[ray]'"
-DEFAULT_BATCH = 8  # files per actor call: the Converter pipelines within a batch, so a batch fills the engine's
+DEFAULT_BATCH = 8  # files per actor call: the Converter pipelines a batch, whose frames fill one engine batch of 8
 
 
 class RayMissingError(DexrtError, ImportError):
@@ -172,7 +172,8 @@ class RayConverter:
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
         protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=self.options["preview"])
-        DataContext.get_current().enable_progress_bars = self.progress
+        context = DataContext.get_current()
+        progress_before, context.enable_progress_bars = context.enable_progress_bars, self.progress
         options = {**self.options, "root": str(root) if root is not None else None}
         dataset = ray.data.from_items([{"path": str(p)} for p in given])
         results = dataset.map_batches(
@@ -201,6 +202,8 @@ class RayConverter:
                 yield outcome
         except ray.exceptions.RayError as exc:
             raise _worker_error(exc) from exc
+        finally:
+            context.enable_progress_bars = progress_before
 
     def _slots(self, ray: Any) -> int:
         """One actor per GPU (GPU engine) or per `cpus_per_actor` CPUs (CPU engine) of the cluster."""
