@@ -187,11 +187,11 @@ def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *,
     manifest = contract_manifest(contract, onnx_path)
     manifest.update(backend="openvino", device="cpu", precision=precision)
     manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
-    _smoke_test(manifest, payload, onnx_path)
+    smoke_test(manifest, payload, onnx_path)
     return manifest, payload
 
 
-def _smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
+def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
     """Compile and run the new engine once, so a bundle that cannot run is never written."""
     from dexrt import _core
 
