@@ -6,8 +6,10 @@ its ideal output is the noise-free DE pair; the metrics of that pair are the cei
 
     python benchmarks/noise_floor.py DATASET [--views 12]
 
-Re-renders the first N views of the test split with and without noise (the dataset must come from
-`dexrt synth --ct example` with default imaging options: the view plan is re-drawn from the manifest's seed).
+Re-renders the first N views of the test split with and without noise, with this dexrt and the dataset's view
+plan (re-drawn from its manifest's seed; the dataset must come from `dexrt synth --ct example` with default
+imaging options) and value encoding. The stored images are not read: the figure is the noise floor of the
+physics at the dataset's doses, which holds for a dataset rendered by an earlier dexrt at the same doses too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dexrt.images import read_image
 from dexrt.synth.ct import load_ct
 from dexrt.synth.dataset import DatasetConfig, plan_views
 from dexrt.synth.example import fetch_example
@@ -58,9 +59,6 @@ def main() -> None:
             raise SystemExit(f"{args.dataset}: view {view.id} does not match the re-drawn plan; not a default "
                              "`dexrt synth --ct example` dataset")
         noisy, clean = renderer.render(view, noise=True), renderer.render(view, noise=False)
-        on_disk = read_image(args.dataset / stored[view.id]["files"]["bone"]) / 65535
-        if np.abs(on_disk - unit(noisy["bone"], "bone")).max() > 1.5 / 65535:
-            raise SystemExit(f"{args.dataset}: view {view.id} re-rendered differs from the stored one")
         true = np.stack([unit(noisy["bone"], "bone"), unit(noisy["soft"], "soft")])
         ideal = np.stack([unit(clean["bone"], "bone"), unit(clean["soft"], "soft")])
         mask = noisy["mask"] if view.lesions and noisy["mask"].any() else None
