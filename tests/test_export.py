@@ -135,3 +135,42 @@ def test_cli_without_torch_says_how_to_install(tmp_path: Path, monkeypatch, comm
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
     assert "pip install 'dexrt[train]'" in result.stderr
+
+
+def test_pixel_spacing_flows_to_the_engine(tmp_path: Path) -> None:
+    """Checkpoint (as `dexrt train` writes it) -> ONNX metadata -> engine manifest -> `dexrt infer` resampling."""
+    from dexrt.build import read_onnx_contract
+    from dexrt.convert import Converter
+    from dexrt.engine import Engine
+
+    config = GeneratorConfig(ngf=4)
+    ckpt = save_checkpoint(tmp_path / "ckpt", define_G(config), config, Windows(), extra={"pixel_spacing_mm": 1.48})
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "a.onnx")["pixel_spacing_mm"] == 1.48
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "b.onnx"), "--pixel-spacing", "0.7"])
+    assert result.exit_code == 0, result.output
+    assert read_onnx_contract(tmp_path / "b.onnx").pixel_spacing_mm == 0.7
+    result = runner.invoke(cli, ["build-engine", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "a.dexrt")])
+    assert result.exit_code == 0, result.output
+    engine = Engine(tmp_path / "a.dexrt")
+    assert engine.manifest["pixel_spacing_mm"] == 1.48
+    assert Converter(engine, tmp_path / "out").model_spacing_mm == 1.48
+    result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "c.onnx"), "--pixel-spacing", "-1"])
+    assert result.exit_code == 2 and not (tmp_path / "c.onnx").exists()
+
+
+def test_onnx_with_bad_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    from dexrt import ModelError
+    from dexrt.build import read_onnx_contract
+
+    config = GeneratorConfig(ngf=4)
+    path = export_onnx(define_G(config), config, tmp_path / "g.onnx", pixel_spacing_mm=1.0)
+    model = onnx.load(str(path))
+    meta = json.loads(model.metadata_props[0].value)
+    meta["pixel_spacing_mm"] = "wide"
+    model.metadata_props[0].value = json.dumps(meta)
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="pixel_spacing_mm"):
+        read_onnx_contract(path)

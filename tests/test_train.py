@@ -70,7 +70,7 @@ def write_manifest_dataset(root: Path, counts=(("train", 6), ("val", 2), ("test"
     enc = {"offset": 0.0, "scale": 1.0 / 40000, "quantity": "synthetic"}
     manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [size, size],
                 "channels": ["se", "bone", "soft"], "encoding": {c: enc for c in ("se", "bone", "soft")},
-                "splits": {}, "source": {}, "physics": {}, "views": views}
+                "splits": {}, "source": {}, "physics": {}, "geometry": {"pixel_at_iso_mm": 1.25}, "views": views}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -209,6 +209,7 @@ def test_cli_train_then_export_best(dataset: Path, tmp_path: Path) -> None:
     meta = read_metadata(onnx_path)
     lo, hi = meta["input"]["window"]
     assert 0 < lo < hi < 65535 and meta["size_multiple"] == 64  # windows from the data, recorded and exported
+    assert meta["pixel_spacing_mm"] == 1.25  # the dataset's pixel at the isocentre, for `dexrt infer`
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"se": np.zeros((2, 1, 64, 128), np.float32)})
     assert y.shape == (2, 2, 64, 128) and np.isfinite(y).all()

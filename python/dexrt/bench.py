@@ -1,8 +1,11 @@
 """`dexrt bench`: latency and throughput of dexrt's engine against peers on the same ONNX generator.
 
 Peers, each run only where its package is installed: OpenVINO's own Python API, ONNX Runtime (CPU), and, when
-the generator's PyTorch module is at hand, torch eager FP32 (NCHW and channels_last). Every measurement is
-checked against ONNX Runtime (or dexrt) on the same input before it is reported. Results are a JSON document
+the generator's PyTorch module is at hand, torch eager FP32 (NCHW and channels_last). On a machine with a CUDA
+GPU: torch eager FP16 and FP32 on the GPU, and dexrt's TensorRT FP16 engine when this build has the TensorRT
+backend. Every measurement is checked against the first engine (dexrt on the CPU) on the same input before it is
+reported; FP16 engines get the looser ``TOLERANCE_FP16``. GPU figures are host to host (numpy in, numpy out, as
+``Engine.infer`` is called), so they include the PCIe copies. Results are a JSON document
 (`schema: dexrt-bench/1`) that two runs can be compared with, a printed table and a latency-vs-size plot.
 """
 
@@ -25,6 +28,12 @@ Runner = Callable[[np.ndarray], np.ndarray]  # (N, 1, H, W) f32 in [-1, 1] -> (N
 
 SCHEMA = "dexrt-bench/1"
 TOLERANCE = 2e-3  # max abs difference to the reference, in the network's [-1, 1] range
+TOLERANCE_FP16 = 5e-2  # the same for engines computing in FP16 (about 8 LSB of a 10-bit image)
+GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-fp16", "dexrt-tensorrt-fp16")
+
+
+def tolerance(engine: str) -> float:
+    return TOLERANCE_FP16 if engine.endswith("fp16") else TOLERANCE
 
 
 @dataclass
@@ -86,8 +95,12 @@ def cpu_peak_gflops() -> float | None:
     return len(os.sched_getaffinity(0)) * (sum(mhz) / len(mhz)) / 1e3 * per_cycle
 
 
-def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] | None = None) -> dict[str, Runner]:
-    """The engines to compare, each taking and returning network-range tensors."""
+def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] | None = None, *,
+                 max_side: int = 1024, max_batch: int = 8) -> dict[str, Runner]:
+    """The engines to compare, each taking and returning network-range tensors.
+
+    ``max_side`` and ``max_batch`` bound the inputs the TensorRT engine is built for (its optimization profile).
+    """
     import importlib.util
 
     runners: dict[str, Runner] = {}
@@ -115,7 +128,33 @@ def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] |
         if want("torch-channels-last"):
             cl = module.to(memory_format=torch.channels_last)
             runners["torch-channels-last"] = lambda x: _torch_run(cl, x, channels_last=True)
+        if torch.cuda.is_available():
+            import copy
+
+            for name, dtype in (("torch-cuda-fp32", torch.float32), ("torch-cuda-fp16", torch.float16)):
+                if want(name):
+                    gpu = copy.deepcopy(module).to(device="cuda", dtype=dtype)
+                    runners[name] = lambda x, m=gpu, d=dtype: _torch_cuda_run(m, x, d)
+    if want("dexrt-tensorrt-fp16"):
+        from dexrt._gpu import gpu_available
+
+        if _core_has_tensorrt() and gpu_available() and importlib.util.find_spec("tensorrt"):
+            runners["dexrt-tensorrt-fp16"] = _tensorrt_runner(onnx_path, max_side, max_batch)
     return runners
+
+
+def _core_has_tensorrt() -> bool:
+    from dexrt import _core
+
+    return bool(_core.tensorrt.compiled)
+
+
+def _torch_cuda_run(module: Any, x: np.ndarray, dtype: Any) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        t = torch.from_numpy(x).to(device="cuda", dtype=dtype, non_blocking=False)
+        return module(t).float().cpu().numpy()  # .cpu() waits for the GPU
 
 
 def _torch_run(module: Any, x: np.ndarray, *, channels_last: bool) -> np.ndarray:
@@ -138,6 +177,26 @@ def _dexrt_runner(onnx_path: Path) -> Runner:
     core = _core.Engine(backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
                         input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * len(contract.channels),
                         size_multiple=contract.size_multiple)
+    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+
+
+def _tensorrt_runner(onnx_path: Path, max_side: int, max_batch: int) -> Runner:
+    """dexrt's TensorRT FP16 engine (GPU 0) with identity windows, built for batches 1..max_batch of
+    sides up to ``max_side``; tuned for one image of 512x512 (or ``max_side`` when smaller)."""
+    from dexrt import _core
+    from dexrt.build import read_onnx_contract
+    from dexrt.build_tensorrt import build_tensorrt
+
+    identity = dict(input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
+    contract = read_onnx_contract(onnx_path, **identity)
+    m = contract.size_multiple
+    side = -(-max_side // m) * m
+    opt = min(side, -(-512 // m) * m)
+    _, payload = build_tensorrt(contract, onnx_path, precision="fp16", min_shape=(1, m, m),
+                                opt_shape=(1, opt, opt), max_shape=(max_batch, side, side), contexts=1)
+    core = _core.Engine(backend="tensorrt", device="GPU", model=payload["model.plan"], weights=b"", cuda_device=0,
+                        contexts=1, cuda_graphs=False, input_window=(-1.0, 1.0),
+                        output_windows=[(-1.0, 1.0)] * len(contract.channels), size_multiple=m)
     return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
 
 
@@ -176,7 +235,7 @@ def measure(runner: Runner, x: np.ndarray, *, min_seconds: float, min_repeats: i
 def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_module: Any = None,
               engines: list[str] | None = None, min_seconds: float = 2.0,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    runners = make_runners(onnx_path, torch_module, engines)
+    runners = make_runners(onnx_path, torch_module, engines, max_side=max(sizes), max_batch=max(batches))
     peak = cpu_peak_gflops()
     results: list[Result] = []
     rng = np.random.default_rng(0)
@@ -191,16 +250,17 @@ def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_mo
                 out = runner(x)
                 reference = out if reference is None else reference
                 error = float(np.abs(out - reference).max())
-                if error > TOLERANCE:
+                if error > tolerance(name):
                     raise AssertionError(f"{name} differs from {next(iter(runners))} by {error:.2e} at "
                                          f"{size}x{size} batch {batch}")
                 times = measure(runner, x, min_seconds=min_seconds)
                 p50 = statistics.median(times)
                 gflops = flops * batch / p50 / 1e9
+                on_cpu = peak and name not in GPU_ENGINES  # the peak estimate is the CPU's
                 results.append(Result(
                     engine=name, height=size, width=size, batch=batch, p50_ms=p50 * 1e3,
                     p99_ms=float(np.percentile(times, 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
-                    peak_percent=100 * gflops / peak if peak else None, max_abs_error=error, repeats=len(times)))
+                    peak_percent=100 * gflops / peak if on_cpu else None, max_abs_error=error, repeats=len(times)))
     return {
         "schema": SCHEMA,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

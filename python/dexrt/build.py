@@ -45,6 +45,7 @@ class OnnxContract:
     sha256: str  # of the ONNX file
     model_hash: str | None = None  # of the trained weights, from `dexrt export`
     model: dict[str, Any] = field(default_factory=dict)  # generator config, from `dexrt export`
+    pixel_spacing_mm: float | None = None  # of the training images at the patient, from `dexrt export`
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -134,7 +135,16 @@ def read_onnx_contract(
         sha256=hashlib.sha256(data).hexdigest(),
         model_hash=meta.get("model_hash"),
         model=meta.get("model", {}),
+        pixel_spacing_mm=_spacing(path, meta.get("pixel_spacing_mm")),
     )
+
+
+def _spacing(path: str | os.PathLike[str], value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ModelError(f"{path}: pixel_spacing_mm must be a positive number, got {value!r}")
+    return float(value)
 
 
 def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -166,6 +176,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
         },
         "size_multiple": contract.size_multiple,
         "libraries": {"dexrt": __version__, "onnx": onnx.__version__},
+        **({"pixel_spacing_mm": contract.pixel_spacing_mm} if contract.pixel_spacing_mm is not None else {}),
     }
 
 
@@ -187,11 +198,11 @@ def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *,
     manifest = contract_manifest(contract, onnx_path)
     manifest.update(backend="openvino", device="cpu", precision=precision)
     manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
-    _smoke_test(manifest, payload, onnx_path)
+    smoke_test(manifest, payload, onnx_path)
     return manifest, payload
 
 
-def _smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
+def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
     """Compile and run the new engine once, so a bundle that cannot run is never written."""
     from dexrt import _core
 

@@ -51,6 +51,19 @@ def find_views(root: str | os.PathLike[str], split: str) -> list[View]:
     raise InputError(f"{root}: not a dataset (no manifest.json, and no {{train,val,test}}/se/ folders)")
 
 
+def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:
+    """The pixel spacing at the patient (isocentre) of a `dexrt synth` dataset, or None when not recorded.
+
+    An engine trained on it records this value, so `dexrt infer` can resample DICOM images of another spacing.
+    """
+    path = Path(root) / "manifest.json"
+    try:
+        value = json.loads(path.read_text())["geometry"]["pixel_at_iso_mm"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def _manifest_views(root: Path, split: str) -> list[View]:
     path = root / "manifest.json"
     try:

@@ -47,8 +47,8 @@ DEFAULT_OPSET = 17
 
 
 def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], output_windows: Sequence[Sequence[float]],
-                  channels: Sequence[str], model_hash: str) -> dict[str, Any]:
-    return {
+                  channels: Sequence[str], model_hash: str, pixel_spacing_mm: float | None = None) -> dict[str, Any]:
+    meta = {
         "format_version": METADATA_VERSION,
         "input": {"name": INPUT_NAME, "window": [float(v) for v in input_window]},
         "output": {"name": OUTPUT_NAME, "channels": list(channels),
@@ -57,13 +57,19 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
         "model_hash": model_hash,
         "model": asdict(config),
     }
+    if pixel_spacing_mm is not None:
+        if not pixel_spacing_mm > 0:
+            raise ValueError(f"pixel spacing must be > 0 mm, got {pixel_spacing_mm}")
+        meta["pixel_spacing_mm"] = float(pixel_spacing_mm)  # of the training images, at the patient
+    return meta
 
 
 def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.PathLike[str], *,
                 input_window: Sequence[float] = DEFAULT_WINDOW,
                 output_windows: Sequence[Sequence[float]] = (DEFAULT_WINDOW, DEFAULT_WINDOW),
                 channels: Sequence[str] = OUTPUT_CHANNELS,
-                model_hash: str | None = None, opset: int = DEFAULT_OPSET) -> Path:
+                model_hash: str | None = None, pixel_spacing_mm: float | None = None,
+                opset: int = DEFAULT_OPSET) -> Path:
     """Export `generator` to `path` (written atomically) and return the path.
 
     `model_hash` defaults to the SHA-256 of the bytes `save_checkpoint` would write as model.safetensors.
@@ -77,7 +83,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
     if model_hash is None:
         model_hash = hash_bytes(state_dict_bytes(generator))
     meta = onnx_metadata(config, input_window=input_window, output_windows=output_windows, channels=channels,
-                         model_hash=model_hash)
+                         model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm)
 
     was_training = generator.training
     device = next(generator.parameters()).device
@@ -123,10 +129,14 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str], *,
-                      opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Export a checkpoint folder's generator to ONNX; returns the metadata written."""
+                      opset: int = DEFAULT_OPSET, pixel_spacing_mm: float | None = None) -> dict[str, Any]:
+    """Export a checkpoint folder's generator to ONNX; returns the metadata written.
+
+    ``pixel_spacing_mm`` (of the training images) defaults to the one the checkpoint recorded, if any.
+    """
     ckpt = load_checkpoint(checkpoint)
+    spacing = pixel_spacing_mm if pixel_spacing_mm is not None else ckpt.raw_config.get("pixel_spacing_mm")
     export_onnx(ckpt.generator, ckpt.config, path, input_window=ckpt.windows.input,
                 output_windows=ckpt.windows.outputs, channels=ckpt.windows.channels,
-                model_hash=ckpt.model_hash, opset=opset)
+                model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset)
     return read_metadata(path)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
-from dexrt_train.data import EpochBatchSampler, PairedDataset, data_windows, find_views
+from dexrt_train.data import EpochBatchSampler, PairedDataset, data_windows, find_views, pixel_spacing_mm
 from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_parameters, define_D, define_G
 from dexrt_train.state import TrainState, load_training, training_files
 from dexrt_train.validate import BEST_METRICS, score, validate
@@ -211,6 +211,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
 
     # -- data: 16-bit views, windowed to [-1, 1] per channel
     train_views, val_views = find_views(dataset, "train"), find_views(dataset, "val")
+    spacing = pixel_spacing_mm(dataset)
     if windows is None:
         per_channel = [FULL_WINDOW] * 3 if config.windows == "full" else data_windows(train_views)
         windows = Windows(input=per_channel[0], outputs=tuple(per_channel[1:]))
@@ -258,7 +259,8 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
 
     def checkpoint(val: dict[str, float] | None) -> None:
         nonlocal best
-        extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset)}
+        extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset),
+                 "pixel_spacing_mm": spacing}
         if val is not None and val_ds is not None:
             value = score(val, config.best_metric)
             if best is None or value < best["score"]:

@@ -21,7 +21,8 @@ from dexrt._errors import DexrtError
 @click.option("--sizes", default=None, help="Comma-separated image sizes (default 256,512,1024; quick: 256).")
 @click.option("--batches", default=None, help="Comma-separated batch sizes (default 1,4,8; quick: 1,4).")
 @click.option("--engines", default=None,
-              help="Comma-separated subset of: dexrt, openvino-python, onnxruntime, torch-eager, torch-channels-last.")
+              help="Comma-separated subset of: dexrt, openvino-python, onnxruntime, torch-eager, torch-channels-last; "
+                   "on a CUDA GPU also torch-cuda-fp32, torch-cuda-fp16, dexrt-tensorrt-fp16.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("dexrt-bench.json"),
               show_default=True, help="Results file (JSON, schema dexrt-bench/1).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -29,7 +30,8 @@ from dexrt._errors import DexrtError
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout instead of a table.")
 def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batches: str | None,
           engines: str | None, output: Path, plot_path: Path | None, as_json: bool) -> None:
-    """Benchmark dexrt against OpenVINO's Python API, ONNX Runtime and torch eager on the same weights."""
+    """Benchmark dexrt against OpenVINO's Python API, ONNX Runtime and torch eager on the same weights
+    (and, on a CUDA GPU, torch eager FP16/FP32 there and dexrt's TensorRT engine)."""
     from dexrt.bench import format_table, plot, run_suite, save
 
     size_list = _ints(sizes) if sizes else ([256] if quick else [256, 512, 1024])

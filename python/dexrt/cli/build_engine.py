@@ -16,8 +16,14 @@ from dexrt._errors import InputError
               help="The engine bundle to write (e.g. model.dexrt).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="cpu: OpenVINO. gpu: TensorRT.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="Default fp32 on cpu (fp16 stores FP16-compressed weights, half the size).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="cpu: fp32 (default), fp16 (FP16-compressed weights, half the size) or int8 (NNCF post-training "
+                   "quantization; needs --calibration). gpu: fp16 (default) or fp32.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="int8: SE images to calibrate on, a `dexrt synth` dataset (train split) or a folder of images, "
+                   "at the resolution you deploy.")
+@click.option("--calibration-images", type=click.IntRange(1, 100000), default=300, show_default=True,
+              help="int8: at most this many calibration images, spread over the set.")
 @click.option("--input-window", nargs=2, type=float, default=None, metavar="LO HI",
               help="Stored input values mapped to -1 and +1 (default: the model's metadata, else 0 65535).")
 @click.option("--output-window", "output_windows", nargs=2, type=float, multiple=True, metavar="LO HI",
@@ -31,6 +37,8 @@ def build_engine(
     output: Path,
     device: str,
     precision: str | None,
+    calibration: Path | None,
+    calibration_images: int,
     input_window: tuple[float, float] | None,
     output_windows: tuple[tuple[float, float], ...],
     channels: str | None,
@@ -41,6 +49,10 @@ def build_engine(
     from dexrt.build import build_openvino, read_onnx_contract
     from dexrt.bundle import write_bundle
 
+    if precision == "int8" and (device != "cpu" or calibration is None):
+        raise click.UsageError("--precision int8 is for --device cpu and needs --calibration DATASET_OR_FOLDER")
+    if calibration is not None and precision != "int8":
+        raise click.UsageError("--calibration is only used with --precision int8")
     if output.exists() and output.resolve() == onnx_path.resolve():
         raise InputError(f"{output}: refusing to overwrite the input model")
     if not output.parent.is_dir():
@@ -56,6 +68,10 @@ def build_engine(
         from dexrt.build_tensorrt import build_tensorrt
 
         manifest, payload = build_tensorrt(contract, onnx_path, precision=precision or "fp16")
+    elif precision == "int8":
+        from dexrt.quantize import quantize_openvino
+
+        manifest, payload = quantize_openvino(contract, onnx_path, calibration, images=calibration_images)
     else:
         manifest, payload = build_openvino(contract, onnx_path, precision=precision or "fp32")
     write_bundle(output, manifest, payload)

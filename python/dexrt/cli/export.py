@@ -15,8 +15,11 @@ from dexrt.cli._train_extra import require_torch
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="ONNX file to write (replaced atomically).")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset.")
+@click.option("--pixel-spacing", "pixel_spacing", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixel spacing of the training images at the patient, mm (default: what the checkpoint records; "
+                   "`dexrt train` records a `dexrt synth` dataset's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the written metadata as JSON on stdout.")
-def export(checkpoint: Path, output: Path, opset: int, as_json: bool) -> None:
+def export(checkpoint: Path, output: Path, opset: int, pixel_spacing: float | None, as_json: bool) -> None:
     """Export the generator of a CHECKPOINT folder (config.json + model.safetensors) to ONNX.
 
     The model takes `se` (N, 1, H, W) float32 and returns `de` (N, 2, H, W) float32 (bone, soft) in the
@@ -25,7 +28,7 @@ def export(checkpoint: Path, output: Path, opset: int, as_json: bool) -> None:
     require_torch("export")
     from dexrt_train.export import export_checkpoint
 
-    meta = export_checkpoint(checkpoint, output, opset=opset)
+    meta = export_checkpoint(checkpoint, output, opset=opset, pixel_spacing_mm=pixel_spacing)
     if as_json:
         click.echo(json.dumps({"path": str(output), "metadata": meta}, indent=2, sort_keys=True))
     else:

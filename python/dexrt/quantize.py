@@ -1,0 +1,111 @@
+"""INT8 CPU engines: OpenVINO IR quantized after training by NNCF (`dexrt build-engine --precision int8`).
+
+NNCF's post-training quantization inserts FakeQuantize nodes on weights and activations; their ranges come from
+running the FP32 model over a calibration set. The calibration images go through the exact pre-processing the
+runtime uses (dexrt's C++ value contract and mirror padding), so the ranges are those the engine will see.
+Calibrate at the resolution you deploy: activation ranges of a fully convolutional U-Net shift with image size.
+
+On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP32); docs/model.md has figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexrt._errors import EngineError, InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
+
+
+def calibration_files(source: str | os.PathLike[str], limit: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
+    """SE images to calibrate on: a `dexrt synth` dataset (its train split's SE images) or a folder of images.
+
+    At most ``limit`` files, spread evenly over the sorted list so every gantry range is represented.
+    """
+    from dexrt.convert import find_images
+
+    source = Path(source)
+    manifest_path = source / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as exc:
+            raise InputError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        if manifest.get("format") != "dexrt-dataset":
+            raise InputError(f"{manifest_path}: not a dexrt dataset manifest")
+        files = [source / v["files"]["se"] for v in manifest["views"] if v.get("split") == "train"]
+        if not files:
+            raise InputError(f"{source}: the dataset has no train views to calibrate on")
+    else:
+        files = find_images(source)
+    if limit < 1:
+        raise ValueError(f"the calibration set needs at least one image, got a limit of {limit}")
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    return files
+
+
+def calibration_inputs(files: list[Path], input_window: tuple[float, float], size_multiple: int) -> list[np.ndarray]:
+    """Each file as the (1, 1, Hp, Wp) float32 network input the runtime would feed."""
+    from dexrt import _core
+    from dexrt.images import read_radiograph
+
+    inputs = []
+    for path in files:
+        frames = read_radiograph(path).frames  # (F, H, W)
+        for frame in frames:
+            inputs.append(_core.prepost.preprocess(frame[np.newaxis], input_window, size_multiple))
+    shapes = {x.shape for x in inputs}
+    if len(shapes) > 1:
+        log.warning("calibration images have %d different padded shapes %s; the ranges mix resolutions",
+                    len(shapes), sorted(shapes))
+    return inputs
+
+
+def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibration: str | os.PathLike[str], *,
+                      images: int = DEFAULT_CALIBRATION_IMAGES) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """ONNX generator -> INT8 OpenVINO IR calibrated on ``calibration``; returns (manifest, payload)."""
+    try:
+        import nncf
+    except ImportError:
+        raise EngineError("INT8 engines need NNCF: pip install 'dexrt[quantize]' (or nncf==3.4.0)") from None
+    import openvino as ov
+
+    from dexrt.build import contract_manifest, smoke_test
+
+    files = calibration_files(calibration, images)
+    inputs = calibration_inputs(files, contract.input_window, contract.size_multiple)
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
+        raise EngineError(f"{onnx_path}: OpenVINO cannot convert this model: {exc}") from exc
+    log.info("calibrating on %d images from %s", len(inputs), calibration)
+    # Fast bias correction keeps the per-channel means of the FP32 model; the performance preset quantizes
+    # activations symmetrically (the CPU's fastest INT8 kernels).
+    quantized = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.PERFORMANCE,
+                              subset_size=len(inputs), fast_bias_correction=True)
+    with tempfile.TemporaryDirectory(prefix="dexrt-build-") as tmp:
+        xml = Path(tmp, "model.xml")
+        ov.save_model(quantized, str(xml), compress_to_fp16=False)
+        payload = {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
+    manifest = contract_manifest(contract, onnx_path)
+    manifest.update(backend="openvino", device="cpu", precision="int8")
+    manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
+    manifest["libraries"]["nncf"] = nncf.__version__
+    manifest["quantization"] = {
+        "method": "NNCF post-training quantization (min-max ranges, performance preset, fast bias correction)",
+        "calibration_source": str(calibration),
+        "calibration_images": len(inputs),
+        "calibration_shapes": [list(s) for s in sorted({tuple(int(v) for v in x.shape[2:]) for x in inputs})],
+    }
+    smoke_test(manifest, payload, onnx_path)
+    return manifest, payload

@@ -1,0 +1,113 @@
+"""INT8 engines by NNCF post-training quantization: `dexrt build-engine --precision int8 --calibration ...`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("nncf")
+
+import dexrt  # noqa: E402
+from dexrt.cli import cli  # noqa: E402
+from dexrt.images import write_image  # noqa: E402
+from dexrt.quantize import calibration_files  # noqa: E402
+
+
+def radiograph(seed: int, size: int = 128) -> np.ndarray:
+    """A smooth uint16 image with some structure: what a calibration set looks like, not white noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    image = 0.5 + 0.3 * np.sin(2 * np.pi * (rng.uniform(1, 3) * x + rng.uniform(0, 1))) * np.cos(3 * np.pi * y)
+    image += 0.05 * rng.standard_normal((size, size))
+    return np.clip(image * 65535, 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("calibration")
+    for i in range(12):
+        write_image(folder / f"se_{i:02d}.png", radiograph(i))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A minimal `dexrt synth`-style dataset: only its train split's SE images are calibration data."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "se").mkdir()
+    views = []
+    for i, split in enumerate(["train"] * 6 + ["test"] * 2):
+        write_image(root / "se" / f"view_{i:05d}.png", radiograph(100 + i))
+        views.append({"id": f"view_{i:05d}", "split": split, "files": {"se": f"se/view_{i:05d}.png"}})
+    (root / "manifest.json").write_text(json.dumps({"format": "dexrt-dataset", "views": views}))
+    return root
+
+
+def build(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["build-engine", *args])
+    return result.exit_code, result.output
+
+
+def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, tmp_path: Path) -> None:
+    code, out = build([str(plain_onnx), "--precision", "int8", "--calibration", str(calibration_folder),
+                       "--size-multiple", "64", "-o", str(tmp_path / "int8.dexrt")])
+    assert code == 0, out
+    assert "int8" in out
+    fp32 = dexrt.Engine(build_fp32(plain_onnx, tmp_path))
+    int8 = dexrt.Engine(tmp_path / "int8.dexrt")
+    assert int8.precision == "int8"
+    m = dexrt.bundle.read_manifest(tmp_path / "int8.dexrt")
+    q = m["quantization"]
+    assert q["calibration_images"] == 12 and q["calibration_shapes"] == [[128, 128]]
+    assert "nncf" in m["libraries"]
+    image = radiograph(999, 192)  # not in the calibration set, another size
+    for a, b in zip(fp32.infer(image), int8.infer(image)):
+        diff = np.abs(a.astype(np.int64) - b.astype(np.int64)) / 65535
+        assert diff.mean() < 0.004, diff.mean()  # INT8 is 1/256 of the activation range per step
+        assert diff.max() < 0.03, diff.max()
+        assert not np.array_equal(a, b)  # it did quantize
+
+
+def build_fp32(onnx: Path, folder: Path) -> Path:
+    code, out = build([str(onnx), "--size-multiple", "64", "-o", str(folder / "fp32.dexrt")])
+    assert code == 0, out
+    return folder / "fp32.dexrt"
+
+
+def test_dataset_calibrates_on_train_split(dataset: Path) -> None:
+    files = calibration_files(dataset)
+    assert [f.name for f in files] == [f"view_{i:05d}.png" for i in range(6)]
+    assert [f.name for f in calibration_files(dataset, limit=3)] == ["view_00000.png", "view_00002.png",
+                                                                      "view_00005.png"]
+
+
+def test_int8_needs_calibration(plain_onnx: Path, calibration_folder: Path, tmp_path: Path) -> None:
+    code, out = build([str(plain_onnx), "--precision", "int8", "-o", str(tmp_path / "a.dexrt")])
+    assert code == 2 and "--calibration" in out
+    code, out = build([str(plain_onnx), "--calibration", str(calibration_folder), "-o", str(tmp_path / "b.dexrt")])
+    assert code == 2 and "only used with --precision int8" in out
+    code, out = build([str(plain_onnx), "--device", "gpu", "--precision", "int8", "--calibration",
+                       str(calibration_folder), "-o", str(tmp_path / "c.dexrt")])
+    assert code == 2 and "--device cpu" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_calibration_without_images(plain_onnx: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    code, out = build([str(plain_onnx), "--precision", "int8", "--calibration", str(empty),
+                       "-o", str(tmp_path / "x.dexrt")])
+    assert code != 0 and "no images" in out and str(empty) in out
+    assert not (tmp_path / "x.dexrt").exists()
+
+
+def test_dataset_without_train_views(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "dexrt-dataset", "views": [
+        {"id": "v", "split": "test", "files": {"se": "se/v.png"}}]}))
+    with pytest.raises(dexrt.InputError, match="no train views"):
+        calibration_files(tmp_path)
