@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from click.testing import CliRunner
 
-from dexrt.cli import cli
-from dexrt.convert import find_images
-from dexrt.distributed import RayConverter, convert_folder_ray
-from dexrt.images import read_image, write_image
-from infer_helpers import make_dicom, marked_image
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'dexrt[ray]')")
+
+from dexrt.cli import cli  # noqa: E402
+from dexrt.convert import find_images  # noqa: E402
+from dexrt.distributed import RayConverter, convert_folder_ray  # noqa: E402
+from dexrt.images import read_image, write_image  # noqa: E402
+from infer_helpers import make_dicom, marked_image  # noqa: E402
 
 # Ray Data's own DataContext warns about its own deprecated fields when it is set up.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
