@@ -187,19 +187,32 @@ def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *,
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} for the CPU, got {precision!r}")
-    try:
-        model = ov.convert_model(str(onnx_path))
-    except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
-        raise EngineError(f"{onnx_path}: OpenVINO cannot convert this model: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="dexrt-build-") as tmp:
-        xml = Path(tmp, "model.xml")
-        ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
-        payload = {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
+    payload = ir_payload(convert_onnx(onnx_path), compress_to_fp16=(precision == "fp16"))
     manifest = contract_manifest(contract, onnx_path)
     manifest.update(backend="openvino", device="cpu", precision=precision)
     manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
     smoke_test(manifest, payload, onnx_path)
     return manifest, payload
+
+
+def convert_onnx(onnx_path: str | os.PathLike[str]) -> Any:
+    """The ONNX generator as an ``openvino.Model``; EngineError when OpenVINO cannot convert it."""
+    import openvino as ov
+
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
+        raise EngineError(f"{onnx_path}: OpenVINO cannot convert this model: {exc}") from exc
+
+
+def ir_payload(model: Any, *, compress_to_fp16: bool) -> dict[str, bytes]:
+    """An ``openvino.Model`` serialized as the bundle's ``model.xml`` and ``model.bin``."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="dexrt-build-") as tmp:
+        xml = Path(tmp, "model.xml")
+        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+        return {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
 
 
 def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,23 +79,17 @@ def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibrat
         raise EngineError("INT8 engines need NNCF: pip install 'dexrt[quantize]' (or nncf==3.4.0)") from None
     import openvino as ov
 
-    from dexrt.build import contract_manifest, smoke_test
+    from dexrt.build import contract_manifest, convert_onnx, ir_payload, smoke_test
 
     files = calibration_files(calibration, images)
     inputs = calibration_inputs(files, contract.input_window, contract.size_multiple)
-    try:
-        model = ov.convert_model(str(onnx_path))
-    except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
-        raise EngineError(f"{onnx_path}: OpenVINO cannot convert this model: {exc}") from exc
+    model = convert_onnx(onnx_path)
     log.info("calibrating on %d images from %s", len(inputs), calibration)
     # Fast bias correction keeps the per-channel means of the FP32 model; the performance preset quantizes
     # activations symmetrically (the CPU's fastest INT8 kernels).
     quantized = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(inputs), fast_bias_correction=True)
-    with tempfile.TemporaryDirectory(prefix="dexrt-build-") as tmp:
-        xml = Path(tmp, "model.xml")
-        ov.save_model(quantized, str(xml), compress_to_fp16=False)
-        payload = {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
+    payload = ir_payload(quantized, compress_to_fp16=False)
     manifest = contract_manifest(contract, onnx_path)
     manifest.update(backend="openvino", device="cpu", precision="int8")
     manifest["libraries"]["openvino"] = ov.get_version().split("-")[0]
