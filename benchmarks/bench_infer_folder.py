@@ -20,7 +20,7 @@ import pytest
 
 import dexrt
 from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
-from dexrt.images import read_image, write_image
+from dexrt.images import read_image
 
 N_FILES = 32
 SIZE = (256, 256)
@@ -29,10 +29,9 @@ GROUP = f"folder of {N_FILES} PNG16 {SIZE[0]}x{SIZE[1]}"
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("pngs")
-    for i in range(N_FILES):
-        write_image(src / f"cxr{i:03d}.png", (np.random.default_rng(i).random(SIZE) * 60000).astype(np.uint16))
-    return src
+    from helpers import write_random_pngs  # tests/helpers.py
+
+    return write_random_pngs(tmp_path_factory.mktemp("pngs"), N_FILES, SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import dexrt
 from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
 from dexrt.distributed import DEFAULT_BATCH, RayConverter
-from dexrt.images import write_image
 from dexrt.models import DEFAULT_ENGINE
 
 N_FILES = 64
@@ -33,10 +31,9 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("pngs")
-    for i in range(N_FILES):
-        write_image(src / f"cxr{i:03d}.png", (np.random.default_rng(i).random(SIZE) * 60000).astype(np.uint16))
-    return src
+    from helpers import write_random_pngs  # tests/helpers.py
+
+    return write_random_pngs(tmp_path_factory.mktemp("pngs"), N_FILES, SIZE)
 
 
 @pytest.fixture(scope="module")

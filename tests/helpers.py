@@ -42,3 +42,12 @@ def build_bundle(onnx_path: Path, out: Path, **options) -> Path:
     manifest, payload = build_openvino(contract, onnx_path, precision=precision)
     write_bundle(out, manifest, payload)
     return out
+
+
+def write_random_pngs(folder: Path, n: int, size: tuple[int, int]) -> Path:
+    """`n` PNG16 files of uniform noise (seeded by index) named cxr000.png, ... in `folder`."""
+    from dexrt.images import write_image
+
+    for i in range(n):
+        write_image(folder / f"cxr{i:03d}.png", (np.random.default_rng(i).random(size) * 60000).astype(np.uint16))
+    return folder
