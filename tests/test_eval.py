@@ -64,10 +64,12 @@ def test_eval_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, plain_engin
     assert "not a dexrt dataset" in result.output
 
 
-def test_missing_split(tiny_dataset: Path, plain_engine_path: Path) -> None:
+def test_missing_split(tiny_dataset: Path, plain_engine_path: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["eval", str(tiny_dataset), "--engine", str(plain_engine_path),
                                       "--split", "val"])
     assert result.exit_code == 1 and "no views in split 'val'" in result.output
+    assert not (tmp_path / "dexrt-eval").exists()  # a failed run leaves no (default) output folder behind
 
 
 def test_infer_uses_the_bundled_default_model(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def evaluate(engine: Engine, dataset: Path, *, split: str = "test", max_views: i
         from dexrt.images import write_image
 
         image = np.clip(np.concatenate(rows, axis=0), 0, 1)
+        panel.parent.mkdir(parents=True, exist_ok=True)
         write_image(panel, np.round(image * 65535).astype(np.uint16), {"panel": "SE | bone true | bone pred | "
                                                                           "soft true | soft pred"})
     return result

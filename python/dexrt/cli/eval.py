@@ -25,9 +25,9 @@ def eval_(dataset: Path, engine_path: Path | None, split: str, max_views: int, o
     from dexrt.models import resolve_engine
 
     engine_path = resolve_engine(engine_path)
-    output.mkdir(parents=True, exist_ok=True)
-    with Engine(engine_path) as engine:
+    with Engine(engine_path) as engine:  # the output folder is made only once the scores exist
         result = evaluate(engine, dataset, split=split, max_views=max_views, panel=output / "panel.png")
+    output.mkdir(parents=True, exist_ok=True)
     with atomic_write(output / "metrics.json") as f:
         f.write((json.dumps(result, indent=2) + "\n").encode())
     if as_json:
