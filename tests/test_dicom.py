@@ -276,6 +276,28 @@ def test_truncated_compressed_pixels(tmp_path: Path) -> None:
         read_radiograph(path)
 
 
+class PanicException(BaseException):
+    """What pyo3 raises when a Rust codec (pylibjpeg-rle) panics: a BaseException of this name."""
+
+
+def test_decoder_panic_is_an_input_error(tmp_path: Path, monkeypatch) -> None:
+    path = make_dicom(tmp_path / "r.dcm", marked_image((16, 16), 4095), bits=12, syntax=uid.RLELossless)
+
+    def panic(self):  # noqa: ANN001, ANN202
+        raise PanicException("index out of bounds: the len is 960 but the index is 961")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(panic))
+    with pytest.raises(InputError, match=f"{path}: cannot decode pixel data .*decoder panic: index out of bounds"):
+        read_radiograph(path)
+
+    def interrupted(self):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(interrupted))
+    with pytest.raises(KeyboardInterrupt):  # other BaseExceptions still end the run
+        read_radiograph(path)
+
+
 # -- geometry -------------------------------------------------------------------------------------------------
 def test_spacing_from_tags(tmp_path: Path) -> None:
     pixels = marked_image((8, 8), 4095)

@@ -144,3 +144,20 @@ def test_mutated_image_files(pristine_images: dict[str, bytes], tmp_path: Path, 
         assert str(path) in str(exc)  # the error names the file
         return
     assert radiograph is not None
+
+
+@pytest.mark.parametrize("damage", ["truncated to 3 bytes", "byte 26 zeroed"])
+def test_damaged_tiff_found_by_fuzzing(tmp_path: Path, damage: str) -> None:
+    """Two TIFFs the fuzzer found that drove tifffile into TypeError and struct.error: both are InputErrors."""
+    from dexrt.images import read_radiograph
+
+    blob = bytearray(_image_bytes(tmp_path)["a.tif"])
+    if damage == "truncated to 3 bytes":
+        blob = blob[:3]
+    else:
+        blob[26] = 0
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(dexrt.InputError, match="corrupt or truncated TIFF") as info:
+        read_radiograph(path)
+    assert str(path) in str(info.value)

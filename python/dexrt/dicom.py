@@ -118,6 +118,12 @@ def _read_dicom(pydicom: Any, path: Path) -> tuple[np.ndarray, tuple[float, floa
         stored = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:  # a codec that gave up on this file
         raise InputError(f"{path}: cannot decode pixel data in {syntax.name} ({exc})") from exc
+    except BaseException as exc:
+        # Codecs written in Rust (pylibjpeg-rle) panic on some damaged streams; pyo3 raises the panic as
+        # PanicException, a BaseException, which would end a whole folder run instead of failing this file.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InputError(f"{path}: cannot decode pixel data in {syntax.name} (decoder panic: {exc})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and stored.ndim == 2:
         stored = stored[np.newaxis]

@@ -132,8 +132,8 @@ def _read_tiff(path: Path) -> np.ndarray:
             array = series.asarray()
     except InputError:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
-        raise InputError(f"{path}: corrupt or truncated TIFF ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - a hostile file drives tifffile's parser into any error (TypeError, struct.error, ...)
+        raise InputError(f"{path}: corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from exc
     array = np.squeeze(array)
     if array.dtype == np.uint16:
         return array
