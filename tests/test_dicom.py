@@ -344,3 +344,14 @@ def test_engine_without_spacing_is_not_resampled(identity_engine: Engine, tmp_pa
     converter = Converter(identity_engine, tmp_path)
     assert converter.model_spacing_mm is None
     assert "records no training pixel spacing" in converter.resampling_note
+
+
+def test_unknown_value_representation_is_an_input_error(tmp_path: Path) -> None:
+    """Found by the fuzz test: a damaged VR in the header made pydicom raise NotImplementedError."""
+    path = make_dicom(tmp_path / "v.dcm", marked_image((16, 16), 4095), bits=12)
+    data = path.read_bytes()
+    tag = b"(\x00\x04\x00CS"  # (0028,0004) Photometric Interpretation, explicit VR little endian
+    assert data.count(tag) == 1
+    path.write_bytes(data.replace(tag, b"(\x00\x04\x00C\x00"))
+    with pytest.raises(InputError, match=f"{path}: corrupt or truncated DICOM .NotImplementedError"):
+        read_radiograph(path)

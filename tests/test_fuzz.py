@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import dexrt
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: conftest
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
     except InvalidDicomError as exc:
         raise InputError(f"{path}: not a DICOM file ({exc})") from exc
     except (BytesLengthException, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            OverflowError, struct.error) as exc:
+            OverflowError, struct.error, NotImplementedError) as exc:  # NotImplementedError: an unknown VR
         raise InputError(f"{path}: corrupt or truncated DICOM ({type(exc).__name__}: {exc})") from exc
 
 
