@@ -32,6 +32,7 @@ _MAX_SIDE = 16384  # larger images are refused before anything is allocated
 class Engine:
     """A dual-energy engine loaded from a `.dexrt` bundle.
 
+    Without ``path``, the bundled default model (``dexrt.models.DEFAULT_ENGINE``) is loaded.
     ``device="auto"`` runs the bundle on the device it was built for. The resolved backend and device are
     visible as ``engine.backend`` and ``engine.device``. Instances are thread-safe: several threads may call
     :meth:`infer` at once, and the GIL is released while the network runs.
@@ -44,7 +45,7 @@ class Engine:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         device: str = "auto",
         *,
         performance_hint: str = "latency",
@@ -64,6 +65,9 @@ class Engine:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         if max_batch < 1 or workers < 1 or max_delay_us < 0:
             raise ValueError("max_batch and workers must be >= 1 and max_delay_us >= 0")
+        from dexrt.models import resolve_engine
+
+        path = resolve_engine(None if path is None else Path(path))
         bundle = read_bundle(path)
         m = bundle.manifest
         self._path = Path(path)
