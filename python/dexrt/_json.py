@@ -22,6 +22,3 @@ def read_versioned(path: Path, *, fmt: str, version: int, kind: str, error: type
         raise error(f"{path}: {kind} format version {doc.get('format_version')!r} is not {version}, the one this "
                     "dexrt reads")
     return doc
-
-
-
