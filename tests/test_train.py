@@ -399,8 +399,13 @@ def test_robust_run_exports_a_normalised_engine_that_eval_scores(tmp_path: Path,
     from dexrt_train.export import export_checkpoint
     from helpers import build_bundle
 
-    train(TrainConfig(steps=2, normalisation="robust", **FAST), dataset, tmp_path / "run")
+    # the Model v2 options together: scale-free input, resize upsampling, soft from SE, no GAN, gradient loss
+    train(TrainConfig(steps=2, normalisation="robust", upsample="resize", soft_from_se=True, lambda_gan=0.0,
+                      lambda_grad=10.0, **FAST), dataset, tmp_path / "run")
+    logged = read_metrics(tmp_path / "run", "train")
+    assert "G_grad" in logged[0] and "D_real" not in logged[0] and "G_gan" not in logged[0]
     meta = export_checkpoint(tmp_path / "run" / "last", tmp_path / "m.onnx")
+    assert meta["model"]["soft_from_se"] and meta["model"]["upsample"] == "resize"
     assert meta["input"]["normalisation"] == NORMALISATION and "encoding" not in meta["input"]
     engine = dexrt.Engine(build_bundle(tmp_path / "m.onnx", tmp_path / "m.dexrt"))
     assert engine.normalised and engine.input_encoding is None
