@@ -21,3 +21,7 @@ class BundleError(EngineError):
 
 class ModelError(DexrtError):
     """An ONNX model or a checkpoint does not have the shape dexrt expects."""
+
+
+class ConfigError(DexrtError, ValueError):
+    """A configuration file or option is unusable: unknown key, wrong type, missing value, unreadable file."""

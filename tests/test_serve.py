@@ -1,0 +1,328 @@
+"""`dexrt serve`: a DICOM node tested with real DICOM clients on 127.0.0.1 (pynetdicom; DCMTK where installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pynetdicom")
+
+import dexrt  # noqa: E402
+from dexrt._errors import ConfigError  # noqa: E402
+from dexrt.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
+from dexrt.serve import Node, build_config  # noqa: E402
+from dexrt.serve.config import parse_allow, parse_forward  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    CR, DX, DX_PROCESSING, LOOPBACK, Destination, client, free_port, radiograph, send, wait_until,
+)
+
+TIMEOUT = 20.0  # seconds any single wait may take before the test fails
+
+
+@pytest.fixture(scope="module")
+def engine(plain_engine_path: Path) -> Iterator[dexrt.Engine]:
+    with dexrt.Engine(plain_engine_path, **FOLDER_ENGINE_OPTIONS) as e:
+        yield e
+
+
+@pytest.fixture
+def destination() -> Iterator[Destination]:
+    dest = Destination().start()
+    yield dest
+    dest.stop()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, engine: dexrt.Engine) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def make(*forward: str, allow: tuple[str, ...] = ("MODALITY",), start: bool = True, **options: Any) -> Node:
+        settings = dict(spool=tmp_path / "spool", host=LOOPBACK, port=0, jobs=2, retry_initial_s=0.2,
+                        retry_max_s=1.0, timeout_s=10.0)
+        settings.update(options)
+        config = build_config(None, allow=tuple(parse_allow(a) for a in allow),
+                              forward=tuple(parse_forward(f) for f in forward), **settings)
+        node = Node(config, engine)
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in nodes:
+        if node._server is not None and not node._stopping.is_set():
+            node.stop(grace_s=2)
+
+
+def assert_derived(dest: Destination, sources: list[Any]) -> None:
+    """Each source gave a bone and a soft instance: same patient, study and SOP class; new series and instances."""
+    got = dest.by_source()
+    assert set(got) == {str(s.SOPInstanceUID) for s in sources}
+    for src in sources:
+        derived = got[str(src.SOPInstanceUID)]
+        assert sorted(d.ImageType[2] for d in derived) == ["BONE", "SOFT"]
+        for d in derived:
+            assert (d.PatientID, d.StudyInstanceUID, d.SOPClassUID) == (src.PatientID, src.StudyInstanceUID,
+                                                                        src.SOPClassUID)
+            assert d.SOPInstanceUID != src.SOPInstanceUID and d.SeriesInstanceUID != src.SeriesInstanceUID
+            assert d.pixel_array.shape == src.pixel_array.shape
+        assert derived[0].SeriesInstanceUID != derived[1].SeriesInstanceUID
+
+
+def test_echo_and_round_trip_of_cr_and_dx(make_node: Callable[..., Node], destination: Destination,
+                                          tmp_path: Path) -> None:
+    node = make_node(destination.address, output=tmp_path / "out")
+    assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    sources = [radiograph(128, CR, 1), radiograph(96, DX, 2), radiograph(64, DX_PROCESSING, 3)]
+    assert send(sources, node.port) == [0x0000] * 3
+    wait_until(lambda: len(destination.unique()) == 6, TIMEOUT, "six derived instances at the destination")
+    assert_derived(destination, sources)
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 6
+    wait_until(lambda: node.spool.counts()[f"outbox:{node.config.forward[0].key}"] == 0, TIMEOUT, "empty outbox")
+    assert node.spool.counts()["received"] == 0 and node.stats["received"] == node.stats["converted"] == 3
+
+
+def test_unknown_calling_ae_rejected(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address, allow=("MODALITY", "REMOTE@10.0.0.0/8"))
+    for calling, called, reason in (("STRANGER", "DEXRT", 3), ("REMOTE", "DEXRT", 3), ("MODALITY", "OTHER", 7)):
+        assoc = client(calling).associate(LOOPBACK, node.port, ae_title=called)
+        assert assoc.is_rejected, (calling, called)
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, reason), (calling, called)
+    assert node.stats["associations_rejected"] == 2
+    assert send([radiograph(64)], node.port) == [0x0000]  # the node still serves the allowed one
+
+
+def test_corrupt_instance_fails_alone(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address)
+    good = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
+    corrupt = radiograph(64, DX, 3)
+    corrupt.PixelData = corrupt.PixelData[:1000]  # truncated pixel data
+    colour = radiograph(64, DX, 4)
+    colour.PhotometricInterpretation = "RGB"
+    statuses = send([good[0], corrupt, colour, good[1]], node.port)
+    assert statuses[0] == statuses[3] == 0x0000
+    assert statuses[1] == statuses[2] == 0xC000
+    wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "the good instances' outputs")
+    assert_derived(destination, good)
+    assert node.stats["store_failed"] == 2
+    assert not list(node.spool.incoming.iterdir()) and node.spool.counts()["received"] == 0
+
+
+def test_resent_instance_recognised(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address)
+    ds = radiograph(64)
+    assert send([ds, ds], node.port) == [0x0000, 0x0000]  # the second while the first may still be converting
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs")
+    assert send([ds], node.port) == [0x0000]  # again, long after it was handed on
+    time.sleep(0.5)
+    assert node.stats["received"] == 1 and node.stats["duplicates"] == 2
+    assert len(destination.received) == 2
+
+
+def test_destination_down_is_retried_until_it_comes_up(make_node: Callable[..., Node]) -> None:
+    later = Destination()  # its port is chosen but nothing listens yet
+    node = make_node(later.address)
+    sources = [radiograph(64, DX, i) for i in range(3)]
+    assert send(sources, node.port) == [0x0000] * 3
+    key = f"outbox:{node.config.forward[0].key}"
+    wait_until(lambda: node.spool.counts()[key] == 6 and node.stats["forward_retries"] >= 2, TIMEOUT,
+               "results held in the outbox and retried")
+    later.start()
+    try:
+        wait_until(lambda: len(later.unique()) == 6, TIMEOUT, "delivery once the destination is up")
+        assert_derived(later, sources)
+        wait_until(lambda: node.spool.counts()[key] == 0, TIMEOUT, "empty outbox")
+    finally:
+        later.stop()
+
+
+def test_restart_resumes_the_spool(make_node: Callable[..., Node], destination: Destination,
+                                   tmp_path: Path) -> None:
+    """Instances acknowledged but not converted when a node stops are converted by the next one."""
+    first = make_node(destination.address, jobs=1)
+    first._stopping.set()  # workers take nothing: everything acknowledged stays in received/
+    sources = [radiograph(64, DX, i) for i in range(3)]
+    assert send(sources, first.port) == [0x0000] * 3
+    first.stop(grace_s=2)
+    assert first.spool.counts()["received"] == 3 and not destination.received
+    make_node(destination.address)
+    wait_until(lambda: len(destination.unique()) == 6, TIMEOUT, "the resumed instances' outputs")
+    assert_derived(destination, sources)
+
+
+def test_tls(make_node: Callable[..., Node], destination: Destination, tmp_path: Path) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    node = make_node(destination.address, tls_cert=cert, tls_key=key)
+    context = ssl.create_default_context(cafile=str(cert))
+    assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(context, "localhost"))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    plain = client().associate(LOOPBACK, node.port, ae_title="DEXRT")  # no TLS: no association
+    assert not plain.is_established
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = folder / "node.pem", folder / "node.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+# -- configuration and the command line -----------------------------------------------------------------------
+def test_config_file_with_overrides(tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text(
+        'ae_title = "BONES"\nport = 4242\nspool = "spool"\n[[allow]]\nae_title = "CR1"\nhosts = ["10.1.0.0/16"]\n'
+        '[[forward]]\nae_title = "PACS"\nhost = "10.1.9.9"\nport = 104\n[retry]\nmax_s = 60\n')
+    config = build_config(tmp_path / "serve.toml", port=11112)
+    assert (config.ae_title, config.port, config.spool) == ("BONES", 11112, tmp_path / "spool")
+    assert config.allow[0].admits("CR1", "10.1.2.3") and not config.allow[0].admits("CR1", "10.2.0.1")
+    assert config.forward[0].name == "PACS@10.1.9.9:104" and config.retry_max_s == 60
+    replaced = build_config(tmp_path / "serve.toml", forward=(parse_forward("OTHER@[::1]:11113"),))
+    assert [d.name for d in replaced.forward] == ["OTHER@::1:11113"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('spool = "s"\nalow = []\n', "unknown key"),
+    ('spool = "s"\n[[forward]]\nae_title = "P"\nhost = "h"\nport = 1\n', "no calling AE title"),
+    ('spool = "s"\nport = "x"\n[[allow]]\nae_title = "A"\n', "'port' must be an integer"),
+    ('spool = "s"\n[[allow]]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "not an AE title"),
+    ('spool = "s"\n[[allow]]\nae_title = "A"\n', "would go nowhere"),
+    ('spool = [\n', "not valid TOML"),
+], ids=["unknown-key", "no-allow", "port-type", "ae-title", "no-destination", "syntax"])
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:http"])
+def test_bad_forward_option(text: str) -> None:
+    with pytest.raises(ConfigError, match="--forward"):
+        parse_forward(text)
+
+
+def test_check_echoes_each_destination(destination: Destination, tmp_path: Path, plain_engine_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    dead = f"GONE@{LOOPBACK}:{free_port()}"
+    base = ["serve", "--check", "--json", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"),
+            "--engine", str(plain_engine_path), "--forward", destination.address]
+    ok = CliRunner().invoke(cli, base)
+    assert ok.exit_code == 0, ok.output
+    report = json.loads(ok.stdout)
+    assert report["ok"] and [c["check"] for c in report["checks"]] == ["engine", "spool",
+                                                                       f"destination {destination.address}"]
+    bad = CliRunner().invoke(cli, [*base, "--forward", dead])
+    assert bad.exit_code == 1
+    assert [c["ok"] for c in json.loads(bad.stdout)["checks"]] == [True, True, True, False]
+    usage = CliRunner().invoke(cli, ["serve", "--spool", str(tmp_path / "s"), "--output", str(tmp_path / "o")])
+    assert usage.exit_code == 1 and "no calling AE title" in usage.output
+
+
+# -- the node as a process: crash, restart, SIGTERM, DCMTK ---------------------------------------------------------
+class NodeProcess:
+    """`dexrt serve --json` in a subprocess; its JSON log lines are read from a file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.port = free_port()
+        command = [sys.executable, "-c", "from dexrt.cli import main; main()", "serve", "--json", "--host",
+                   LOOPBACK, "--port", str(self.port), *args]
+        with open(log, "ab") as stderr:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_until(lambda: self.events("listening") or self.proc.poll() is not None, 60, "the node to listen")
+        assert self.proc.poll() is None, log.read_text()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+        return [e for e in lines if name is None or e.get("event") == name]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(TIMEOUT)
+
+
+def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination, tmp_path: Path,
+                                                       plain_engine_path: Path) -> None:
+    args = ["--allow-ae", "MODALITY", "--forward", destination.address, "--spool", str(tmp_path / "spool"),
+            "--engine", str(plain_engine_path), "--jobs", "2"]
+    sources = [radiograph(128, DX, i) for i in range(40)]
+    acked: list[str] = []
+    node = NodeProcess(args, tmp_path / "node.log")
+    try:
+        def on_ack(ds: Any, status: int) -> None:
+            assert status == 0x0000
+            acked.append(str(ds.SOPInstanceUID))
+            if len(acked) == 12:
+                node.kill()  # SIGKILL mid-stream: no chance to tidy up
+
+        sender = threading.Thread(target=lambda: send(sources, node.port, on_ack=on_ack))
+        sender.start()
+        sender.join(TIMEOUT)
+        assert not sender.is_alive() and node.proc.returncode == -signal.SIGKILL
+        assert 12 <= len(acked) < len(sources)
+        # What the sender saw acknowledged is on disk; the rest it sends again to the restarted node.
+        node = NodeProcess(args, tmp_path / "restarted.log")
+        assert send([s for s in sources if str(s.SOPInstanceUID) not in acked], node.port) == [0] * (
+            len(sources) - len(acked))
+        wait_until(lambda: len(destination.unique()) == 2 * len(sources), 40, "every source's outputs")
+        assert_derived(destination, sources)
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(TIMEOUT) == 0
+        assert node.events("stopping")[-1]["signal"] == "SIGTERM" and node.events("stopped")
+        assert {"received", "converted", "forwarded"} <= {e.get("event") for e in node.events()}
+    finally:
+        if node.proc.poll() is None:
+            node.kill()
+
+
+dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
+                           reason="DCMTK (storescu, echoscu) is not installed: apt-get install dcmtk")
+
+
+@dcmtk
+def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination: Destination,
+                                    tmp_path: Path) -> None:
+    node = make_node(destination.address)
+    echo = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert echo.returncode == 0, echo.stderr
+    files = []
+    for i, sop_class in enumerate((CR, DX)):
+        ds = radiograph(96, sop_class, i)
+        files.append(tmp_path / f"in{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    store = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port),
+                            *map(str, files)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert store.returncode == 0, store.stderr
+    wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "outputs of the DCMTK-sent instances")
+    from pydicom import dcmread
+
+    assert_derived(destination, [dcmread(f) for f in files])
+    stranger = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
