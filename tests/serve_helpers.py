@@ -105,7 +105,7 @@ class Destination:
         self.ae_title = ae_title
         self.port = port or free_port()
         self.received: list[Any] = []
-        self.arrivals: dict[str, float] = {}  # SOP Instance UID -> time.perf_counter() at arrival
+        self.arrivals: dict[str, float] = {}  # SOP Instance UID -> time.time() at arrival
         self._lock = threading.Lock()
         self._server: Any = None
 
@@ -135,7 +135,7 @@ class Destination:
         ds = event.dataset
         ds.file_meta = event.file_meta
         with self._lock:
-            self.arrivals.setdefault(str(ds.SOPInstanceUID), time.perf_counter())
+            self.arrivals.setdefault(str(ds.SOPInstanceUID), time.time())
             self.received.append(ds)
         return 0x0000
 

@@ -21,7 +21,8 @@ from dexrt.serve.contexts import add_scu_contexts, client_tls
 from dexrt.serve.logs import event
 from dexrt.serve.spool import Spool
 
-_SENT_PER_ASSOCIATION = 64  # then release and look at the outbox again (new files, other destinations' turn)
+_SENT_PER_ASSOCIATION = 256  # then release and open a new association (bounds one association's life)
+_LINGER_S = 0.5  # an association idle this long is released; files arriving sooner go on the same one
 
 
 def _scu(config: ServeConfig) -> Any:
@@ -96,14 +97,13 @@ class Forwarder:
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            now = time.monotonic()
-            files = [p for p in self._spool.waiting(self.dest.key) if self._file_retry.get(p.name, (0, 0))[1] <= now]
+            self._wake.clear()  # before looking: a notify from now on is not lost
+            files = self._due()
             if not files:
                 self._wake.wait(1.0)  # also a periodic look for files whose own retry time has come
-                self._wake.clear()
                 continue
             try:
-                reached = self._send(files[:_SENT_PER_ASSOCIATION])
+                reached = self._send(files)
             except Exception as exc:  # a bug or a library failure must not end forwarding for good
                 logging.getLogger(__name__).debug("forwarding failed", exc_info=True)
                 reached, why = False, f"unexpected {type(exc).__name__}: {exc}"
@@ -119,40 +119,59 @@ class Forwarder:
             self._count("forward_retries", 1)
             self._stop.wait(delay)
 
-    def _send(self, files: list[Path]) -> bool | str:
-        """Send `files` on one association: True if the destination was reached, else why not."""
-        from pydicom import dcmread
+    def _due(self) -> list[Path]:
+        """The outbox's files, oldest first, less those the destination refused whose retry time has not come."""
+        now = time.monotonic()
+        return [p for p in self._spool.waiting(self.dest.key) if self._file_retry.get(p.name, (0, 0.0))[1] <= now]
 
+    def _send(self, files: list[Path]) -> bool | str:
+        """Send `files`, and those arriving meanwhile, on one association: True if the destination was reached,
+        else why not."""
         assoc = _associate(self._ae, self.dest)
         if not assoc.is_established:
             return _why(assoc)
+        sent = 0
         try:
-            for path in files:
-                if self._stop.is_set():
-                    break
-                try:
-                    ds = dcmread(path)
-                except FileNotFoundError:  # sent by an earlier association whose release timed out
-                    continue
-                status, detail = self._store(assoc, ds)
-                if status is None:  # no answer: the association died; the file stays
-                    return f"no answer to C-STORE ({detail})"
-                if status == 0x0000 or status & 0xF000 == 0xB000:  # success, or stored with a warning
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    self._file_retry.pop(path.name, None)
-                    self._count("forwarded", 1)
-                    event("forwarded", destination=self.dest.name, sop_instance_uid=str(ds.SOPInstanceUID),
-                          status=f"0x{status:04X}" if status else None)
-                else:
-                    attempts = self._file_retry.get(path.name, (0, 0.0))[0] + 1
-                    delay = self._backoff(attempts)
-                    self._file_retry[path.name] = (attempts, time.monotonic() + delay)
-                    event("forward_refused", logging.WARNING, destination=self.dest.name, file=path.name,
-                          status=f"0x{status:04X}", detail=detail, attempts=attempts, retry_in_s=round(delay, 2))
+            while files and sent < _SENT_PER_ASSOCIATION and not self._stop.is_set():
+                batch = files[: _SENT_PER_ASSOCIATION - sent]
+                sent += len(batch)
+                if (why := self._send_on(assoc, batch)) is not True:
+                    return why
+                self._wake.clear()
+                files = self._due()
+                if not files and self._wake.wait(_LINGER_S):
+                    files = self._due()
         finally:
             if assoc.is_established:
                 assoc.release()
+        return True
+
+    def _send_on(self, assoc: Any, files: list[Path]) -> bool | str:
+        from pydicom import dcmread
+
+        for path in files:
+            if self._stop.is_set():
+                break
+            try:
+                ds = dcmread(path)
+            except FileNotFoundError:  # sent by an earlier association whose release timed out
+                continue
+            status, detail = self._store(assoc, ds)
+            if status is None:  # no answer: the association died; the file stays
+                return f"no answer to C-STORE ({detail})"
+            if status == 0x0000 or status & 0xF000 == 0xB000:  # success, or stored with a warning
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._file_retry.pop(path.name, None)
+                self._count("forwarded", 1)
+                event("forwarded", destination=self.dest.name, sop_instance_uid=str(ds.SOPInstanceUID),
+                      status=f"0x{status:04X}" if status else None)
+            else:
+                attempts = self._file_retry.get(path.name, (0, 0.0))[0] + 1
+                delay = self._backoff(attempts)
+                self._file_retry[path.name] = (attempts, time.monotonic() + delay)
+                event("forward_refused", logging.WARNING, destination=self.dest.name, file=path.name,
+                      status=f"0x{status:04X}", detail=detail, attempts=attempts, retry_in_s=round(delay, 2))
         return True
 
     def _store(self, assoc: Any, ds: Any) -> tuple[int | None, str | None]:
