@@ -258,8 +258,12 @@ class NodeProcess:
         assert self.proc.poll() is None, log.read_text()
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
-        return [e for e in lines if name is None or e.get("event") == name]
+        return [e for e in self.read(self.log) if name is None or e.get("event") == name]
+
+    @staticmethod
+    def read(log: Path) -> list[dict[str, Any]]:
+        """The JSON log lines (every line the node writes to stderr must be one)."""
+        return [json.loads(line) for line in log.read_text().splitlines()]
 
     def kill(self) -> None:
         self.proc.kill()
@@ -289,12 +293,20 @@ def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination,
         node = NodeProcess(args, tmp_path / "restarted.log")
         assert send([s for s in sources if str(s.SOPInstanceUID) not in acked], node.port) == [0] * (
             len(sources) - len(acked))
-        wait_until(lambda: len(destination.unique()) == 2 * len(sources), 40, "every source's outputs")
-        assert_derived(destination, sources)
+        # SIGTERM at once, with conversions in flight: the node finishes those, keeps the rest, exits cleanly.
         node.proc.send_signal(signal.SIGTERM)
         assert node.proc.wait(TIMEOUT) == 0
         assert node.events("stopping")[-1]["signal"] == "SIGTERM" and node.events("stopped")
-        assert {"received", "converted", "forwarded"} <= {e.get("event") for e in node.events()}
+        assert {"listening", "received"} <= {e.get("event") for e in node.events()}
+        node = NodeProcess(args, tmp_path / "third.log")
+        wait_until(lambda: len(destination.unique()) == 2 * len(sources), 40, "every source's outputs")
+        assert_derived(destination, sources)
+        wait_until(lambda: not list((tmp_path / "spool" / "received").glob("*.dcm")), TIMEOUT, "an empty spool")
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(TIMEOUT) == 0
+        logged = {e.get("event") for log in ("node", "restarted", "third")
+                  for e in NodeProcess.read(tmp_path / f"{log}.log")}
+        assert {"received", "converted", "forwarded", "stopped"} <= logged
     finally:
         if node.proc.poll() is None:
             node.kill()
@@ -326,3 +338,25 @@ def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination:
     stranger = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
                               capture_output=True, text=True, timeout=TIMEOUT)
     assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+
+
+@dcmtk
+def test_forwarding_to_dcmtk_storescp(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """A third-party C-STORE SCP as the destination: DCMTK's storescp writes what it receives to a folder."""
+    from pydicom import dcmread
+
+    port, received = free_port(), tmp_path / "storescp"
+    received.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node = make_node(f"ARCHIVE@{LOOPBACK}:{port}")
+        sources = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
+        assert send(sources, node.port) == [0x0000, 0x0000]
+        wait_until(lambda: len(list(received.iterdir())) == 4, TIMEOUT, "four files written by storescp")
+        got = [dcmread(p) for p in received.iterdir()]
+        assert {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) for d in got} == {
+            str(s.SOPInstanceUID) for s in sources}
+    finally:
+        scp.terminate()
+        scp.wait(TIMEOUT)
