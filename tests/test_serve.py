@@ -96,6 +96,26 @@ def test_echo_and_round_trip_of_cr_and_dx(make_node: Callable[..., Node], destin
     assert node.spool.counts()["received"] == 0 and node.stats["received"] == node.stats["converted"] == 3
 
 
+def test_compressed_instance_round_trip(make_node: Callable[..., Node], destination: Destination) -> None:
+    """An RLE Lossless instance is accepted; its derived instances (RLE too, when pydicom can encode it) reach a
+    destination that takes only uncompressed syntaxes, decompressed on the way."""
+    from pydicom.uid import RLELossless
+
+    node = make_node(destination.address)
+    ds = radiograph(64, DX, 5)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ae = client()
+    ae.add_requested_context(DX, RLELossless)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs")
+    assert_derived(destination, [ds])
+    assert {str(d.file_meta.TransferSyntaxUID) for d in destination.received} <= {"1.2.840.10008.1.2.1",
+                                                                                  "1.2.840.10008.1.2"}
+
+
 def test_unknown_calling_ae_rejected(make_node: Callable[..., Node], destination: Destination) -> None:
     node = make_node(destination.address, allow=("MODALITY", "REMOTE@10.0.0.0/8"))
     for calling, called, reason in (("STRANGER", "DEXRT", 3), ("REMOTE", "DEXRT", 3), ("MODALITY", "OTHER", 7)):

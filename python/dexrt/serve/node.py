@@ -90,7 +90,8 @@ class Node:
         event("listening", ae_title=self.config.ae_title, host=self.config.host, port=self.port, tls=tls is not None,
               engine=self.engine.path.name, backend=self.engine.backend, resumed=len(resumed) or None,
               destinations=",".join(d.name for d in self.config.forward) or None,
-              output=str(self.config.output) if self.config.output else None, **self._outbox_backlog())
+              output=str(self.config.output) if self.config.output else None,
+              outbox_waiting=sum(v for k, v in self.spool.counts().items() if k.startswith("outbox:")) or None)
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop listening; let open associations finish (abort them after `grace_s`); finish the conversions and
@@ -119,10 +120,6 @@ class Node:
     def _count(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[name] += n
-
-    def _outbox_backlog(self) -> dict[str, int]:
-        return {f"waiting_{k.split(':', 1)[1]}": v for k, v in self.spool.counts().items()
-                if k.startswith("outbox:") and v}
 
     # -- association handlers (pynetdicom threads) -------------------------------------------------------------
     def _on_requested(self, ev: Any) -> None:
