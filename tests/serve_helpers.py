@@ -113,7 +113,7 @@ class Destination:
     def address(self) -> str:
         return f"{self.ae_title}@{LOOPBACK}:{self.port}"
 
-    def start(self) -> Destination:
+    def start(self, ssl_context: Any = None) -> Destination:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         from dexrt.serve.contexts import VERIFICATION
@@ -123,7 +123,7 @@ class Destination:
             ae.add_supported_context(context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         ae.add_supported_context(VERIFICATION)
         self._server = ae.start_server((LOOPBACK, self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)], ssl_context=ssl_context)
         return self
 
     def stop(self) -> None:

@@ -49,10 +49,9 @@ def make_node(tmp_path: Path, engine: dexrt.Engine) -> Iterator[Callable[..., No
 
     def make(*forward: str, allow: tuple[str, ...] = ("MODALITY",), start: bool = True, **options: Any) -> Node:
         settings = dict(spool=tmp_path / "spool", host=LOOPBACK, port=0, jobs=2, retry_initial_s=0.2,
-                        retry_max_s=1.0, timeout_s=10.0)
+                        retry_max_s=1.0, timeout_s=10.0, forward=tuple(parse_forward(f) for f in forward))
         settings.update(options)
-        config = build_config(None, allow=tuple(parse_allow(a) for a in allow),
-                              forward=tuple(parse_forward(f) for f in forward), **settings)
+        config = build_config(None, allow=tuple(parse_allow(a) for a in allow), **settings)
         node = Node(config, engine)
         nodes.append(node)
         if start:
@@ -185,18 +184,31 @@ def test_restart_resumes_the_spool(make_node: Callable[..., Node], destination: 
     assert_derived(destination, sources)
 
 
-def test_tls(make_node: Callable[..., Node], destination: Destination, tmp_path: Path) -> None:
+def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """TLS on the listening port, and to a destination that speaks only TLS."""
     import ssl
 
+    from dexrt.serve.config import Destination as Forward
+    from dexrt.serve.contexts import server_tls
+
     cert, key = _self_signed(tmp_path)
-    node = make_node(destination.address, tls_cert=cert, tls_key=key)
-    context = ssl.create_default_context(cafile=str(cert))
-    assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(context, "localhost"))
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0x0000
-    assoc.release()
-    plain = client().associate(LOOPBACK, node.port, ae_title="DEXRT")  # no TLS: no association
-    assert not plain.is_established
+    secure = Destination().start(ssl_context=server_tls(cert, key, None))
+    try:
+        node = make_node(tls_cert=cert, tls_key=key,
+                         forward=(Forward("PACS", LOOPBACK, secure.port, tls=True, tls_ca=cert),))
+        context = ssl.create_default_context(cafile=str(cert))
+        assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(context, "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        ds = radiograph(64)
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: len(secure.unique()) == 2, TIMEOUT, "outputs at the TLS destination")
+        assert_derived(secure, [ds])
+        plain = client().associate(LOOPBACK, node.port, ae_title="DEXRT")  # no TLS: no association
+        assert not plain.is_established
+    finally:
+        secure.stop()
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
