@@ -130,7 +130,11 @@ def run_load(size: int, associations: int, images: int, spacing: float | None, w
     latency = sorted(max(dest.arrivals[str(d.SOPInstanceUID)] for d in by_source[uid]) - sent[uid]
                      for uid in sources)
     first = min(sent.values())
+    # "8x5,3x1": batch size x count, from the node's own engine; > 1 means associations shared batches
+    histogram = [tuple(map(int, b.split("x"))) for b in events(work / "node.log", "stopped")[-1]
+                 .get("engine_batch_sizes", "").split(",") if b]
     return {
+        "mean_engine_batch": sum(n * c for n, c in histogram) / max(sum(c for _, c in histogram), 1),
         "size": size, "associations": associations, "images_per_association": images, "instances": total,
         "spacing_mm": spacing, "jobs": jobs,
         "received_per_s": total / (max(acked.values()) - first),
@@ -186,6 +190,7 @@ def report(result: dict[str, Any]) -> str:
             f"({r['instances']} instances, 0 lost, 0 duplicated): received {r['received_per_s']:.2f}/s, "
             f"converted {r['converted_per_s']:.2f}/s, forwarded {r['forwarded_per_s']:.2f} instances/s; "
             f"latency p50 {r['latency_p50_s']:.2f} s, p99 {r['latency_p99_s']:.2f} s; "
+            f"mean engine batch {r['mean_engine_batch']:.2f}; "
             f"peer dexrt infer (folder) {r['peer_images_per_s']:.2f} images/s, "
             f"node/peer {r['converted_per_s'] / r['peer_images_per_s']:.2f}")
 

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("pynetdicom")
 
 import dexrt  # noqa: E402
-from dexrt._errors import ConfigError  # noqa: E402
+from dexrt._errors import ConfigError, InputError  # noqa: E402
 from dexrt.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
 from dexrt.serve import Node, build_config  # noqa: E402
 from dexrt.serve.config import parse_allow, parse_forward  # noqa: E402
@@ -182,6 +182,58 @@ def test_restart_resumes_the_spool(make_node: Callable[..., Node], destination: 
     make_node(destination.address)
     wait_until(lambda: len(destination.unique()) == 6, TIMEOUT, "the resumed instances' outputs")
     assert_derived(destination, sources)
+
+
+def test_engine_failure_sets_one_instance_aside(make_node: Callable[..., Node], destination: Destination,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from dexrt._errors import EngineError
+
+    node = make_node(destination.address)
+    doomed = radiograph(64, DX, 7)
+    convert = node.converter._convert
+
+    def failing(source: Path, outcome: Any) -> None:
+        if source.name == f"{doomed.SOPInstanceUID}.dcm":
+            raise EngineError("simulated engine failure")
+        convert(source, outcome)
+
+    monkeypatch.setattr(node.converter, "_convert", failing)
+    others = [radiograph(64, DX, 8), radiograph(64, CR, 9)]
+    assert send([others[0], doomed, others[1]], node.port) == [0x0000] * 3  # acknowledged: it is safe on disk
+    wait_until(lambda: len(destination.unique()) == 4 and node.stats["convert_failed"] == 1, TIMEOUT,
+               "the others' outputs and the failure")
+    assert_derived(destination, others)
+    kept = node.spool.failed / f"{doomed.SOPInstanceUID}.dcm"
+    assert kept.is_file() and "simulated engine failure" in kept.with_suffix(".txt").read_text()
+    assert not list(node.spool.work.iterdir())
+
+
+def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
+    from dexrt.serve.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(ConfigError, match="in use by another running node"):
+        Spool(tmp_path / "spool")
+    spool.close()
+    (tmp_path / "spool" / "ledger").write_bytes(b"1.2.3\n1.2.4\n1.2.")  # died while appending the last line
+    (tmp_path / "spool" / "incoming" / "1.2.9.dcm").write_bytes(b"partial")  # died while receiving
+    spool = Spool(tmp_path / "spool")
+    try:
+        assert not list(spool.incoming.iterdir())  # never acknowledged: removed at start
+        assert spool.admit("1.2.3", b"x", lambda p: None) is False  # handed on before the crash: a resend
+        assert spool.admit("1.2.5", b"x", lambda p: None) is True
+        assert spool.admit("1.2.5", b"x", lambda p: None) is False  # already waiting in received/
+        with pytest.raises(InputError, match="not a valid SOP Instance UID"):
+            spool.admit("1.2./../x", b"x", lambda p: None)
+
+        def bad(path: Path) -> None:
+            raise InputError(f"{path}: corrupt")
+
+        with pytest.raises(InputError, match="corrupt"):
+            spool.admit("1.2.6", b"x", bad)
+        assert [p.name for p in spool.pending()] == ["1.2.5.dcm"] and not list(spool.incoming.iterdir())
+    finally:
+        spool.close()
 
 
 def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:

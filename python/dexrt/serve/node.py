@@ -112,7 +112,9 @@ class Node:
         for forwarder in self.forwarders:
             forwarder.stop()
         self.spool.close()
-        event("stopped", **{k: v for k, v in sorted(self.stats.items())})
+        batches = self.engine.stats()["batch_sizes"]  # shows instances of different associations batching together
+        event("stopped", **{k: v for k, v in sorted(self.stats.items())},
+              engine_batch_sizes=",".join(f"{size}x{count}" for size, count in batches.items()) or None)
 
     def _acceptors(self) -> list[Any]:
         return [a for a in self._ae.active_associations if a.is_acceptor]
@@ -215,7 +217,7 @@ class Node:
         else:
             outcome = self.converter.convert(path)
             if not outcome.ok:
-                failed = self.spool.fail(path, outcome.error or "")
+                failed = self.spool.fail(path, outcome.error or "", self.converter.targets(path))
                 self._count("convert_failed")
                 event("convert_failed", logging.ERROR, sop_instance_uid=uid, reason=outcome.error,
                       kept=str(failed))

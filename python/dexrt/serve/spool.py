@@ -90,10 +90,6 @@ class Spool:
         return {line.decode("ascii", "replace") for line in lines[:-1] if line}
 
     # -- receiving ----------------------------------------------------------------------------------------------
-    def is_known(self, uid: str) -> bool:
-        with self._mutex:
-            return uid in self._ledger or uid in self._reserved or (self.received / f"{uid}{SUFFIX}").exists()
-
     def admit(self, uid: str, data: bytes, check: Callable[[Path], Any]) -> bool:
         """Store one received instance durably in received/; False if the UID is already known (a resend).
 
@@ -155,13 +151,15 @@ class Spool:
             self._ledger.add(uid)
         self._remove(uid, outputs)
 
-    def fail(self, source: Path, reason: str) -> Path:
-        """Set aside an acknowledged instance that cannot be converted, with the reason beside it."""
+    def fail(self, source: Path, reason: str, outputs: list[Path]) -> Path:
+        """Set aside an acknowledged instance that cannot be converted, with the reason beside it; `outputs`
+        (any it got before failing) are removed."""
         target = self.failed / source.name
         with atomic_write(target.with_suffix(".txt")) as f:
             f.write(reason.encode("utf-8", "replace") + b"\n")
         os.replace(source, target)
         sync_folder(self.failed)
+        self._remove(source.name[: -len(SUFFIX)], outputs)
         return target
 
     def _remove(self, uid: str, outputs: list[Path]) -> None:
