@@ -17,6 +17,8 @@ LOOPBACK = "127.0.0.1"
 CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+XA = "1.2.840.10008.5.1.4.1.1.12.1"
+RF = "1.2.840.10008.5.1.4.1.1.12.2"
 
 
 def free_port() -> int:
@@ -38,12 +40,13 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, step: fl
 
 
 def radiograph(size: int = 128, sop_class: str = DX, seed: int = 0, study_uid: str | None = None,
-               patient_id: str = "P0001") -> Any:
-    """A 12-bit MONOCHROME2 radiograph dataset with file meta (Explicit VR Little Endian)."""
+               patient_id: str = "P0001", frames: int = 0) -> Any:
+    """A 12-bit MONOCHROME2 radiograph dataset with file meta (Explicit VR Little Endian); `frames` > 0 makes a
+    multi-frame one (for the XA/RF classes)."""
     from pydicom import uid
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    modality = {CR: "CR"}.get(sop_class, "DX")
+    modality = {CR: "CR", XA: "XA", RF: "RF"}.get(sop_class, "DX")
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
@@ -56,8 +59,12 @@ def radiograph(size: int = 128, sop_class: str = DX, seed: int = 0, study_uid: s
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     if sop_class == DX_PROCESSING:
         ds.PresentationIntentType = "FOR PROCESSING"
-    pixels = (np.random.default_rng(seed).random((size, size)) * 4095).astype(np.uint16)
+    shape = (frames, size, size) if frames else (size, size)
+    pixels = (np.random.default_rng(seed).random(shape) * 4095).astype(np.uint16)
     ds.set_pixel_data(pixels, "MONOCHROME2", 12, generate_instance_uid=False)
+    if frames:
+        ds.FrameTime = 33.3
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
     return ds
 
 

@@ -24,7 +24,7 @@ from dexrt.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
 from dexrt.serve import Node, build_config  # noqa: E402
 from dexrt.serve.config import parse_allow, parse_forward  # noqa: E402
 from serve_helpers import (  # noqa: E402
-    CR, DX, DX_PROCESSING, LOOPBACK, Destination, client, free_port, radiograph, send, wait_until,
+    CR, DX, DX_PROCESSING, LOOPBACK, RF, XA, Destination, client, free_port, radiograph, send, wait_until,
 )
 
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
@@ -79,20 +79,21 @@ def assert_derived(dest: Destination, sources: list[Any]) -> None:
         assert derived[0].SeriesInstanceUID != derived[1].SeriesInstanceUID
 
 
-def test_echo_and_round_trip_of_cr_and_dx(make_node: Callable[..., Node], destination: Destination,
+def test_echo_and_round_trip_of_each_storage_class(make_node: Callable[..., Node], destination: Destination,
                                           tmp_path: Path) -> None:
     node = make_node(destination.address, output=tmp_path / "out")
     assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
-    sources = [radiograph(128, CR, 1), radiograph(96, DX, 2), radiograph(64, DX_PROCESSING, 3)]
-    assert send(sources, node.port) == [0x0000] * 3
-    wait_until(lambda: len(destination.unique()) == 6, TIMEOUT, "six derived instances at the destination")
+    sources = [radiograph(128, CR, 1), radiograph(96, DX, 2), radiograph(64, DX_PROCESSING, 3),
+               radiograph(64, XA, 4, frames=3), radiograph(64, RF, 5, frames=2)]
+    assert send(sources, node.port) == [0x0000] * 5
+    wait_until(lambda: len(destination.unique()) == 10, TIMEOUT, "ten derived instances at the destination")
     assert_derived(destination, sources)
-    assert len(list((tmp_path / "out").glob("*.dcm"))) == 6
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 10
     wait_until(lambda: node.spool.counts()[f"outbox:{node.config.forward[0].key}"] == 0, TIMEOUT, "empty outbox")
-    assert node.spool.counts()["received"] == 0 and node.stats["received"] == node.stats["converted"] == 3
+    assert node.spool.counts()["received"] == 0 and node.stats["received"] == node.stats["converted"] == 5
 
 
 def test_compressed_instance_round_trip(make_node: Callable[..., Node], destination: Destination) -> None:

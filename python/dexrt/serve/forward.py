@@ -45,9 +45,8 @@ def _why(assoc: Any) -> str:
         rj = assoc.acceptor.primitive
         return (f"association rejected (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic}: "
                 f"{rj.reason_str})") if rj is not None else "association rejected"
-    if assoc.is_aborted:
-        return "association aborted"
-    return "no connection (refused, unreachable or timed out)"
+    # pynetdicom reports a refused or timed-out TCP connection as an abort too; its log line says which
+    return "no association (connection refused or timed out, or aborted by the destination)"
 
 
 def echo(config: ServeConfig, dest: Destination) -> tuple[bool, str]:
