@@ -53,10 +53,9 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
     --forward destination (retrying one that is down) and/or writes them into --output. SIGTERM (or Ctrl-C)
     stops it cleanly; work not finished stays in the spool and resumes at the next start. See docs/serve.md.
     """
-    try:
-        import pynetdicom  # noqa: F401
-    except ImportError:
-        raise click.ClickException("dexrt serve needs pynetdicom: pip install 'dexrt[serve]'") from None
+    from dexrt._errors import require_extra
+
+    require_extra("serve", "`dexrt serve`", "pynetdicom")
     from dexrt.serve.config import build_config, parse_allow, parse_forward
     from dexrt.serve.logs import configure
 
