@@ -127,6 +127,19 @@ def test_unknown_calling_ae_rejected(make_node: Callable[..., Node], destination
     assert send([radiograph(64)], node.port) == [0x0000]  # the node still serves the allowed one
 
 
+def test_association_limit(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address, max_associations=1)
+    first = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert first.is_established
+    try:
+        second = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+        assert second.is_rejected
+        rj = second.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit
+    finally:
+        first.release()
+
+
 def test_corrupt_instance_fails_alone(make_node: Callable[..., Node], destination: Destination) -> None:
     node = make_node(destination.address)
     good = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
