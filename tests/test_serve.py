@@ -30,6 +30,20 @@ from serve_helpers import (  # noqa: E402
 TIMEOUT = 20.0  # seconds any single wait may take before the test fails
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`dexrt serve` (run in process by CliRunner) installs its own log handler, as a command should; put the
+    test session's back afterwards."""
+    import logging
+
+    root, node = logging.getLogger(), logging.getLogger("dexrt.serve")
+    saved = (list(root.handlers), root.level, node.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    node.setLevel(saved[2])
+
+
 @pytest.fixture(scope="module")
 def engine(plain_engine_path: Path) -> Iterator[dexrt.Engine]:
     with dexrt.Engine(plain_engine_path, **FOLDER_ENGINE_OPTIONS) as e:
@@ -339,6 +353,22 @@ def test_check_echoes_each_destination(destination: Destination, tmp_path: Path,
     assert [c["ok"] for c in json.loads(bad.stdout)["checks"]] == [True, True, True, False]
     usage = CliRunner().invoke(cli, ["serve", "--spool", str(tmp_path / "s"), "--output", str(tmp_path / "o")])
     assert usage.exit_code == 1 and "no calling AE title" in usage.output
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path, plain_engine_path: Path) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        result = CliRunner().invoke(cli, ["serve", "--host", LOOPBACK, "--port", str(taken.getsockname()[1]),
+                                          "--allow-ae", "MODALITY", "--output", str(tmp_path / "out"),
+                                          "--spool", str(tmp_path / "spool"), "--engine", str(plain_engine_path)])
+    assert result.exit_code == 1 and "cannot listen on" in result.output, result.output
 
 
 # -- the node as a process: crash, restart, SIGTERM, DCMTK ---------------------------------------------------------

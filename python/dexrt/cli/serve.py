@@ -140,9 +140,11 @@ def _run(config: Any) -> None:
         node = Node(config, engine)
         try:
             node.start()
-        except OSError as exc:
+        except BaseException as exc:
             node.stop(0)
-            raise ConfigError(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc})") from exc
+            if isinstance(exc, OSError):
+                raise ConfigError(f"cannot listen on {config.host}:{config.port} ({exc.strerror or exc})") from exc
+            raise
         while not stop.wait(1.0):
             pass
         event("stopping", signal=received[0] if received else None)

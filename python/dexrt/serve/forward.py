@@ -88,7 +88,8 @@ class Forwarder:
         """Stop after the C-STORE in progress; unsent files stay in the outbox for the next start."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _backoff(self, attempts: int) -> float:
         return min(self._config.retry_initial_s * 2 ** max(attempts - 1, 0), self._config.retry_max_s)

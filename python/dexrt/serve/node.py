@@ -75,6 +75,7 @@ class Node:
     def start(self) -> None:
         from pynetdicom import evt
 
+        tls = server_tls(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)  # fails before any thread
         resumed = self.spool.pending()
         for path in resumed:
             self._queue.put(path)
@@ -84,7 +85,6 @@ class Node:
             forwarder.start()
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
-        tls = server_tls(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)
         self._server = self._ae.start_server((self.config.host, self.config.port), block=False,
                                              evt_handlers=handlers, ssl_context=tls)
         event("listening", ae_title=self.config.ae_title, host=self.config.host, port=self.port, tls=tls is not None,
