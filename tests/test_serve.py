@@ -440,8 +440,8 @@ def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination,
             node.kill()
 
 
-dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
-                           reason="DCMTK (storescu, echoscu) is not installed: apt-get install dcmtk")
+dcmtk = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("storescu", "echoscu", "storescp")),
+                           reason="DCMTK (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
 
 
 @dcmtk
