@@ -102,13 +102,12 @@ class Forwarder:
             if not files:
                 self._wake.wait(1.0)  # also a periodic look for files whose own retry time has come
                 continue
+            why: str | None = None
             try:
                 reached = self._send(files)
             except Exception as exc:  # a bug or a library failure must not end forwarding for good
                 logging.getLogger(__name__).debug("forwarding failed", exc_info=True)
                 reached, why = False, f"unexpected {type(exc).__name__}: {exc}"
-            else:
-                why = None
             if reached is True:
                 failures = 0
                 continue

@@ -83,7 +83,7 @@ class Node:
             worker.start()
         for forwarder in self.forwarders:
             forwarder.start()
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
+        handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
         self._server = self._ae.start_server((self.config.host, self.config.port), block=False,
                                              evt_handlers=handlers, ssl_context=tls)
@@ -148,8 +148,8 @@ class Node:
         req = ev.request
         calling = str(ev.assoc.requestor.ae_title).strip()
         sop_class = str(req.AffectedSOPClassUID)
-        fields = dict(calling_ae=calling, sop_instance_uid=str(req.AffectedSOPInstanceUID),
-                      sop_class=STORAGE_CLASSES.get(sop_class, sop_class))
+        fields: dict[str, Any] = dict(calling_ae=calling, sop_instance_uid=str(req.AffectedSOPInstanceUID),
+                                      sop_class=STORAGE_CLASSES.get(sop_class, sop_class))
 
         def refuse(status: int, why: str) -> Any:
             self._count("store_failed")
