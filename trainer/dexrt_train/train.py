@@ -31,7 +31,14 @@ from tqdm import tqdm
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
-from dexrt.contract import QUANTITIES, STORED_WINDOW, Encoding, fixed_encoding
+from dexrt.contract import (
+    NORMALISATION,
+    NORMALISED_WINDOW,
+    QUANTITIES,
+    STORED_WINDOW,
+    Encoding,
+    fixed_encoding,
+)
 from dexrt_train.data import (
     CHANNELS,
     EpochBatchSampler,
@@ -62,6 +69,9 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = False
     windows: str = "full"  # physical windows. "full": each quantity's fixed window; "data": train split min/max + 5%
+    # "window": the SE image through its physical window; "robust": scale-free, each SE image mapped by its own
+    # robust range and the targets its attenuation-equivalent parts (dexrt.contract.NORMALISATION)
+    normalisation: str = "window"
     batch_size: int = 1
     num_workers: int = 2
     cache_mb: int = 2048  # decoded views are kept in RAM when they fit
@@ -90,7 +100,7 @@ class TrainConfig:
             raise ValueError("set exactly one of steps and epochs (> 0)")
         if self.crop % 2**self.depth:
             raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
-        choices = {"windows": ("full", "data"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
+        choices = {"windows": ("full", "data"), "normalisation": ("window", "robust"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
                    "amp": ("auto", "bf16", "fp16", "off"), "best_metric": tuple(BEST_METRICS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -227,6 +237,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     spacing = pixel_spacing_mm(dataset)
     stored_as = dataset_encodings(dataset)
     encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
+    robust = config.normalisation == "robust"
+    if windows is None and robust:
+        windows = Windows(input=NORMALISED_WINDOW, outputs=(NORMALISED_WINDOW, NORMALISED_WINDOW))
     if windows is None:
         full = [QUANTITIES[c].window if stored_as else STORED_WINDOW for c in CHANNELS]
         per_channel = full if config.windows == "full" else data_windows(train_views, encodings)
@@ -234,8 +247,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     channel_windows = [windows.input, *windows.outputs]
     cache = config.cache_mb << 20
     train_ds = PairedDataset(train_views, channel_windows, encodings, crop=config.crop, hflip=config.hflip,
-                             vflip=config.vflip, seed=config.seed, cache_bytes=cache)
-    val_ds = PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache) if val_views else None
+                             vflip=config.vflip, seed=config.seed, cache_bytes=cache, normalise=robust)
+    val_ds = (PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache, normalise=robust)
+              if val_views else None)
     sampler = EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, rank=rank, world=world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda")
@@ -278,7 +292,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset),
                  "pixel_spacing_mm": spacing, "units": "physical",
                  # how the engine built from this run stores each quantity (none for paired folders)
-                 "storage": {c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as else None}
+                 "storage": ({c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as and not robust
+                             else None),
+                 "normalisation": NORMALISATION if robust else None}
         if val is not None and val_ds is not None:
             value = score(val, config.best_metric)
             if best is None or value < best["score"]:
