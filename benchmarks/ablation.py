@@ -34,8 +34,8 @@ ROWS = {
     "nogan-grad": ["--upsample", "resize", "--normalisation", "robust", "--soft-from-se", "--lambda-gan", "0",
                    "--lambda-grad", "1000"],
 }
-COMMON = ["--ngf", "16", "--lambda-l1", "1000", "--dropout", "0", "--crop", "256", "--batch-size", "1",
-          "--seed", "0", "--num-workers", "0", "--val-every", "250", "--val-views", "12", "--no-progress"]
+COMMON = ["--ngf", "16", "--depth", "7", "--lambda-l1", "1000", "--dropout", "0", "--crop", "128", "--batch-size", "2",
+          "--seed", "0", "--num-workers", "0", "--val-every", "100", "--val-views", "12", "--no-progress"]
 
 
 def dexrt(*args: str) -> subprocess.CompletedProcess:
