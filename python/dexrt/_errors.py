@@ -21,3 +21,7 @@ class BundleError(EngineError):
 
 class ModelError(DexrtError):
     """An ONNX model or a checkpoint does not have the shape dexrt expects."""
+
+
+class DomainError(InputError):
+    """An input is not what the model was trained on (not a frontal chest radiograph) and strict mode refuses it."""

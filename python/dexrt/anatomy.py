@@ -1,0 +1,146 @@
+"""What a frontal chest radiograph looks like, measured: the body's width and the lung-field contrast.
+
+Two numbers, read from one frame in the engine's convention (bright = attenuating), feed the pixel-spacing
+estimate (`dexrt.spacing`) and the out-of-domain check (`dexrt.domain`). Both are built to survive what real
+radiographs carry: any monotonic processing (log or gamma look-up tables, windowing, equalisation) because they
+work on the frame's own robust range, collimated borders and saturated air because those are recognised as flat
+regions at either end of that range (so a bright collimator and dark direct exposure are both "not body", and an
+image of inverted polarity segments the same way), and burnt-in markers because every figure is a median over
+many rows.
+
+Measures, on the frame block-averaged to at most `WORK_SIDE` pixels a side and scaled to its 0.5-99.5 percentile
+range (0..1):
+
+- **background**: pixels within `EXTREME` of either end of the range whose 5x5 neighbourhood is flat (standard
+  deviation below `FLAT`): direct exposure, collimator shadow, padding. Anatomy has texture; these do not.
+- **body run** (per row of the band 40-70 % of the height, the lower lung zones of a frontal chest, below the
+  shoulders): the longest run of non-background pixels after closing background gaps shorter than 3 % of the
+  width (so an arm beside the chest, separated by air, is not counted). Its length is the body's width in that
+  row; ``body_width_px`` is the median over the band, in the frame's own pixels. ``cut`` says the run touches
+  the image edge in most rows: the body may be wider than the image shows.
+- **lung contrast**: the column profile (median over the band) inside the body run, centre band (the middle
+  20 % of the body: spine and mediastinum) minus the mean of the two lung bands (20-40 % and 60-80 %), over the
+  body's 5-95 percentile range. A frontal chest has two dark lung fields either side of a bright mediastinum, so
+  this is clearly positive (0.3 to 0.6 on the example CT's frontal DRRs, docs/infer.md); an extremity, a skull,
+  an abdomen or a lateral view give small or negative values, and an image of inverted polarity a clearly
+  negative one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WORK_SIDE = 512  # measuring at this size is enough for widths to +-0.5 %, and keeps a 4k image cheap
+EXTREME = 0.08  # background lies within this fraction of the range from either end...
+FLAT = 0.02  # ...and is flat: 5x5 standard deviation below this fraction of the range
+BAND = (0.40, 0.70)  # rows measured, as fractions of the height
+GAP = 0.015  # a piece beside the body counts apart when a background gap of this fraction of the width separates it
+SIDE = 0.2  # ...and it is narrower than this fraction of the whole extent (an arm, a marker)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    body_width_px: float | None  # in the frame's own pixels (columns); None when no body was found
+    body_fraction: float  # body width over image width (0..1)
+    cut: bool  # the body reaches the image edge in most measured rows
+    lung_contrast: float | None  # see the module docstring; None without a body
+    dynamic_range: float  # 0.5-99.5 percentile spread over the frame's full value range (0 for a blank frame)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"body_width_px": None if self.body_width_px is None else round(self.body_width_px, 1),
+                "body_fraction": round(self.body_fraction, 3), "cut": self.cut,
+                "lung_contrast": None if self.lung_contrast is None else round(self.lung_contrast, 3),
+                "dynamic_range": round(self.dynamic_range, 4)}
+
+
+def measure(frame: np.ndarray) -> Anatomy:
+    """Measure one (H, W) frame (uint16 or float, bright = attenuating)."""
+    image = np.asarray(frame, dtype=np.float32)
+    h, w = image.shape
+    factor = max(1, math.ceil(max(h, w) / WORK_SIDE))
+    small = _block_mean(image, factor)
+    finite = small[np.isfinite(small)]
+    lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 0.0))
+    full = float(np.ptp(finite)) if finite.size else 0.0
+    dynamic = float((hi - lo) / full) if full > 0 else 0.0
+    if not hi > lo:
+        return Anatomy(None, 0.0, False, None, dynamic)
+    scaled = (np.nan_to_num(small, nan=lo) - lo) / (hi - lo)
+    unit = np.clip(scaled, 0.0, 1.0)
+    # Flatness on the unclipped values: clipping at the percentiles would make the densest bone look flat.
+    background = ((unit < EXTREME) | (unit > 1 - EXTREME)) & (_local_std(scaled, 2) < FLAT)
+    sh, sw = unit.shape
+    rows = range(int(BAND[0] * sh), max(int(BAND[0] * sh) + 1, int(BAND[1] * sh)))
+    runs = [_body_extent(~background[r], max(1, round(GAP * sw))) for r in rows]
+    lengths = np.array([b - a for a, b in runs], dtype=np.float64)
+    if not lengths.size or np.median(lengths) < 0.05 * sw:
+        return Anatomy(None, 0.0, False, None, dynamic)
+    cut = float(np.mean([a == 0 or b == sw for a, b in runs])) > 0.5
+    # Column profile over the band, within the median run's extent.
+    left, right = (int(np.median([a for a, _ in runs])), int(np.median([b for _, b in runs])))
+    profile = np.median(unit[rows.start:rows.stop, left:right], axis=0)
+    contrast = _lung_contrast(profile)
+    width = float(np.median(lengths)) * w / sw  # back in the frame's own columns
+    return Anatomy(width, float(np.median(lengths)) / sw, cut, contrast, dynamic)
+
+
+def _lung_contrast(profile: np.ndarray) -> float | None:
+    n = profile.size
+    if n < 10:
+        return None
+    def band(a: float, b: float) -> float:
+        return float(np.median(profile[int(a * n):max(int(a * n) + 1, int(b * n))]))
+
+    centre = band(0.4, 0.6)
+    lungs = (band(0.2, 0.4) + band(0.6, 0.8)) / 2
+    lo, hi = np.percentile(profile, (5, 95))
+    return float((centre - lungs) / max(hi - lo, 1e-6))
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    if h == 0 or w == 0:
+        return image
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _local_std(image: np.ndarray, radius: int) -> np.ndarray:
+    """Standard deviation over (2r+1)^2 neighbourhoods (edges replicated), from box sums of x and x^2."""
+    def box(a: np.ndarray) -> np.ndarray:
+        k = 2 * radius + 1
+        padded = np.pad(a, radius, mode="edge").astype(np.float64)
+        c = padded.cumsum(0).cumsum(1)
+        c = np.pad(c, ((1, 0), (1, 0)))
+        return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+    mean = box(image)
+    return np.sqrt(np.maximum(box(image * image) - mean * mean, 0.0))
+
+
+def _body_extent(mask: np.ndarray, gap: int) -> tuple[int, int]:
+    """[start, stop) of the body in one row's mask of non-background pixels: from the first to the last such
+    pixel, less narrow pieces at either end (an arm or a marker beside the chest, less than `SIDE` of the
+    extent and separated from the rest by a background gap of at least `gap` pixels); (0, 0) for no body.
+    Gaps inside (a flat, saturated spine) never split the body: only pieces at the ends are dropped."""
+    idx = np.flatnonzero(mask)
+    if not idx.size:
+        return (0, 0)
+    breaks = np.flatnonzero(np.diff(idx) > gap)
+    starts = [int(idx[0]), *(int(i) for i in idx[breaks + 1])]
+    stops = [*(int(i) + 1 for i in idx[breaks]), int(idx[-1]) + 1]
+    first, last = 0, len(starts) - 1
+    while first < last:
+        extent = stops[last] - starts[first]
+        if stops[first] - starts[first] < SIDE * extent:
+            first += 1
+        elif stops[last] - starts[last] < SIDE * extent:
+            last -= 1
+        else:
+            break
+    return starts[first], stops[last]
