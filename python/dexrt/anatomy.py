@@ -11,19 +11,20 @@ many rows.
 Measures, on the frame block-averaged to at most `WORK_SIDE` pixels a side and scaled to its 0.5-99.5 percentile
 range (0..1):
 
-- **background**: pixels within `EXTREME` of either end of the range whose 5x5 neighbourhood is flat (standard
-  deviation below `FLAT`): direct exposure, collimator shadow, padding. Anatomy has texture; these do not.
+- **background**: pixels within `EXTREME` of either end of the range where the image is flat (the 5x5 standard
+  deviation of its 5x5 box mean below `FLAT`, so quantum noise does not count as texture): direct exposure,
+  collimator shadow, padding. Anatomy, even the smooth lungs of a DRR, varies more than that.
 - **body run** (per row of the band 40-70 % of the height, the lower lung zones of a frontal chest, below the
   shoulders): the longest run of non-background pixels after closing background gaps shorter than 3 % of the
   width (so an arm beside the chest, separated by air, is not counted). Its length is the body's width in that
   row; ``body_width_px`` is the median over the band, in the frame's own pixels. ``cut`` says the run touches
-  the image edge in most rows: the body may be wider than the image shows.
+  the image edge or a collimator's shadow (not air) in most rows: the body may be wider than the image shows.
 - **lung contrast**: the column profile (median over the band) inside the body run, centre band (the middle
   20 % of the body: spine and mediastinum) minus the mean of the two lung bands (20-40 % and 60-80 %), over the
   body's 5-95 percentile range. A frontal chest has two dark lung fields either side of a bright mediastinum, so
-  this is clearly positive (0.3 to 0.6 on the example CT's frontal DRRs, docs/infer.md); an extremity, a skull,
-  an abdomen or a lateral view give small or negative values, and an image of inverted polarity a clearly
-  negative one.
+  this is clearly positive (0.31 to 0.58 on the example CT's frontal DRRs, docs/infer.md); a lateral view, a
+  skull or a uniform slab give small or negative values, and an image of inverted polarity a clearly negative
+  one. It cannot tell an abdomen (a bright spine between darker flanks) from a chest: the header must.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import numpy as np
 
 WORK_SIDE = 512  # measuring at this size is enough for widths to +-0.5 %, and keeps a 4k image cheap
 EXTREME = 0.08  # background lies within this fraction of the range from either end...
-FLAT = 0.02  # ...and is flat: 5x5 standard deviation below this fraction of the range
+FLAT = 0.004  # ...and flat: the 5x5 standard deviation of its 5x5 box mean is below this fraction of the range
+SKIN = 0.02  # the body's edge: where the level first differs from the background by this fraction of the range
 BAND = (0.40, 0.70)  # rows measured, as fractions of the height
 GAP = 0.015  # a piece beside the body counts apart when a background gap of this fraction of the width separates it
 SIDE = 0.2  # ...and it is narrower than this fraction of the whole extent (an arm, a marker)
@@ -72,18 +74,25 @@ def measure(frame: np.ndarray) -> Anatomy:
     scaled = (np.nan_to_num(small, nan=lo) - lo) / (hi - lo)
     unit = np.clip(scaled, 0.0, 1.0)
     # Flatness on the unclipped values: clipping at the percentiles would make the densest bone look flat.
-    background = ((unit < EXTREME) | (unit > 1 - EXTREME)) & (_local_std(scaled, 2) < FLAT)
+    # ...and on a 5x5 box mean, so quantum noise in the air does not read as texture (anatomy survives it).
+    background = ((unit < EXTREME) | (unit > 1 - EXTREME)) & (_local_std(_box(scaled, 2), 2) < FLAT)
     sh, sw = unit.shape
     rows = range(int(BAND[0] * sh), max(int(BAND[0] * sh) + 1, int(BAND[1] * sh)))
-    runs = [_body_extent(~background[r], max(1, round(GAP * sw))) for r in rows]
+    # The flatness windows reach 4 pixels past the skin; the skin is where the level first leaves the end.
+    skin = (unit < SKIN) | (unit > 1 - SKIN)
+    runs = [_trim(_body_extent(~background[r], max(1, round(GAP * sw))), skin[r]) for r in rows]
     lengths = np.array([b - a for a, b in runs], dtype=np.float64)
     if not lengths.size or np.median(lengths) < 0.05 * sw:
         return Anatomy(None, 0.0, False, None, dynamic)
-    cut = float(np.mean([a == 0 or b == sw for a, b in runs])) > 0.5
     # Column profile over the band, within the median run's extent.
     left, right = (int(np.median([a for a, _ in runs])), int(np.median([b for _, b in runs])))
     profile = np.median(unit[rows.start:rows.stop, left:right], axis=0)
     contrast = _lung_contrast(profile)
+    # The body is cut when it meets the image edge or a collimator (unexposed: the attenuating end of the range,
+    # which is the bright end unless the lung contrast says the polarity is inverted), not air.
+    collimator = (lambda v: v > 0.5) if (contrast is None or contrast >= 0) else (lambda v: v < 0.5)
+    cut = float(np.mean([a == 0 or b == sw or collimator(unit[r, a - 1]) or collimator(unit[r, b])
+                         for r, (a, b) in zip(rows, runs)])) > 0.5
     width = float(np.median(lengths)) * w / sw  # back in the frame's own columns
     return Anatomy(width, float(np.median(lengths)) / sw, cut, contrast, dynamic)
 
@@ -110,17 +119,27 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
-def _local_std(image: np.ndarray, radius: int) -> np.ndarray:
-    """Standard deviation over (2r+1)^2 neighbourhoods (edges replicated), from box sums of x and x^2."""
-    def box(a: np.ndarray) -> np.ndarray:
-        k = 2 * radius + 1
-        padded = np.pad(a, radius, mode="edge").astype(np.float64)
-        c = padded.cumsum(0).cumsum(1)
-        c = np.pad(c, ((1, 0), (1, 0)))
-        return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+def _box(image: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over (2r+1)^2 neighbourhoods (edges replicated), from a summed-area table."""
+    k = 2 * radius + 1
+    padded = np.pad(image, radius, mode="edge").astype(np.float64)
+    c = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
-    mean = box(image)
-    return np.sqrt(np.maximum(box(image * image) - mean * mean, 0.0))
+
+def _local_std(image: np.ndarray, radius: int) -> np.ndarray:
+    """Standard deviation over (2r+1)^2 neighbourhoods, from box means of x and x^2."""
+    mean = _box(image, radius)
+    return np.sqrt(np.maximum(_box(image * image, radius) - mean * mean, 0.0))
+
+
+def _trim(run: tuple[int, int], extreme: np.ndarray) -> tuple[int, int]:
+    a, b = run
+    while a < b and extreme[a]:
+        a += 1
+    while b > a and extreme[b - 1]:
+        b -= 1
+    return a, b
 
 
 def _body_extent(mask: np.ndarray, gap: int) -> tuple[int, int]:

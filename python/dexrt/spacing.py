@@ -43,7 +43,7 @@ PLAUSIBLE_MM = (0.01, 5.0)
 # 1.1 is a typical chest magnification; an AP bedside film at 100 cm is nearer 1.15-1.2 (docs/infer.md).
 TYPICAL_MAGNIFICATION = 1.1
 # Skin-to-skin width of an adult chest at the lower lung zones on a frontal radiograph: an assumption (adult
-# thoracic widths spread about +-10 %; children are far smaller). The example CT measures 308 mm.
+# thoracic widths spread about +-10 %; children are far smaller). The example CT's patient measures 299-305 mm.
 TYPICAL_BODY_WIDTH_MM = 320.0
 # A chest narrower or wider than this at a stated spacing means the spacing (or the image) is wrong.
 PLAUSIBLE_BODY_WIDTH_MM = (120.0, 600.0)
