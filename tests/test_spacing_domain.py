@@ -228,7 +228,7 @@ def test_header_cases_end_to_end(spaced_engine: Path, tmp_path: Path, extra, sou
     assert entry["spacing"]["row_mm"] == pytest.approx(mm, rel=0.03)
     assert bool(entry["warnings"]) == source.startswith("estimated")  # a header value needs no warning
     if "PixelSpacing" in extra:
-        assert "PixelSpacing 0\\0 is not a usable spacing (ignored)" in entry["spacing"]["detail"]
+        assert "PixelSpacing 0\\0 is not a usable spacing, ignored" in entry["spacing"]["detail"]
 
 
 def test_implausible_header_spacing_is_doubted(spaced_engine: Path, tmp_path: Path) -> None:

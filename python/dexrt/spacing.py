@@ -120,13 +120,13 @@ def _pair(ds: Any, keyword: str, notes: list[str]) -> tuple[float, float] | None
     try:
         values = [float(v) for v in items]
     except (TypeError, ValueError):
-        notes.append(f"{keyword} {value!r} is not numeric (ignored)")
+        notes.append(f"{keyword} {value!r} is not numeric, ignored")
         return None
     if len(values) != 2:
-        notes.append(f"{keyword} has {len(values)} values, not 2 (ignored)")
+        notes.append(f"{keyword} has {len(values)} values, not 2, ignored")
         return None
     if not all(plausible(v) for v in values):
-        notes.append(f"{keyword} {values[0]:g}\\{values[1]:g} is not a usable spacing (ignored)")
+        notes.append(f"{keyword} {values[0]:g}\\{values[1]:g} is not a usable spacing, ignored")
         return None
     return values[0], values[1]
 
@@ -204,7 +204,7 @@ def _cassette(ds: Any, shape: tuple[int, int], notes: list[str]) -> tuple[tuple[
     long_mm, short_mm = max(a, b), min(a, b)
     long_px, short_px = max(rows, cols), min(rows, cols)
     if abs((long_mm / short_mm) / (long_px / short_px) - 1) > 0.05:
-        notes.append(f"CassetteSize {text} does not match the image's aspect ratio (cropped?); not used")
+        notes.append(f"CassetteSize {text} does not match the image's aspect ratio (cropped?), not used")
         return None, ""
     spacing = long_mm / long_px
     return (spacing, spacing), f"CassetteSize {text} over {rows}x{cols} pixels"
@@ -217,7 +217,7 @@ def resolve(header: HeaderSpacing | None, anatomy: Anatomy | None, shape: tuple[
     if header is not None and header.spacing is not None:
         return header.spacing
     ignored = "; ".join(header.notes) if header is not None and header.notes else ""
-    suffix = f" ({ignored})" if ignored else ""
+    suffix = f"; {ignored}" if ignored else ""
     if user_mm is not None:
         return InputSpacing(user_mm, user_mm, "user", f"--input-spacing {user_mm:g}{suffix}")
     if header is not None and header.detector_mm is not None:
