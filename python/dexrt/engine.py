@@ -14,6 +14,7 @@ import numpy as np
 from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt.bundle import read_bundle
+from dexrt.contract import Encoding
 
 _DEVICES = ("auto", "cpu", "gpu")
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -90,6 +91,7 @@ class Engine:
             max_delay_us=max_delay_us,
             workers=workers,
         )
+        self._encodings = _encodings(m, self._path)
         _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
 
     def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
@@ -138,6 +140,21 @@ class Engine:
     @property
     def output_windows(self) -> tuple[tuple[float, float], ...]:
         return tuple((lo, hi) for lo, hi in self._manifest["output"]["windows"])
+
+    @property
+    def quantities(self) -> tuple[str | None, tuple[str, ...]]:
+        """Physical quantities of the input and outputs (``"se"``, ``("bone", "soft")``); None when unrecorded."""
+        return self._manifest["input"].get("quantity"), tuple(self.channels)
+
+    @property
+    def input_encoding(self) -> Encoding | None:
+        """What a stored input value means physically (``physical = offset + scale * stored``), when recorded."""
+        return self._encodings[0]
+
+    @property
+    def output_encodings(self) -> tuple[Encoding, ...]:
+        """Per output channel, what a stored output value means physically; empty when not recorded."""
+        return self._encodings[1]
 
     @property
     def size_multiple(self) -> int:
@@ -261,6 +278,19 @@ class Engine:
 
     def reset_stats(self) -> None:
         self._core.reset_stats()
+
+
+def _encodings(m: dict[str, Any], path: Path) -> tuple[Encoding | None, tuple[Encoding, ...]]:
+    """The input's and outputs' recorded encodings: all of them, or none (an engine of stored values only)."""
+    raw_in, raw_out = m["input"].get("encoding"), m["output"].get("encodings")
+    if raw_in is None and raw_out is None:
+        return None, ()
+    try:
+        if not isinstance(raw_out, list) or len(raw_out) != len(m["output"]["channels"]):
+            raise ValueError("'output.encodings' must give one encoding per output channel")
+        return Encoding.from_manifest(raw_in), tuple(Encoding.from_manifest(e) for e in raw_out)
+    except ValueError as exc:
+        raise BundleError(f"{path}: invalid manifest: {exc}") from None
 
 
 def _check(images: object, ndims: tuple[int, ...]) -> None:

@@ -10,7 +10,6 @@ On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP3
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,17 +30,11 @@ def calibration_files(source: str | os.PathLike[str], limit: int = DEFAULT_CALIB
     At most ``limit`` files, spread evenly over the sorted list so every gantry range is represented.
     """
     from dexrt.convert import find_images
+    from dexrt.dataset import is_dataset, open_dataset
 
     source = Path(source)
-    manifest_path = source / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError as exc:
-            raise InputError(f"{manifest_path}: not valid JSON ({exc})") from exc
-        if manifest.get("format") != "dexrt-dataset":
-            raise InputError(f"{manifest_path}: not a dexrt dataset manifest")
-        files = [source / v["files"]["se"] for v in manifest["views"] if v.get("split") == "train"]
+    if is_dataset(source):
+        files = [v.files["se"] for v in open_dataset(source).split("train")]
         if not files:
             raise InputError(f"{source}: the dataset has no train views to calibrate on")
     else:
