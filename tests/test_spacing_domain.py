@@ -269,7 +269,8 @@ def test_non_chest_warned_and_refused_when_strict(spaced_engine: Path, tmp_path:
     summary = json.loads(result.stdout)
     assert summary["converted"] == 3 and summary["warned"] == 2  # the hand, and the PNG's estimated spacing
     hand = summary["files"][1]
-    assert not hand["domain"]["in_domain"] and "BodyPartExamined 'HAND' is not the chest" in hand["domain"]["reasons"][0]
+    assert not hand["domain"]["in_domain"]
+    assert "BodyPartExamined 'HAND' is not the chest" in hand["domain"]["reasons"][0]
     assert "b_hand.dcm" in result.stderr and "not a frontal chest radiograph" in result.stderr
     bone = pydicom.dcmread(tmp_path / "warn" / "b_hand_bone.dcm")
     assert bone.SeriesDescription.endswith("[out of domain]") and len(bone.SeriesDescription) <= 64
@@ -325,3 +326,18 @@ def test_bad_spacing_in_python() -> None:
     for value in (-1.0, 0.0, math.inf, 100.0):
         with pytest.raises(ValueError, match="input_spacing_mm"):
             check_option("input_spacing_mm", value)
+
+
+def test_outcome_carries_spacing_and_domain_between_processes(spaced_engine: Path, tmp_path: Path) -> None:
+    """A Ray worker sends Outcomes as plain dicts: the spacing, domain and warnings survive the trip."""
+    import dexrt
+    from dexrt.convert import Converter, Outcome
+
+    path = chest_dicom(tmp_path / "hand.dcm", extra={"BodyPartExamined": "HAND"})
+    with dexrt.Engine(spaced_engine) as engine:
+        [outcome] = Converter(engine, tmp_path / "out").run([path])
+    back = Outcome.from_dict(json.loads(json.dumps(outcome.as_dict())))
+    assert back.warnings == outcome.warnings and len(back.warnings) == 2  # the hand, and: no spacing, not resampled
+    assert back.domain == outcome.domain and not back.domain["in_domain"]
+    assert back.geometry["input_spacing"] is None and back.geometry["resampled"] is False
+    assert "no pixel spacing" in back.warnings[1]

@@ -345,8 +345,8 @@ class Converter:
                 raise DomainError(f"{source}: refused (strict): {report.summary()}")
             outcome.warnings.append(f"{source}: {report.summary()}")
         header = _spacing.header_spacing(dataset, frames.shape[1:]) if dataset is not None else None
-        # A chest's typical width says nothing about an image that does not look like a chest.
-        chest_like = not _domain.content_reasons(anatomy)
+        # A chest's typical width says nothing about an image that is not a frontal chest.
+        chest_like = report.ok
         spacing = _spacing.resolve(header, anatomy if chest_like else None, frames.shape[1:], self.input_spacing_mm)
         if spacing is None:
             if self.model_spacing_mm is not None:

@@ -2,11 +2,11 @@
 
 Two kinds of evidence, both documented in docs/infer.md ("Out-of-domain inputs"):
 
-- **The DICOM header.** A ``BodyPartExamined`` or ``AnatomicRegionSequence`` meaning without a chest word
-  (CHEST, THORAX, LUNG, ...) is flagged; so is a study, series, protocol or procedure description naming another
-  body part (HAND, SKULL, ABDOMEN, ...) when no description mentions the chest; ``ViewPosition`` other than PA or AP (a lateral,
-  oblique or decubitus view) is flagged; so is a projection modality that is not radiography of the chest (MG
-  mammography, IO and PX dental, RF and XA fluoroscopy). Empty or absent attributes say nothing.
+- **The DICOM header.** A ``BodyPartExamined`` or ``AnatomicRegionSequence`` meaning without a chest word (CHEST,
+  THORAX, LUNG, ...) is flagged; so is a study, series, protocol or procedure description naming another body part
+  (HAND, SKULL, ABDOMEN, ...) when no description mentions the chest; ``ViewPosition`` other than PA or AP (a
+  lateral, oblique or decubitus view) is flagged; so is a projection modality that is not radiography of the chest
+  (MG mammography, IO and PX dental, RF and XA fluoroscopy). Empty or absent attributes say nothing.
 - **The pixels**, for every format (`dexrt.anatomy`): no body at all (a blank or uniform image), or a lung
   contrast below `MIN_LUNG_CONTRAST` (no dark lung fields either side of a bright mediastinum: a non-chest
   image, a lateral view, or inverted polarity, which gives a clearly negative contrast).
