@@ -70,6 +70,7 @@ HEADERS = [
     ({"PixelSpacing": [0.2, 0.2], "ImagerPixelSpacing": [0.2, 0.2], "DistanceSourceToDetector": 1800,
       "DistanceSourceToPatient": 1500}, (0.2 / 1.2, 0.2 / 1.2), "header-magnification", None),
     ({"ImagerPixelSpacing": [0.15, 0.15]}, None, None, (0.15, 0.15)),
+    ({"ImagerPixelSpacing": [0.15, 0.15], "EstimatedRadiographicMagnificationFactor": 0.5}, None, None, (0.15, 0.15)),
     ({"PixelSpacing": [0, 0]}, None, None, None),
     ({"PixelSpacing": [0, 0], "ImagerPixelSpacing": [0.14, 0.14]}, None, None, (0.14, 0.14)),
     ({"PixelSpacing": [-0.2, 0.2]}, None, None, None),
@@ -80,7 +81,7 @@ HEADERS = [
 
 @pytest.mark.parametrize(("tags", "expected", "source", "detector"), HEADERS,
                          ids=["calibrated-alone", "differs-from-imager", "calibration-type", "equal-to-imager",
-                              "ermf", "sid-sod", "equal-with-sid-sod", "imager-only", "zero", "zero-with-imager",
+                              "ermf", "sid-sod", "equal-with-sid-sod", "imager-only", "ermf-below-one", "zero", "zero-with-imager",
                               "negative", "element-binning", "cassette-wrong-ratio"])
 def test_header_rules(tags, expected, source, detector) -> None:
     found = header_spacing(dataset(**tags), SHAPE)
@@ -94,6 +95,8 @@ def test_header_rules(tags, expected, source, detector) -> None:
         assert found.detector_mm is None and "aspect ratio" in " ".join(found.notes)
     if tags.get("PixelSpacing") == [0, 0]:
         assert "PixelSpacing 0\\0 is not a usable spacing" in " ".join(found.notes)
+    if tags.get("EstimatedRadiographicMagnificationFactor") == 0.5:
+        assert "is not a magnification" in " ".join(found.notes)
 
 
 def test_cassette_that_the_image_fills() -> None:

@@ -170,7 +170,10 @@ def header_spacing(ds: Any, shape: tuple[int, int] | None = None) -> HeaderSpaci
     if detector is None:
         return HeaderSpacing(None, None, notes=tuple(notes))
     ermf = _number(ds, "EstimatedRadiographicMagnificationFactor")
-    if ermf is not None and 1.0 <= ermf <= 3.0:
+    if ermf is not None and not 1.0 <= ermf <= 3.0:
+        notes.append(f"EstimatedRadiographicMagnificationFactor {ermf:g} is not a magnification (1 to 3), ignored")
+        ermf = None
+    if ermf is not None:
         row, col = detector[0] / ermf, detector[1] / ermf
         return HeaderSpacing(InputSpacing(row, col, "header-magnification",
                                           f"{what} / EstimatedRadiographicMagnificationFactor {ermf:g}"),
