@@ -135,3 +135,11 @@ def test_infer_uses_the_bundled_default_model(tmp_path: Path) -> None:
     manifest = dexrt.Engine(DEFAULT_ENGINE).manifest
     assert manifest["precision"] == "fp16" and manifest["model"]["config"]["ngf"] == 16
     assert DEFAULT_ENGINE.stat().st_size <= 30e6
+
+
+def test_engine_without_a_path_is_the_bundled_default_model() -> None:
+    from dexrt.models import DEFAULT_ENGINE
+
+    with dexrt.Engine() as engine:
+        assert engine.path == DEFAULT_ENGINE and engine.channels == ("bone", "soft")
+        assert engine.input_encoding is not None and len(engine.output_encodings) == 2

@@ -169,35 +169,29 @@ def _torch_run(module: Any, x: np.ndarray, *, channels_last: bool) -> np.ndarray
 
 def _dexrt_runner(onnx_path: Path) -> Runner:
     """dexrt's engine with identity windows ([-1, 1] <-> [-1, 1]), so it consumes network-range input directly."""
-    from dexrt import _core
     from dexrt.build import build_openvino, read_onnx_contract
+    from dexrt.engine import Engine
 
-    contract = read_onnx_contract(onnx_path, input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
-    _, payload = build_openvino(contract, onnx_path)
-    core = _core.Engine(backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
-                        input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * len(contract.channels),
-                        size_multiple=contract.size_multiple)
-    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+    manifest, payload = build_openvino(read_onnx_contract(onnx_path), onnx_path)
+    engine = Engine.from_parts(manifest, payload, network_io=True)  # the public Engine users call
+    return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
 
 def _tensorrt_runner(onnx_path: Path, max_side: int, max_batch: int) -> Runner:
     """dexrt's TensorRT FP16 engine (GPU 0) with identity windows, built for batches 1..max_batch of
     sides up to ``max_side``; tuned for one image of 512x512 (or ``max_side`` when smaller)."""
-    from dexrt import _core
     from dexrt.build import read_onnx_contract
     from dexrt.build_tensorrt import build_tensorrt
+    from dexrt.engine import Engine
 
-    identity = dict(input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
-    contract = read_onnx_contract(onnx_path, **identity)
+    contract = read_onnx_contract(onnx_path)
     m = contract.size_multiple
     side = -(-max_side // m) * m
     opt = min(side, -(-512 // m) * m)
-    _, payload = build_tensorrt(contract, onnx_path, precision="fp16", min_shape=(1, m, m),
-                                opt_shape=(1, opt, opt), max_shape=(max_batch, side, side), contexts=1)
-    core = _core.Engine(backend="tensorrt", device="GPU", model=payload["model.plan"], weights=b"", cuda_device=0,
-                        contexts=1, cuda_graphs=False, input_window=(-1.0, 1.0),
-                        output_windows=[(-1.0, 1.0)] * len(contract.channels), size_multiple=m)
-    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+    manifest, payload = build_tensorrt(contract, onnx_path, precision="fp16", min_shape=(1, m, m),
+                                       opt_shape=(1, opt, opt), max_shape=(max_batch, side, side), contexts=1)
+    engine = Engine.from_parts(manifest, payload, network_io=True, device="gpu", contexts=1)
+    return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
 
 def _openvino_runner(onnx_path: Path) -> Runner:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dexrt._errors import EngineError, InputError
+from dexrt._errors import InputError, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,8 @@ def calibration_inputs(files: list[Path], input_window: tuple[float, float], siz
 def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibration: str | os.PathLike[str], *,
                       images: int = DEFAULT_CALIBRATION_IMAGES) -> tuple[dict[str, Any], dict[str, bytes]]:
     """ONNX generator -> INT8 OpenVINO IR calibrated on ``calibration``; returns (manifest, payload)."""
-    try:
-        import nncf
-    except ImportError:
-        raise EngineError("INT8 engines need NNCF: pip install 'dexrt[quantize]' (or nncf==3.4.0)") from None
+    require_extra("quantize", "INT8 engines", "nncf")
+    import nncf
     import openvino as ov
 
     from dexrt.build import contract_manifest, convert_onnx, ir_payload, smoke_test
