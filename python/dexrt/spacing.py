@@ -38,7 +38,7 @@ from dexrt.anatomy import Anatomy
 
 # Real radiograph pixels (dental sensors to binned fluoroscopy) lie well inside this; outside it a value is a
 # typo or a placeholder, never a spacing.
-PLAUSIBLE_MM = (0.01, 5.0)
+PLAUSIBLE_MM = (0.01, 10.0)
 # The mid-plane of an adult PA chest sits about 12-18 cm in front of the detector at 180 cm SID (180 / 165):
 # 1.1 is a typical chest magnification; an AP bedside film at 100 cm is nearer 1.15-1.2 (docs/infer.md).
 TYPICAL_MAGNIFICATION = 1.1
