@@ -61,10 +61,9 @@ class Anatomy:
 
 def measure(frame: np.ndarray) -> Anatomy:
     """Measure one (H, W) frame (uint16 or float, bright = attenuating)."""
-    image = np.asarray(frame, dtype=np.float32)
-    h, w = image.shape
+    h, w = frame.shape
     factor = max(1, math.ceil(max(h, w) / WORK_SIDE))
-    small = _block_mean(image, factor)
+    small = _block_mean(np.asarray(frame), factor)
     finite = small[np.isfinite(small)]
     lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 0.0))
     full = float(np.ptp(finite)) if finite.size else 0.0
@@ -93,7 +92,7 @@ def measure(frame: np.ndarray) -> Anatomy:
     collimator = (lambda v: v > 0.5) if (contrast is None or contrast >= 0) else (lambda v: v < 0.5)
     cut = float(np.mean([a == 0 or b == sw or collimator(unit[r, a - 1]) or collimator(unit[r, b])
                          for r, (a, b) in zip(rows, runs)])) > 0.5
-    width = float(np.median(lengths)) * w / sw  # back in the frame's own columns
+    width = float(np.median(lengths)) * factor  # back in the frame's own columns
     return Anatomy(width, float(np.median(lengths)) / sw, cut, contrast, dynamic)
 
 
@@ -111,12 +110,12 @@ def _lung_contrast(profile: np.ndarray) -> float | None:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return image
+    """(H, W) -> (H // f, W // f) float32 means, without a float copy of a large frame."""
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    if h == 0 or w == 0:
-        return image
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    if factor == 1 or h == 0 or w == 0:
+        return image.astype(np.float32)
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
 
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
