@@ -55,7 +55,7 @@ class Radiograph:
     path: Path
     kind: str  # "png", "tiff" or "dicom"
     frames: np.ndarray  # (F, H, W) uint16 or float32, bright = attenuating
-    spacing_mm: tuple[float, float] | None = None  # (row, col) at the patient, when the file records it
+    spacing_mm: tuple[float, float] | None = None  # (row, col) at the patient, when the header gives a usable one
     dicom: DicomSource | None = None  # the header to mirror in DICOM outputs
 
 
