@@ -11,6 +11,7 @@ reported; FP16 engines get the looser ``TOLERANCE_FP16``. GPU figures are host t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -86,7 +87,8 @@ def cpu_peak_gflops() -> float | None:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = set(re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    found = re.search(r"^flags\s*:(.*)$", info, re.M)
+    flags = set(found.group(1).split()) if found else set()
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
     if not mhz:
         return None
@@ -134,7 +136,7 @@ def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] |
             for name, dtype in (("torch-cuda-fp32", torch.float32), ("torch-cuda-fp16", torch.float16)):
                 if want(name):
                     gpu = copy.deepcopy(module).to(device="cuda", dtype=dtype)
-                    runners[name] = lambda x, m=gpu, d=dtype: _torch_cuda_run(m, x, d)
+                    runners[name] = functools.partial(_torch_cuda_run, gpu, dtype=dtype)
     if want("dexrt-tensorrt-fp16"):
         from dexrt._gpu import gpu_available
 
@@ -250,11 +252,11 @@ def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_mo
                 times = measure(runner, x, min_seconds=min_seconds)
                 p50 = statistics.median(times)
                 gflops = flops * batch / p50 / 1e9
-                on_cpu = peak and name not in GPU_ENGINES  # the peak estimate is the CPU's
                 results.append(Result(
                     engine=name, height=size, width=size, batch=batch, p50_ms=p50 * 1e3,
                     p99_ms=float(np.percentile(times, 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
-                    peak_percent=100 * gflops / peak if on_cpu else None, max_abs_error=error, repeats=len(times)))
+                    # the peak estimate is the CPU's
+                    peak_percent=100 * gflops / peak if peak and name not in GPU_ENGINES else None, max_abs_error=error, repeats=len(times)))
     return {
         "schema": SCHEMA,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

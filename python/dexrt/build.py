@@ -162,7 +162,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
 
     from dexrt import __version__
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "source": Path(onnx_path).name,

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ class RayConverter:
         self.workers: set[str] = set()
         self.actors_used: int | None = None
 
-    def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path]) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as the actors' batches finish.
 
         Connects to Ray (see the class docstring) and shuts down a Ray instance it started. A failing file is
@@ -168,7 +168,7 @@ class RayConverter:
         given = {p.absolute(): p for p in sources}
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
-        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=self.options["preview"])
+        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=bool(self.options["preview"]))
         context = DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, self.progress
         options = {**self.options, "root": str(root) if root is not None else None}
