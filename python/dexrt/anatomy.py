@@ -14,11 +14,13 @@ range (0..1):
 - **background**: pixels within `EXTREME` of either end of the range where the image is flat (the 5x5 standard
   deviation of its 5x5 box mean below `FLAT`, so quantum noise does not count as texture): direct exposure,
   collimator shadow, padding. Anatomy, even the smooth lungs of a DRR, varies more than that.
-- **body run** (per row of the band 40-70 % of the height, the lower lung zones of a frontal chest, below the
-  shoulders): the longest run of non-background pixels after closing background gaps shorter than 3 % of the
-  width (so an arm beside the chest, separated by air, is not counted). Its length is the body's width in that
-  row; ``body_width_px`` is the median over the band, in the frame's own pixels. ``cut`` says the run touches
-  the image edge or a collimator's shadow (not air) in most rows: the body may be wider than the image shows.
+- **body run** (in about 40 rows spread over the band 40-70 % of the height, the lower lung zones of a frontal
+  chest, below the shoulders): from the first to the last non-background pixel, less a narrow piece at either end
+  (under `SIDE` of the extent, behind a background gap of at least `GAP` of the width: an arm beside the chest, a
+  marker), its ends moved to where the level first leaves the background by `SKIN` (the skin). Its length is the
+  body's width in that row; ``body_width_px`` is the median over the rows, in the frame's own pixels. ``cut``
+  says the run meets the image edge or a collimator's shadow (not air) in most rows: the body may be wider than
+  the image shows.
 - **lung contrast**: the column profile (median over the band) inside the body run, centre band (the middle
   20 % of the body: spine and mediastinum) minus the mean of the two lung bands (20-40 % and 60-80 %), over the
   body's 5-95 percentile range. A frontal chest has two dark lung fields either side of a bright mediastinum, so
@@ -65,18 +67,24 @@ def measure(frame: np.ndarray) -> Anatomy:
     factor = max(1, math.ceil(max(h, w) / WORK_SIDE))
     small = _block_mean(np.asarray(frame), factor)
     finite = small[np.isfinite(small)]
-    lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 0.0))
+    # The range from every other pixel each way: the same percentiles to well within the thresholds, 4x cheaper.
+    sample = small[::2, ::2][np.isfinite(small[::2, ::2])] if min(small.shape) >= 64 else finite
+    lo, hi = (np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 0.0))
     full = float(np.ptp(finite)) if finite.size else 0.0
     dynamic = float((hi - lo) / full) if full > 0 else 0.0
     if not hi > lo:
         return Anatomy(None, 0.0, False, None, dynamic)
-    scaled = (np.nan_to_num(small, nan=lo) - lo) / (hi - lo)
+    sh, sw = small.shape
+    first, last = int(BAND[0] * sh), max(int(BAND[0] * sh) + 1, int(BAND[1] * sh))
+    # Only the band is measured, with the 4 rows each side that its 9x9 flatness windows reach.
+    top, bottom = max(0, first - 4), min(sh, last + 4)
+    scaled = (np.nan_to_num(small[top:bottom], nan=lo) - lo) / (hi - lo)
     unit = np.clip(scaled, 0.0, 1.0)
     # Flatness on the unclipped values: clipping at the percentiles would make the densest bone look flat.
     # ...and on a 5x5 box mean, so quantum noise in the air does not read as texture (anatomy survives it).
     background = ((unit < EXTREME) | (unit > 1 - EXTREME)) & (_local_std(_box(scaled, 2), 2) < FLAT)
-    sh, sw = unit.shape
-    rows = range(int(BAND[0] * sh), max(int(BAND[0] * sh) + 1, int(BAND[1] * sh)))
+    # The band, in the rows of `unit`; about 40 of its rows are enough for medians, and keep this cheap.
+    rows = range(first - top, last - top, max(1, (last - first) // 40))
     # The flatness windows reach 4 pixels past the skin; the skin is where the level first leaves the end.
     skin = (unit < SKIN) | (unit > 1 - SKIN)
     runs = [_trim(_body_extent(~background[r], max(1, round(GAP * sw))), skin[r]) for r in rows]
@@ -85,7 +93,7 @@ def measure(frame: np.ndarray) -> Anatomy:
         return Anatomy(None, 0.0, False, None, dynamic)
     # Column profile over the band, within the median run's extent.
     left, right = (int(np.median([a for a, _ in runs])), int(np.median([b for _, b in runs])))
-    profile = np.median(unit[rows.start:rows.stop, left:right], axis=0)
+    profile = np.median(unit[rows.start:rows.stop:rows.step, left:right], axis=0)
     contrast = _lung_contrast(profile)
     # The body is cut when it meets the image edge or a collimator (unexposed: the attenuating end of the range,
     # which is the bright end unless the lung contrast says the polarity is inverted), not air.
@@ -119,11 +127,16 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over (2r+1)^2 neighbourhoods (edges replicated), from a summed-area table."""
-    k = 2 * radius + 1
-    padded = np.pad(image, radius, mode="edge").astype(np.float64)
-    c = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+    """Mean over (2r+1)^2 neighbourhoods (the part inside the image at its edges), separably from running sums."""
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        sums = np.concatenate([np.zeros_like(out.take([0], axis=axis)), out.cumsum(axis=axis)], axis=axis)
+        index = np.arange(n)
+        lo, hi = np.maximum(index - radius, 0), np.minimum(index + radius + 1, n)
+        count = (hi - lo).reshape((-1, 1) if axis == 0 else (1, -1))
+        out = (sums.take(hi, axis=axis) - sums.take(lo, axis=axis)) / count
+    return out
 
 
 def _local_std(image: np.ndarray, radius: int) -> np.ndarray:
