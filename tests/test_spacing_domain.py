@@ -70,7 +70,8 @@ HEADERS = [
     ({"PixelSpacing": [0.2, 0.2], "ImagerPixelSpacing": [0.2, 0.2], "DistanceSourceToDetector": 1800,
       "DistanceSourceToPatient": 1500}, (0.2 / 1.2, 0.2 / 1.2), "header-magnification", None),
     ({"ImagerPixelSpacing": [0.15, 0.15]}, None, None, (0.15, 0.15)),
-    ({"ImagerPixelSpacing": [0.15, 0.15], "EstimatedRadiographicMagnificationFactor": 0.5}, None, None, (0.15, 0.15)),
+    ({"ImagerPixelSpacing": [0.15, 0.15], "EstimatedRadiographicMagnificationFactor": 0.5}, None, None,
+     (0.15, 0.15)),
     ({"PixelSpacing": [0, 0]}, None, None, None),
     ({"PixelSpacing": [0, 0], "ImagerPixelSpacing": [0.14, 0.14]}, None, None, (0.14, 0.14)),
     ({"PixelSpacing": [-0.2, 0.2]}, None, None, None),
@@ -99,9 +100,13 @@ def test_header_rules(tags, expected, source, detector) -> None:
         assert "is not a magnification" in " ".join(found.notes)
 
 
-def test_cassette_that_the_image_fills() -> None:
+def test_whole_detector_that_the_image_fills() -> None:
     found = header_spacing(dataset(CassetteSize="35CMX43CM"), (2150, 1750))  # 0.2 mm over the whole plate
     assert found.detector_mm == pytest.approx((0.2, 0.2)) and "CassetteSize" in found.detector_detail
+    found = header_spacing(dataset(DetectorActiveDimensions=[430, 430]), (3000, 3000))
+    assert found.detector_mm == pytest.approx((430 / 3000,) * 2) and "DetectorActiveDimensions" in found.detector_detail
+    cropped = header_spacing(dataset(DetectorActiveDimensions=[430, 430]), (3000, 2000))
+    assert cropped.detector_mm is None and "aspect ratio" in " ".join(cropped.notes)
 
 
 def test_resolution_order() -> None:

@@ -20,7 +20,8 @@ training views). An input's spacing is resolved in this order (docs/infer.md, "P
 3. **An estimate**, always marked as one:
 
    - a detector spacing without magnification (``ImagerPixelSpacing``, or ``DetectorElementSpacing`` times
-     ``DetectorBinning``, or a CR ``CassetteSize`` that the image fills) divided by `TYPICAL_MAGNIFICATION`;
+     ``DetectorBinning``, or the ``DetectorActiveDimensions`` or CR ``CassetteSize`` that the image fills)
+     divided by `TYPICAL_MAGNIFICATION`;
    - otherwise the body's width: `TYPICAL_BODY_WIDTH_MM` over the width measured in the image
      (`dexrt.anatomy`).
 
@@ -166,7 +167,7 @@ def header_spacing(ds: Any, shape: tuple[int, int] | None = None) -> HeaderSpaci
             detector = (element[0] * binning[0], element[1] * binning[1])
             what = f"DetectorElementSpacing {element[0]:g}\\{element[1]:g} x binning {binning[0]:g}\\{binning[1]:g}"
     if detector is None and shape is not None:
-        detector, what = _cassette(ds, shape, notes)
+        detector, what = _whole_detector(ds, shape, notes)
     if detector is None:
         return HeaderSpacing(None, None, notes=tuple(notes))
     ermf = _number(ds, "EstimatedRadiographicMagnificationFactor")
@@ -188,29 +189,37 @@ def header_spacing(ds: Any, shape: tuple[int, int] | None = None) -> HeaderSpaci
     return HeaderSpacing(None, detector, what, tuple(notes))
 
 
-def _pair_raw(ds: Any, keyword: str) -> tuple[float, float] | None:
+def _pair_raw(ds: Any, keyword: str, upper: float = 16.0) -> tuple[float, float] | None:
+    """Two positive numbers up to `upper` (binning factors, detector sizes in mm), or None."""
     try:
         a, b = (float(v) for v in ds.get(keyword))
     except (TypeError, ValueError):
         return None
-    return (a, b) if all(math.isfinite(v) and 0 < v <= 16 for v in (a, b)) else None
+    return (a, b) if all(math.isfinite(v) and 0 < v <= upper for v in (a, b)) else None
 
 
-def _cassette(ds: Any, shape: tuple[int, int], notes: list[str]) -> tuple[tuple[float, float] | None, str]:
-    """A CR plate is read whole, so an image with the plate's aspect ratio spans its size (18CMX24CM ...)."""
-    text = str(ds.get("CassetteSize", "") or "").upper().replace(" ", "")
-    match = _CASSETTE.fullmatch(text)
-    if not match:
-        return None, ""
-    a, b = (float(match[i]) * (10.0 if match[i + 1] == "CM" else 25.4) for i in (1, 3))
+def _whole_detector(ds: Any, shape: tuple[int, int], notes: list[str]) -> tuple[tuple[float, float] | None, str]:
+    """A detector spacing from the size of the whole detector, when the image has its aspect ratio (within 5 %,
+    so it is not a crop): ``DetectorActiveDimensions`` of a DX panel, or a CR ``CassetteSize`` (18CMX24CM ...),
+    since a CR plate is read whole."""
+    dims = _pair_raw(ds, "DetectorActiveDimensions", upper=2000.0)
+    if dims is not None:
+        found, what = dims, f"DetectorActiveDimensions {dims[0]:g}\\{dims[1]:g} mm"
+    else:
+        text = str(ds.get("CassetteSize", "") or "").upper().replace(" ", "")
+        match = _CASSETTE.fullmatch(text)
+        if not match:
+            return None, ""
+        a, b = (float(match[i]) * (10.0 if match[i + 1] == "CM" else 25.4) for i in (1, 3))
+        found, what = (a, b), f"CassetteSize {text}"
     rows, cols = shape
-    long_mm, short_mm = max(a, b), min(a, b)
+    long_mm, short_mm = max(found), min(found)
     long_px, short_px = max(rows, cols), min(rows, cols)
     if abs((long_mm / short_mm) / (long_px / short_px) - 1) > 0.05:
-        notes.append(f"CassetteSize {text} does not match the image's aspect ratio (cropped?), not used")
+        notes.append(f"{what} does not match the image's aspect ratio (cropped?), not used")
         return None, ""
     spacing = long_mm / long_px
-    return (spacing, spacing), f"CassetteSize {text} over {rows}x{cols} pixels"
+    return (spacing, spacing), f"{what} over {rows}x{cols} pixels"
 
 
 def resolve(header: HeaderSpacing | None, anatomy: Anatomy | None, shape: tuple[int, int],
