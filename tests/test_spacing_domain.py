@@ -83,8 +83,7 @@ HEADERS = [
 @pytest.mark.parametrize(("tags", "expected", "source", "detector"), HEADERS,
                          ids=["calibrated-alone", "differs-from-imager", "calibration-type", "equal-to-imager",
                               "ermf", "sid-sod", "equal-with-sid-sod", "imager-only", "ermf-below-one", "zero",
-                              "zero-with-imager",
-                              "negative", "element-binning", "cassette-wrong-ratio"])
+                              "zero-with-imager", "negative", "element-binning", "cassette-wrong-ratio"])
 def test_header_rules(tags, expected, source, detector) -> None:
     found = header_spacing(dataset(**tags), SHAPE)
     if expected is None:
