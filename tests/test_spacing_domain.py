@@ -349,3 +349,37 @@ def test_outcome_carries_spacing_and_domain_between_processes(spaced_engine: Pat
     assert back.domain == outcome.domain and not back.domain["in_domain"]
     assert back.geometry["input_spacing"] is None and back.geometry["resampled"] is False
     assert "no pixel spacing" in back.warnings[1]
+
+
+def test_processed_collimated_monochrome1_cr(spaced_engine: Path, tmp_path: Path) -> None:
+    """What a CR reader sends: 15-bit MONOCHROME1, a log-like look-up table, collimator borders, a lead marker,
+    PixelSpacing 0\\0. The chest is still found, measured and run at the model's scale."""
+    attenuation = chest_phantom((400, 480), 360.0)
+    shown = np.log1p(9 * attenuation) / np.log(10)  # processed: compressed like a log LUT
+    shown[:, :50] = shown[:, -50:] = shown[:30] = shown[-30:] = 1.0  # collimated: unexposed, as bright as bone
+    shown[40:70, 60:90] = 1.0  # an "R" marker
+    stored = np.rint((1 - shown) * 32767).astype(np.int64)  # MONOCHROME1: attenuating is dark
+    path = make_dicom(tmp_path / "cr.dcm", stored, bits=15, photometric="MONOCHROME1", modality="CR",
+                      spacing=(0, 0), extra={"BodyPartExamined": "CHEST", "ViewPosition": "PA"})
+    result = run("infer", path, "-o", tmp_path / "out", "--engine", spaced_engine, "--json")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)["files"]
+    assert entry["domain"]["in_domain"], entry["domain"]
+    assert entry["spacing"]["source"] == "estimated-body-width"
+    assert entry["spacing"]["col_mm"] == pytest.approx(TYPICAL_BODY_WIDTH_MM / 360, rel=0.03)
+    assert not entry["domain"]["measures"]["cut"]
+
+
+def test_mislabelled_polarity_is_flagged_and_not_estimated(spaced_engine: Path, tmp_path: Path) -> None:
+    """MONOCHROME1 pixel data labelled MONOCHROME2: the model would see a negative. Flagged, and the body's width
+    is not trusted for a spacing."""
+    stored = 4095 - to_stored(chest_phantom(SHAPE, BODY_PX))
+    path = make_dicom(tmp_path / "neg.dcm", stored, bits=12, photometric="MONOCHROME2",
+                      extra={"BodyPartExamined": "CHEST"})
+    result = run("infer", path, "-o", tmp_path / "out", "--engine", spaced_engine, "--json")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)["files"]
+    assert "inverted polarity" in " ".join(entry["domain"]["reasons"])
+    assert entry["spacing"] is None and not entry["geometry"]["resampled"]
+    result = run("infer", path, "-o", tmp_path / "strict", "--engine", spaced_engine, "--strict")
+    assert result.exit_code == 1 and "inverted polarity" in result.stderr
