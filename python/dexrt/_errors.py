@@ -27,6 +27,10 @@ class DomainError(InputError):
     """An input is not what the model was trained on (not a frontal chest radiograph) and strict mode refuses it."""
 
 
+class ConfigError(DexrtError, ValueError):
+    """A configuration file or option is unusable: unknown key, wrong type, missing value, unreadable file."""
+
+
 class MissingExtraError(DexrtError, ImportError):
     """An optional part of dexrt needs packages that are not installed; the message names the extra to install."""
 
