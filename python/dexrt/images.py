@@ -61,7 +61,7 @@ class Radiograph:
 
 def read_radiograph(path: str | os.PathLike[str]) -> Radiograph:
     """Read a PNG, TIFF or DICOM radiograph. PNG and TIFF carry no trusted pixel spacing (their resolution tags
-    are display settings more often than not), so only DICOM files are resampled."""
+    are display settings more often than not): their spacing comes from the user or an estimate (dexrt.spacing)."""
     path = Path(path)
     kind = image_kind(path)
     if kind == "dicom":
