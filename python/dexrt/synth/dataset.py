@@ -21,23 +21,13 @@ import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
+from dexrt.contract import QUANTITIES, fixed_encoding
 from dexrt.synth.render import Renderer, View
 from dexrt.synth.splits import SPLITS, SplitPlan
 
 FORMAT_VERSION = 1
 CHANNELS = ("se", "bone", "soft")
 IDEAL = ("bone_ideal", "soft_ideal")
-QUANTITY = {
-    "se": "attenuation -ln(I/I0) of the single-energy protocol (dimensionless)",
-    "bone": "dual-energy bone image: bone-equivalent areal density, g/cm^2 of ICRU-44 cortical bone",
-    "soft": "dual-energy soft-tissue image: water-equivalent areal density, g/cm^2",
-    "bone_ideal": "ideal material image: cortical-bone basis areal density along the ray, g/cm^2",
-    "soft_ideal": "ideal material image: adipose + soft-tissue basis areal density along the ray, g/cm^2",
-}
-_PRE_PASS_VIEWS = 8
-_MARGIN = 0.1  # fraction of the pre-pass range added on each side of the encoding window
-
-
 @dataclass
 class DatasetConfig:
     views: int = 700
@@ -90,29 +80,18 @@ def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list
     return views, splits
 
 
-def _encoding(renderer: Renderer, views: list[View], channels: tuple[str, ...]) -> dict[str, dict]:
-    """One uint16 scaling per channel for the whole dataset, from a pre-pass over a few views."""
-    picks = np.unique(np.linspace(0, len(views) - 1, min(_PRE_PASS_VIEWS, len(views))).round().astype(int))
-    lo = {c: np.inf for c in channels}
-    hi = {c: -np.inf for c in channels}
-    for i in picks:
-        im = renderer.render(views[int(i)])
-        for c in channels:
-            lo[c] = min(lo[c], float(im[c].min()))
-            hi[c] = max(hi[c], float(im[c].max()))
+def quantity_of(channel: str) -> str:
+    """The contract quantity a channel stores (`se_raw` is the unprocessed SE: attenuation, like `se` unprocessed)."""
+    return "se" if channel == "se_raw" else channel
+
+
+def _encoding(channels: tuple[str, ...]) -> dict[str, dict]:
+    """The fixed encoding of each channel's quantity (dexrt.contract): the same for every CT, seed and view count."""
     enc = {}
     for c in channels:
-        span = max(hi[c] - lo[c], 1e-3)
-        a = 0.0 if c in IDEAL else lo[c] - _MARGIN * span  # ideal images are never negative
-        b = hi[c] + _MARGIN * span
-        enc[c] = {"offset": float(f"{a:.6g}"), "scale": float(f"{(b - a) / 65535.0:.6g}"), "quantity": QUANTITY[c]}
+        q = QUANTITIES[quantity_of(c)]
+        enc[c] = {**fixed_encoding(q.name).as_manifest(), "quantity": q.name, "unit": q.unit, "meaning": q.meaning}
     return enc
-
-
-def _to_u16(x: np.ndarray, e: dict) -> tuple[np.ndarray, int]:
-    q = np.rint((x - e["offset"]) / e["scale"])
-    clipped = int(np.count_nonzero((q < 0) | (q > 65535)))
-    return np.clip(q, 0, 65535).astype(np.uint16), clipped
 
 
 def _write_image(path: Path, img: np.ndarray, fmt: str) -> None:
@@ -169,7 +148,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
     out = Path(out_dir)
     views, splits = plan_views(renderer, cfg)
     channels = CHANNELS + (IDEAL if cfg.ideal else ())
-    encoding = _encoding(renderer, views, channels)
+    encoding = _encoding(channels)
     tmp = _prepare_output(out)
     try:
         for c in channels:
@@ -188,7 +167,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
                 im = renderer.render(view)
                 files, jobs = {}, []
                 for c in channels:
-                    u16, n = _to_u16(im[c], encoding[c])
+                    u16, n = fixed_encoding(quantity_of(c)).stored(im[c])
                     clipped[c] += n
                     files[c] = f"{c}/{view.id}.{ext}"
                     jobs.append((tmp / files[c], u16, cfg.image_format))
