@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,18 @@ import numpy as np
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
 from dexrt.contract import QUANTITIES, fixed_encoding
+from dexrt.synth.anatomy import AnatomyConfig, draw_anatomy
+from dexrt.synth.chain import ChainConfig, draw_chain
+from dexrt.synth.pool import pool_angles
 from dexrt.synth.render import Renderer, View
 from dexrt.synth.splits import SPLITS, SplitPlan
 
 FORMAT_VERSION = 1
 CHANNELS = ("se", "bone", "soft")
 IDEAL = ("bone_ideal", "soft_ideal")
+RAW = "se_raw"  # with a chain: the SE attenuation before post-processing
+
+
 @dataclass
 class DatasetConfig:
     views: int = 700
@@ -41,6 +47,10 @@ class DatasetConfig:
     lesion_diameter_mm: tuple[float, float] = (5.0, 30.0)
     ideal: bool = False
     contact_views: int = 4
+    chain: ChainConfig | None = None  # None: the fixed protocol, as the options state it
+    anatomy: AnatomyConfig | None = None  # None: the CT as it is
+    pool: bool = False  # train-only views at random angles inside the train ranges (dexrt.synth.pool)
+    ap_pa_prob: float = 0.3  # pool: share of frontal (AP/PA) views
 
     def validate(self) -> None:
         if self.views < 1 or self.views > 1_000_000:
@@ -52,13 +62,24 @@ class DatasetConfig:
         if not (0.0 <= self.lesion_prob <= 1.0) or self.max_lesions < 1:
             raise ValueError("lesion probability must be in [0, 1] and max lesions >= 1")
         self.splits.validate()
+        if self.chain is not None:
+            self.chain.validate()
+        if self.anatomy is not None:
+            self.anatomy.validate()
+        if not 0.0 <= self.ap_pa_prob <= 1.0:
+            raise ValueError(f"the AP/PA share must be in [0, 1], got {self.ap_pa_prob}")
 
 
 def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list[str]]:
     """Views (angles, jitter, noise seeds, lesions) and their splits, all drawn from `cfg.seed`."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
-    angles = cfg.splits.angles(cfg.views)
+    if cfg.pool:  # its own stream: the jitter, seeds and lesions below are drawn as for a plain dataset
+        angles = [(a, "train") for a in pool_angles(cfg.splits, cfg.views, np.random.default_rng([cfg.seed, 0x9001]),
+                                                    cfg.ap_pa_prob)]
+    else:
+        angles = cfg.splits.angles(cfg.views)
+    se, p = renderer.config.physics.se, renderer.config
     sampler = None
     if cfg.lesion_prob > 0:
         sampler = renderer.lesion_sampler(cfg.lesion_diameter_mm)
@@ -75,7 +96,13 @@ def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list
             lrng = np.random.default_rng(seed + 1)
             lesions = [sampler.sample(lrng) for _ in range(int(lrng.integers(1, cfg.max_lesions + 1)))]
         noise_seed = seed if renderer.config.physics.noise else None
-        views.append(View(f"view_{i:05d}", round(gantry, 6), round(couch, 6), round(tilt, 6), noise_seed, lesions))
+        chain = None if cfg.chain is None else draw_chain(cfg.chain, se, p.sid_mm, p.sdd_mm, renderer.body_radius_mm,
+                                                          seed)
+        anatomy = None
+        if cfg.anatomy is not None:  # one synthetic patient per group of consecutive views
+            anatomy = draw_anatomy(cfg.anatomy, i // cfg.anatomy.views_per_anatomy, cfg.seed, renderer.iso)
+        views.append(View(f"view_{i:05d}", round(gantry, 6), round(couch, 6), round(tilt, 6), noise_seed, lesions,
+                          chain, anatomy))
         splits.append(split)
     return views, splits
 
@@ -147,7 +174,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
     t0 = time.perf_counter()
     out = Path(out_dir)
     views, splits = plan_views(renderer, cfg)
-    channels = CHANNELS + (IDEAL if cfg.ideal else ())
+    channels = CHANNELS + ((RAW,) if cfg.chain is not None else ()) + (IDEAL if cfg.ideal else ())
     encoding = _encoding(channels)
     tmp = _prepare_output(out)
     try:
@@ -217,16 +244,25 @@ def _sheet_views(views: list[View], n: int) -> set[int]:
 def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: str | None) -> dict:
     cfg = renderer.config
     p = cfg.physics
-    return {
+    ch = view.chain
+    rec = {
         "id": view.id, "split": split, "files": files, "mask": mask,
         "geometry": {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
-                     "sid_mm": cfg.sid_mm, "sdd_mm": cfg.sdd_mm, "rows": cfg.size[0], "cols": cfg.size[1],
-                     "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()},
-        "protocol": {"se_kvp": p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
-                     "kerma_ugy": {"se": p.se.kerma_ugy, "low": p.low.kerma_ugy, "high": p.high.kerma_ugy}},
+                     "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
+                     "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm,
+                     "iso_mm": renderer.iso.tolist()},
+        "protocol": {"se_kvp": ch.kvp if ch else p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
+                     "kerma_ugy": {"se": ch.dose_ugy if ch else p.se.kerma_ugy, "low": p.low.kerma_ugy,
+                                   "high": p.high.kerma_ugy}},
         "noise_seed": view.noise_seed,
         "lesions": [les.describe() for les in view.lesions],
     }
+    if ch is not None:
+        rec["geometry"]["offset_mm"] = list(ch.offset_mm)
+        rec["chain"] = ch.record()
+    if view.anatomy is not None:
+        rec["anatomy"] = view.anatomy.record()
+    return rec
 
 
 def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...], encoding: dict, records: list,
@@ -256,6 +292,10 @@ def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...],
                     "model": "ellipsoids (axis ratios 0.75-1) inside the lung mask, projected analytically, "
                              "replacing the mean lung tissue they occupy; mask = rays that cross a lesion"},
         "generator": {"dexrt": __version__, "seed": cfg.seed, "views": cfg.views,
-                      "tilt_jitter_deg": cfg.tilt_jitter_deg, "couch_jitter_deg": cfg.couch_jitter_deg},
+                      "tilt_jitter_deg": cfg.tilt_jitter_deg, "couch_jitter_deg": cfg.couch_jitter_deg,
+                      "pool": ({"ap_pa_prob": cfg.ap_pa_prob, "angles": "uniform in the train ranges"}
+                               if cfg.pool else None),
+                      "chain": asdict(cfg.chain) if cfg.chain is not None else None,
+                      "anatomy": asdict(cfg.anatomy) if cfg.anatomy is not None else None},
         "views": records,
     }
