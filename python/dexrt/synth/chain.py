@@ -207,7 +207,8 @@ def unit_exposure(kvp: float, al_mm: float, cu_mm: float, detector: Detector) ->
 def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: float, rng: np.random.Generator | None,
              threads: int = 0, parts: bool = False) -> dict[str, np.ndarray]:
     """(3, H, W) material line integrals -> {"se_raw", "se"} through the view's chain; with `parts` also the
-    noise-free "primary", "scatter" and "fluence" (the detector signal before noise, keV per pixel)."""
+    noise-free "primary" and "scatter" (keV per pixel), the primary "fluence" factor (heel, collimator, markers),
+    the final linear "signal", and the open field's mean and quantum variance ("open_field", "open_var")."""
     rows, cols = line.shape[1:]
     mu, w = unit_exposure(ch.kvp, ch.al_mm, ch.cu_mm, detector)
     unit = _core.drr_polyenergetic(np.ascontiguousarray(line, np.float32), mu, w, threads)  # (2, H, W)
@@ -264,5 +265,6 @@ def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: floa
             se = np.where(mask, window["hi"], se)
     out = {"se_raw": se_raw.astype(np.float32), "se": np.asarray(se, np.float32)}
     if parts:
-        out.update(primary=t_p * primary, scatter=t_s * scatter, fluence=fluence)
+        out.update(primary=t_p * primary, scatter=t_s * scatter, fluence=fluence, signal=signal,
+                   open_field=np.float64(open_field), open_var=np.float64(t_p * flat_var))
     return out

@@ -82,7 +82,7 @@ class Renderer:
             self.iso = (blo + bhi) / 2.0
         self.physics = Physics(config.physics, config.sid_mm, config.sdd_mm, self.pixel_mm**2, config.threads)
         self._sampler: LesionSampler | None = None
-        self._anatomy: tuple[int, MaterialVolume] | None = None  # the last deformed volume, by anatomy id
+        self._anatomy: tuple[Anatomy, MaterialVolume] | None = None  # the last deformed volume and its anatomy
         blo, bhi = self.volume.body_bounds()
         # Radius of the sphere about the isocentre that holds the body's box: the chain keeps it between the
         # source and the detector when it draws a magnification.
@@ -109,10 +109,10 @@ class Renderer:
         """The material volume of the view's anatomy (built once per anatomy, kept for the next view)."""
         if view.anatomy is None:
             return self.volume
-        if self._anatomy is None or self._anatomy[0] != view.anatomy.id:
+        if self._anatomy is None or self._anatomy[0] != view.anatomy:
             from dexrt.synth.anatomy import deform
 
-            self._anatomy = (view.anatomy.id, deform(self.volume, view.anatomy))
+            self._anatomy = (view.anatomy, deform(self.volume, view.anatomy))
         return self._anatomy[1]
 
     def lesion_sampler(self, diameter_mm: tuple[float, float]) -> LesionSampler:
