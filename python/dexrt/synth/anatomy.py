@@ -4,7 +4,7 @@ displacement field, and a bone-density factor.
 
 The affine part changes only the voxel-to-world matrix of the material volume (no resampling: a larger patient is
 more tissue, at the same densities). The elastic part resamples the volume (trilinear) through a displacement
-field interpolated (cubic) from random control-point displacements. Bone density scales the bone channel; line
+field interpolated (natural cubic spline, separably) from random control-point displacements. Bone density scales the bone channel; line
 integrals are linear in it, so it is applied to the traced bone line integral, exactly. Each anatomy is drawn
 from its own seed and shared by a group of consecutive views (building one costs about a second on the example
 CT, a view a fraction of that).
@@ -99,17 +99,28 @@ def deform(volume: MaterialVolume, anatomy: Anatomy) -> MaterialVolume:
     return MaterialVolume(data, affine, volume.body, volume.lung, volume.bin, info)
 
 
+def _upsample_matrix(n: int, c: int) -> np.ndarray:
+    """(n, c): cubic-spline interpolation from c control points spanning the axis to its n voxels."""
+    from scipy.interpolate import CubicSpline
+
+    return CubicSpline(np.linspace(0.0, n - 1.0, c), np.eye(c), bc_type="natural")(np.arange(n, dtype=float))
+
+
 def _elastic(data: np.ndarray, spacing: np.ndarray, anatomy: Anatomy) -> np.ndarray:
     from scipy import ndimage
 
     rng = np.random.default_rng([anatomy.seed, anatomy.id, 0xE1])
-    shape = np.array(data.shape[:3])
-    ctrl = np.maximum(np.ceil(shape * spacing / anatomy.elastic_grid_mm).astype(int) + 1, 2)
-    coords = np.indices(data.shape[:3], dtype=np.float32)
+    shape = data.shape[:3]
+    ctrl = [max(int(np.ceil(n * s / anatomy.elastic_grid_mm)) + 1, 2) for n, s in zip(shape, spacing)]
+    # The dense field is separable in the control grid: one small matrix per axis instead of a 3-D zoom (which
+    # costs seconds on a chest volume).
+    w = [_upsample_matrix(n, c) for n, c in zip(shape, ctrl)]
+    coords = np.indices(shape, dtype=np.float32)
     for axis in range(3):
-        d = rng.normal(0.0, anatomy.elastic_mm / spacing[axis], tuple(ctrl))  # voxels
-        field = ndimage.zoom(d, shape / ctrl, order=3, mode="nearest", grid_mode=True)
-        coords[axis] += field[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+        d = rng.normal(0.0, anatomy.elastic_mm / spacing[axis], ctrl)  # voxels
+        field = np.einsum("ia,abc->ibc", w[0], d)
+        field = np.einsum("jb,ibc->ijc", w[1], field)
+        coords[axis] += np.einsum("kc,ijc->ijk", w[2], field).astype(np.float32)
     out = np.empty_like(data)
     for ch in range(data.shape[3]):
         out[..., ch] = ndimage.map_coordinates(data[..., ch], coords, order=1, mode="constant", cval=0.0)

@@ -212,7 +212,8 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
                     progress(1)
             while pending:
                 pending.popleft().result()
-        contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
+        if sheet_rows:
+            contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
         n_pix = len(views) * renderer.config.size[0] * renderer.config.size[1]
         for c in channels:
             encoding[c]["clipped_fraction"] = clipped[c] / n_pix
