@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +105,16 @@ def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list
                           chain, anatomy))
         splits.append(split)
     return views, splits
+
+
+def iter_views(renderer: Renderer, cfg: DatasetConfig) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """Render the views of `cfg` one at a time without writing them (on-the-fly training data): each is its
+    manifest record (no files) and its images in physical units ("se", "bone", "soft", "mask", ...; "se_raw"
+    with a chain). With `cfg.pool`, every view is a train view outside the held-out angle ranges."""
+    views, splits = plan_views(renderer, cfg)
+    for view, split in zip(views, splits):
+        images = renderer.render(view)
+        yield _view_record(renderer, view, split, {}, None), images
 
 
 def quantity_of(channel: str) -> str:
