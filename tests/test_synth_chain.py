@@ -94,14 +94,15 @@ def test_quantum_noise_follows_the_dose(slab_r: Renderer) -> None:
     measured, predicted = [], []
     for dose in (20.0, 200.0):
         ch = chain(slab_r, dose_ugy=dose)
-        out = se(slab_r, ch, noise_seed=3)
-        measured.append(float(np.var(out["se_raw"][mid].astype(np.float64) - se(slab_r, ch)["se_raw"][mid])))
+        clean = se(slab_r, ch)["se_raw"][mid].astype(np.float64)
+        measured.append(float(np.mean([np.var(se(slab_r, ch, noise_seed=s)["se_raw"][mid] - clean)
+                                       for s in range(3, 7)])))
         # Predicted: var(-ln S) = var(S) / S^2 = 1 / N_eff, from the spectrum's absorbed-energy moments.
         line, _ = slab_r.line_integrals(View("v", 0.0))
         mu, w = unit_exposure(ch.kvp, ch.al_mm, ch.cu_mm, slab_r.config.physics.detector)
         m, v = _core.drr_polyenergetic(line, mu, w) * dose * (ch.sid_mm / ch.sdd_mm) ** 2 * slab_r.pixel_mm**2
         predicted.append(float(np.mean(v[mid] / m[mid] ** 2)))
-    np.testing.assert_allclose(measured, predicted, rtol=0.1)
+    np.testing.assert_allclose(measured, predicted, rtol=0.06)  # 4 x 2304 pixels: the estimate's sd is 1.5 %
     assert 8.5 < measured[0] / measured[1] < 11.5  # a decade of dose, a decade of variance
 
 

@@ -29,8 +29,8 @@ from dexrt.synth.processing import (MARKER_TRANSMISSION, collimation_mask, heel_
 from dexrt.synth.spectra import Detector, Protocol, energy_grid, expose
 
 Range = tuple[float, float]
-# A 10:1 focused grid in a chest beam: primary transmission ~0.7, scatter transmission ~0.1
-# (Chan, Higashida & Doi, Med. Phys. 12:449, 1985; Fetterly & Schueler, Med. Phys. 34:4264, 2007).
+# A 10:1 focused grid in a chest beam: primary transmission ~0.7, scatter transmission ~0.1 (Tp, Ts as IEC 60627
+# defines them; values of the order Chan, Higashida & Doi measured, Med. Phys. 12:449, 1985).
 GRID_PRIMARY_T = 0.70
 GRID_SCATTER_T = 0.10
 BODY_TAU = 0.2  # pixels whose primary attenuation exceeds this are "behind the body" for the SPR
