@@ -95,6 +95,7 @@ def test_synth_throughput(benchmark, example, tmp_path: Path, size: int, mode: s
     assert clipped["bone"] < 0.01 and clipped["soft"] < 0.01, clipped
     benchmark.extra_info.update(views=views, size=size, mode=mode, wall_s=round(result["wall"], 2),
                                 cpu_s=round(result["cpu"], 2), views_per_s=round(views / result["wall"], 3),
-                                s_per_view=round(result["wall"] / views, 3), setup_s=round(setup_s, 1), spectra_s=round(spectra_s, 1),
+                                s_per_view=round(result["wall"] / views, 3), setup_s=round(setup_s, 1),
+                                spectra_s=round(spectra_s, 1),
                                 clipped=clipped, load_average=round(os.getloadavg()[0], 2),
                                 threads=os.cpu_count(), volume_shape=list(np.shape(r.volume.data)))

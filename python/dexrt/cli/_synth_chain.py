@@ -96,7 +96,8 @@ def build(kw: dict[str, Any]) -> tuple[ChainConfig | None, AnatomyConfig | None,
     for k in ("scatter_sigma_mm", "collimation_margin", "gamma", "sdd_mm"):
         if ranges[k] is None:  # these shape a randomisation rather than being one: they need a range
             raise click.BadParameter("needs LO,HI", param_hint=next(o for o, kk, _ in _RANGES if kk == k))
-    chain = ChainConfig(**ranges, **{k: kw.pop("chain_" + k) for _, k, _ in _PROBS}, offset_mm=kw.pop("offset_mm"))
+    chain = ChainConfig(**ranges, **{k: kw.pop("chain_" + k) for _, k, _ in _PROBS},  # type: ignore[arg-type]
+                        offset_mm=kw.pop("offset_mm"))
     anatomy_on = kw.pop("anatomy")
     anatomy_on = (pool is not None) if anatomy_on is None else anatomy_on
     anatomy = AnatomyConfig(scale=parse_range(kw.pop("scale"), "--anatomy-scale"),

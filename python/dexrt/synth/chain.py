@@ -169,12 +169,13 @@ def draw_chain(cfg: ChainConfig, base: Protocol, sid_mm: float, sdd_mm: float, b
             raise ValueError(f"no magnification in {cfg.magnification} at SDD {sdd:.0f} mm keeps the body "
                              f"(radius {body_radius_mm:.0f} mm) between source and detector")
     if cfg.offset_mm > 0:
-        offset = tuple(round(float(v), 4) for v in rng.uniform(-cfg.offset_mm, cfg.offset_mm, 2))
+        dr, dc = rng.uniform(-cfg.offset_mm, cfg.offset_mm, 2)
+        offset = (round(float(dr), 4), round(float(dc), 4))
     return ViewChain(kvp=float(kvp), al_mm=base.al_mm, cu_mm=float(cu), dose_ugy=round(dose, 6),
                      spr=None if spr is None else round(spr, 6), scatter_sigma_mm=round(sigma, 4), grid=grid,
                      blur_mm=round(blur, 6), electronic=round(electronic, 6), heel=heel, collimation=collimation,
                      marker=marker, processing=processing, annotation=annotation, sid_mm=round(sid, 4),
-                     sdd_mm=round(sdd, 4), offset_mm=offset, seed=int(seed))  # type: ignore[arg-type]
+                     sdd_mm=round(sdd, 4), offset_mm=offset, seed=int(seed))
 
 
 def _draw_processing(cfg: ChainConfig, rng: np.random.Generator) -> dict:
@@ -184,7 +185,8 @@ def _draw_processing(cfg: ChainConfig, rng: np.random.Generator) -> dict:
     p: dict = {"window_pct": [round(float(rng.uniform(0.0, 3.0)), 4), round(float(rng.uniform(97.0, 100.0)), 4)],
                "lut": lut, "lut_param": round(param, 5), "equalise": None, "unsharp": None, "multiscale": None}
     if rng.uniform() < 0.5:
-        p["equalise"] = {"sigma_mm": round(float(rng.uniform(20, 60)), 3), "strength": round(float(rng.uniform(0.2, 0.7)), 4)}
+        p["equalise"] = {"sigma_mm": round(float(rng.uniform(20, 60)), 3),
+                         "strength": round(float(rng.uniform(0.2, 0.7)), 4)}
     detail = rng.uniform()
     if detail < 0.4:
         p["unsharp"] = {"sigma_mm": round(float(rng.uniform(2, 15)), 3), "gain": round(float(rng.uniform(0.3, 1.5)), 4)}

@@ -256,12 +256,13 @@ def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: 
     cfg = renderer.config
     p = cfg.physics
     ch = view.chain
-    rec = {
-        "id": view.id, "split": split, "files": files, "mask": mask,
-        "geometry": {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
-                     "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
-                     "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm,
-                     "iso_mm": renderer.iso.tolist()},
+    geometry = {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
+                "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
+                "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()}
+    if ch is not None:
+        geometry["offset_mm"] = list(ch.offset_mm)
+    rec: dict = {
+        "id": view.id, "split": split, "files": files, "mask": mask, "geometry": geometry,
         "protocol": {"se_kvp": ch.kvp if ch else p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
                      "kerma_ugy": {"se": ch.dose_ugy if ch else p.se.kerma_ugy, "low": p.low.kerma_ugy,
                                    "high": p.high.kerma_ugy}},
@@ -269,7 +270,6 @@ def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: 
         "lesions": [les.describe() for les in view.lesions],
     }
     if ch is not None:
-        rec["geometry"]["offset_mm"] = list(ch.offset_mm)
         rec["chain"] = ch.record()
     if view.anatomy is not None:
         rec["anatomy"] = view.anatomy.record()

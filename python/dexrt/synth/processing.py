@@ -87,7 +87,7 @@ def _glyphs(text: str, height_px: int) -> np.ndarray:
 
     font = ImageFont.load_default(size=max(6, height_px))
     left, top, right, bottom = font.getbbox(text)
-    img = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    img = Image.new("L", (int(right - left) + 2, int(bottom - top) + 2), 0)
     ImageDraw.Draw(img).text((1 - left, 1 - top), text, fill=255, font=font)
     return np.asarray(img) > 127
 
