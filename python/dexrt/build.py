@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -21,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from dexrt._errors import EngineError, ModelError
+from dexrt.contract import OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = (0.0, 65535.0)
-DEFAULT_CHANNELS = ("bone", "soft")
+DEFAULT_WINDOW = STORED_WINDOW
+DEFAULT_CHANNELS = OUTPUT_CHANNELS
 DEFAULT_SIZE_MULTIPLE = 256  # 2**8: the reference unet_256
 PRECISIONS = ("fp32", "fp16")  # fp16: FP16-compressed weights (half the file), computed in FP32 on the CPU
 
@@ -46,6 +46,8 @@ class OnnxContract:
     model_hash: str | None = None  # of the trained weights, from `dexrt export`
     model: dict[str, Any] = field(default_factory=dict)  # generator config, from `dexrt export`
     pixel_spacing_mm: float | None = None  # of the training images at the patient, from `dexrt export`
+    # what stored values mean physically (input, then each output), from `dexrt export`; None when unrecorded
+    encodings: tuple[Encoding, ...] | None = None
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -95,15 +97,10 @@ def read_onnx_contract(
         raise ModelError(f"{path}: the output '{out.name}' must be (N, C, H, W) with a fixed C, it is "
                          f"{tuple(out_shape)}")
 
-    meta: dict[str, Any] = {}
-    props = {p.key: p.value for p in model.metadata_props}
-    if "dexrt" in props:
-        try:
-            meta = json.loads(props["dexrt"])
-        except ValueError as exc:
-            raise ModelError(f"{path}: the 'dexrt' metadata is not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise ModelError(f"{path}: the 'dexrt' metadata is not a JSON object")
+    try:
+        meta: dict[str, Any] = read_onnx_metadata(model) or {}
+    except ValueError as exc:
+        raise ModelError(f"{path}: the 'dexrt' metadata is not a JSON object ({exc})") from exc
     meta_in = meta.get("input", {})
     meta_out = meta.get("output", {})
 
@@ -136,7 +133,19 @@ def read_onnx_contract(
         model_hash=meta.get("model_hash"),
         model=meta.get("model", {}),
         pixel_spacing_mm=_spacing(path, meta.get("pixel_spacing_mm")),
+        encodings=_encodings(path, meta_in.get("encoding"), meta_out.get("encodings"), n_out),
     )
+
+
+def _encodings(path: Path, inp: Any, out: Any, n_out: int) -> tuple[Encoding, ...] | None:
+    if inp is None and out is None:
+        return None
+    try:
+        if not isinstance(out, list) or len(out) != n_out:
+            raise ValueError(f"'output.encodings' must give {n_out} encodings")
+        return tuple(Encoding.from_manifest(e) for e in (inp, *out))
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid encodings in the 'dexrt' metadata: {exc}") from exc
 
 
 def _spacing(path: str | os.PathLike[str], value: Any) -> float | None:
@@ -153,7 +162,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
 
     from dexrt import __version__
 
-    return {
+    manifest: dict[str, Any] = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "source": Path(onnx_path).name,
@@ -178,6 +187,10 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
         "libraries": {"dexrt": __version__, "onnx": onnx.__version__},
         **({"pixel_spacing_mm": contract.pixel_spacing_mm} if contract.pixel_spacing_mm is not None else {}),
     }
+    if contract.encodings is not None:  # what the stored values in and out mean physically
+        manifest["input"].update(quantity="se", encoding=contract.encodings[0].as_manifest())
+        manifest["output"]["encodings"] = [e.as_manifest() for e in contract.encodings[1:]]
+    return manifest
 
 
 def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *, precision: str = "fp32"
@@ -217,19 +230,15 @@ def ir_payload(model: Any, *, compress_to_fp16: bool) -> dict[str, bytes]:
 
 def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
     """Compile and run the new engine once, so a bundle that cannot run is never written."""
-    from dexrt import _core
+    from dexrt.engine import Engine
 
     m = manifest["size_multiple"]
     try:
-        engine = _core.Engine(
-            backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
-            input_window=tuple(manifest["input"]["window"]),
-            output_windows=[tuple(w) for w in manifest["output"]["windows"]],
-            size_multiple=m,
-        )
-        out = engine.infer(np.zeros((1, m, m), np.float32))
+        with Engine.from_parts(manifest, payload, device="cpu") as engine:
+            # a batch of two, so a network that mixes or collapses the batch is caught too
+            out = np.stack(engine.infer(np.zeros((2, m, m), np.float32)))
     except Exception as exc:
         raise EngineError(f"{onnx_path}: the built engine does not run: {exc}") from exc
-    if out.shape != (len(manifest["output"]["channels"]), 1, m, m):
+    if out.shape != (len(manifest["output"]["channels"]), 2, m, m):
         raise EngineError(f"{onnx_path}: the built engine returned shape {out.shape}")
     log.info("smoke test passed at %dx%d", m, m)

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +219,7 @@ class Converter:
                 and not any(t.resolve() in self._protected for t in targets))
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
 
         A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM
@@ -265,8 +265,9 @@ class Converter:
             outcome.error = message if str(source) in message else f"{source}: {message}"
             outcome.outputs = []
         except Exception as exc:  # a codec or library failing on one file must not end a run of thousands
-            log.debug("%s: unexpected error", source, exc_info=True)
-            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set -vv for the traceback)"
+            log.log(logging.ERROR if os.environ.get("DEXRT_DEBUG") else logging.DEBUG, "%s: unexpected error", source,
+                    exc_info=True)
+            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set DEXRT_DEBUG=1 for the traceback)"
             outcome.outputs = []
         outcome.seconds = time.perf_counter() - start
         return outcome

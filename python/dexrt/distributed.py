@@ -28,13 +28,13 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dexrt._errors import DexrtError, EngineError
+from dexrt._errors import DexrtError, EngineError, require_extra
 from dexrt.bundle import read_manifest
 from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, find_images, inputs_at_risk,
                            resampling_plan)
@@ -42,22 +42,14 @@ from dexrt.models import resolve_engine
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'dexrt[ray]'"
 DEFAULT_BATCH = 8  # files per actor call: the Converter pipelines a batch, whose frames fill one engine batch of 8
 
 
-class RayMissingError(DexrtError, ImportError):
-    """Ray (the `ray` extra) is not installed."""
-
-
 def import_ray() -> Any:
-    """The `ray` module with Ray Data, or a RayMissingError naming the extra to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (pyarrow, pandas: the `data` part of the extra)
-    except ImportError as exc:
-        raise RayMissingError(f"distributed conversion needs Ray Data, which is not installed ({exc}); "
-                              f"install the extra: {INSTALL_HINT}") from exc
+    """The `ray` module with Ray Data (pyarrow, pandas), or a MissingExtraError naming the extra to install."""
+    require_extra("ray", "distributed conversion", "ray", "ray.data")
+    import ray
+
     return ray
 
 
@@ -139,7 +131,7 @@ class RayConverter:
         self.workers: set[str] = set()
         self.actors_used: int | None = None
 
-    def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path]) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as the actors' batches finish.
 
         Connects to Ray (see the class docstring) and shuts down a Ray instance it started. A failing file is
@@ -171,7 +163,7 @@ class RayConverter:
         given = {p.absolute(): p for p in sources}
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
-        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=self.options["preview"])
+        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=bool(self.options["preview"]))
         context = DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, self.progress
         options = {**self.options, "root": str(root) if root is not None else None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import cast
 
 import click
 
@@ -21,10 +22,14 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
     return vals
 
 
+def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
 @click.command("synth")
 @click.option("--ct", "ct_path", required=True, help="CT: NIfTI file, DICOM folder, or `example` (chest CT).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="NIfTI label map on the CT's grid.")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
 @click.option("--views", default=700, show_default=True, help="Number of views.")
 @click.option("--size", default=256, show_default=True, help="Image side in pixels (square detector).")
 @click.option("--format", "image_format", type=click.Choice(["png", "tiff"]), default="png", show_default=True)
@@ -67,11 +72,14 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
           tilt_jitter: float, couch_jitter: float, split_text: str, sectors: int, guard_deg: float,
           lung_labels: str | None, blood_labels: str | None, soft_labels: str | None, bone_labels: str | None,
           keep_outside_body: bool, seed: int, threads: int, as_json: bool, **chain_kw) -> None:
-    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUT.
+    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUTPUT.
 
     With --chain, each view's SE goes through a randomised imaging chain (kVp, dose, scatter, blur, processing,
     ...; docs/synth.md); with --pool N, a train-only pool of N views at random train angles (chain and anatomy
     variation on unless --no-chain / --no-anatomy)."""
+    from dexrt._errors import require_extra
+
+    require_extra("synth", "`dexrt synth`", "nibabel", "xraydb", "spekpy", "scipy")
     from dexrt._errors import DexrtError
     from dexrt.synth.ct import load_ct
     from dexrt.synth.dataset import DatasetConfig, write_dataset
@@ -105,10 +113,10 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
             high=Protocol("high", high_kvp, al_mm=al_mm, cu_mm=high_cu_mm, kerma_ugy=high_ugy),
             noise=noise)
         imaging = ImagingConfig(size=(size, size), sid_mm=sid_mm, sdd_mm=sdd_mm, detector_mm=detector_mm,
-                                bin=tuple(int(v) for v in _floats(bin_, 3, "--bin")) if bin_ else None,
+                                bin=_ints3(_floats(bin_, 3, "--bin")) if bin_ else None,
                                 keep_outside_body=keep_outside_body, rules=rules, physics=physics, threads=threads)
         lo_mm, hi_mm = _floats(lesion_mm, 2, "--lesion-mm")
-        fractions = _floats(split_text, 3, "--split")
+        fractions = cast("tuple[float, float, float]", _floats(split_text, 3, "--split"))
         dataset = DatasetConfig(views=views, image_format=image_format,
                                 splits=SplitPlan(fractions=fractions, sectors=sectors, guard_deg=guard_deg),
                                 tilt_jitter_deg=tilt_jitter, couch_jitter_deg=couch_jitter, seed=seed,
