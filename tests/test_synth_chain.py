@@ -216,6 +216,14 @@ def test_processed_view_records_its_window_and_annotation(slab_r: Renderer) -> N
     assert text.sum() > 20 and np.all(out["se"][text] == np.float32(w["hi"]))  # burnt-in, white, near the top
     assert np.argwhere(text)[:, 0].max() < 20
     assert not np.array_equal(out["se"], out["se_raw"])
+    # Collimated views: the shut area ends at the window's bottom with a black shutter (top with a white one).
+    coll = {"margins": [0.0, 0.0, 0.3, 0.0], "rotation_deg": 0.0}
+    for shutter, edge in (("black", "lo"), ("white", "hi")):
+        ch = chain(slab_r, processing={**proc, "shutter": shutter}, collimation=coll)
+        out = se(slab_r, ch, noise_seed=2)
+        shut = out["fluence"] < 0.5
+        assert 0.25 < shut.mean() < 0.35
+        np.testing.assert_allclose(out["se"][shut], ch.measured["window"][edge], atol=1e-4)  # recorded to 1e-5
 
 
 def test_magnification_and_offset_move_the_shadow() -> None:

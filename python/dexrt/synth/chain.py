@@ -183,7 +183,8 @@ def _draw_processing(cfg: ChainConfig, rng: np.random.Generator) -> dict:
     param = {"linear": 1.0, "gamma": _uniform(rng, cfg.gamma), "log": float(rng.uniform(2.0, 20.0)),
              "sigmoid": float(rng.uniform(3.0, 10.0))}[lut]
     p: dict = {"window_pct": [round(float(rng.uniform(0.0, 3.0)), 4), round(float(rng.uniform(97.0, 100.0)), 4)],
-               "lut": lut, "lut_param": round(param, 5), "equalise": None, "unsharp": None, "multiscale": None}
+               "lut": lut, "lut_param": round(param, 5), "equalise": None, "unsharp": None, "multiscale": None,
+               "shutter": "black" if rng.uniform() < 0.3 else "white"}
     if rng.uniform() < 0.5:
         p["equalise"] = {"sigma_mm": round(float(rng.uniform(20, 60)), 3),
                          "strength": round(float(rng.uniform(0.2, 0.7)), 4)}

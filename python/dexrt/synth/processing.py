@@ -128,12 +128,17 @@ def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float) -
 
     Order as in clinical pipelines: window from the histogram of the exposed field (the percentiles), dynamic
     range compression (equalisation), detail enhancement (unsharp mask or multi-scale band gains), then the
-    presentation LUT.
+    presentation LUT. The area outside `field` (shut by the collimator) ends white, or black with
+    ``p["shutter"] == "black"`` (an electronic shutter).
     """
     values = raw[field] if field.any() else raw.ravel()
     lo, hi = (float(v) for v in np.percentile(values, p["window_pct"]))
     hi = max(hi, lo + 1e-3)
-    u = (raw - lo) / (hi - lo)
+    # As clinical systems do once they have found the collimator edges, the shut area (noise on no signal) is
+    # filled with the window's top before filtering, so its noise neither rings into the image nor shows; it is
+    # shuttered at the end.
+    shut = ~field if field.any() else np.zeros_like(field)
+    u = np.where(shut, 1.0, (raw - lo) / (hi - lo))
     if p.get("equalise"):
         e = p["equalise"]
         low = smooth(u, e["sigma_mm"] / pixel_mm)
@@ -151,4 +156,5 @@ def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float) -
             prev = cur
         u = out + prev
     v = apply_lut(u, p["lut"], p["lut_param"])
+    v[shut] = 0.0 if p.get("shutter") == "black" else 1.0
     return lo + v * (hi - lo), {"lo": round(lo, 5), "hi": round(hi, 5)}
