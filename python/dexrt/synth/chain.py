@@ -133,7 +133,9 @@ def draw_chain(cfg: ChainConfig, base: Protocol, sid_mm: float, sdd_mm: float, b
     kvp = base.kvp
     if cfg.kvp is not None:  # rounded to the step, but never outside the asked range
         kvp = min(max(round(_uniform(rng, cfg.kvp) / KVP_STEP) * KVP_STEP, cfg.kvp[0]), cfg.kvp[1])
-    cu = base.cu_mm if cfg.cu_mm is None else round(round(_uniform(rng, cfg.cu_mm) / CU_STEP) * CU_STEP, 4)
+    cu = base.cu_mm
+    if cfg.cu_mm is not None:
+        cu = round(min(max(round(_uniform(rng, cfg.cu_mm) / CU_STEP) * CU_STEP, cfg.cu_mm[0]), cfg.cu_mm[1]), 4)
     dose = base.kerma_ugy if cfg.dose_ugy is None else float(np.exp(_uniform(rng, tuple(np.log(cfg.dose_ugy)))))
     spr = None if cfg.spr is None else _uniform(rng, cfg.spr)
     sigma = _uniform(rng, cfg.scatter_sigma_mm)
@@ -233,11 +235,11 @@ def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: floa
     primary = unit[0] * scale * fluence
     p_var = unit[1] * scale * fluence
     scatter = np.zeros_like(primary)
-    if ch.spr:
-        tau = -np.log(np.clip(unit[0] / float(w[0].sum()), 1e-12, 1.0))
+    tau = -np.log(np.clip(unit[0] / float(w[0].sum()), 1e-12, 1.0))  # attenuation of the primary
+    body = (tau > BODY_TAU) & field & (primary > 0)
+    if ch.spr and body.any():
         spread = smooth(primary * tau, ch.scatter_sigma_mm / pixel_mm)
-        body = (tau > BODY_TAU) & field
-        if body.any() and spread[body].sum() > 0:
+        if spread[body].sum() > 0:
             scatter = ch.spr * float(primary[body].sum()) / float(spread[body].sum()) * np.maximum(spread, 0.0)
     t_p, t_s = (GRID_PRIMARY_T, GRID_SCATTER_T) if ch.grid else (1.0, 1.0)
     mean = t_p * primary + t_s * scatter
@@ -255,8 +257,7 @@ def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: floa
     floor = 0.5 * flat_var / flat  # half a detected quantum's energy (var/mean): the log stays finite
     se_raw = -np.log(np.maximum(signal, floor) / open_field)
     ch.measured = {}
-    if ch.spr:
-        body = (-np.log(np.clip(unit[0] / float(w[0].sum()), 1e-12, 1.0)) > BODY_TAU) & field
+    if ch.spr and body.any():
         ch.measured["spr_body"] = round(float((t_s * scatter[body]).sum() / (t_p * primary[body]).sum()), 5)
     se = se_raw
     if ch.processing:
