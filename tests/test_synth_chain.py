@@ -358,3 +358,18 @@ def test_iter_views_renders_a_pool_on_the_fly() -> None:
         assert rec["chain"]["measured"] is not None and rec["anatomy"]["id"] in (0, 1, 2)
     again = next(iter(iter_views(r, cfg)))[1]
     np.testing.assert_array_equal(again["se"], got[0][1]["se"])  # re-rendered bit for bit from the seed
+
+
+def test_chain_leaves_the_plain_plan_alone() -> None:
+    """Turning the chain on changes nothing else a view is planned with (angles, jitter, seeds, lesions)."""
+    from dexrt.synth.dataset import DatasetConfig, plan_views
+
+    r = Renderer(phantom(lungs=True), _imaging(size=32, noise=True))
+    plain, splits = plan_views(r, DatasetConfig(views=30, seed=9, tilt_jitter_deg=5.0, couch_jitter_deg=3.0))
+    chained, splits2 = plan_views(r, DatasetConfig(views=30, seed=9, tilt_jitter_deg=5.0, couch_jitter_deg=3.0,
+                                                   chain=ChainConfig(), anatomy=AnatomyConfig()))
+    assert splits == splits2
+    for a, b in zip(plain, chained):
+        assert (a.gantry_deg, a.tilt_deg, a.couch_deg, a.noise_seed) == (b.gantry_deg, b.tilt_deg, b.couch_deg,
+                                                                         b.noise_seed)
+        assert a.chain is None and b.chain is not None and b.chain.seed == b.noise_seed
