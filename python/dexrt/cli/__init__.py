@@ -21,6 +21,7 @@ _COMMANDS = {
     "train": "dexrt.cli.train:train",
     "bench": "dexrt.cli.bench:bench",
     "eval": "dexrt.cli.eval:eval_",
+    "serve": "dexrt.cli.serve:serve",
 }
 
 
