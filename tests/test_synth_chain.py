@@ -315,6 +315,8 @@ def test_cli_pool_and_fixed_encoding(tmp_path: Path) -> None:
             assert {k: m["encoding"][c][k] for k in ("offset", "scale")} == want
         for v in m["views"]:
             assert v["chain"]["kvp"] == v["protocol"]["se_kvp"] and 70 <= v["chain"]["kvp"] <= 140
+            g = v["geometry"]
+            assert g["pixel_at_iso_mm"] == pytest.approx(g["pixel_mm"] * g["sid_mm"] / g["sdd_mm"], rel=1e-4)
             assert v["files"]["se_raw"].startswith("se_raw/")
 
 

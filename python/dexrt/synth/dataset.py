@@ -259,8 +259,9 @@ def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: 
     geometry = {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
                 "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
                 "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()}
-    if ch is not None:
+    if ch is not None:  # a drawn magnification changes the scale of the anatomy in the image
         geometry["offset_mm"] = list(ch.offset_mm)
+        geometry["pixel_at_iso_mm"] = round(renderer.pixel_mm * ch.sid_mm / ch.sdd_mm, 5)
     rec: dict = {
         "id": view.id, "split": split, "files": files, "mask": mask, "geometry": geometry,
         "protocol": {"se_kvp": ch.kvp if ch else p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
