@@ -412,3 +412,13 @@ def test_robust_run_exports_a_normalised_engine_that_eval_scores(tmp_path: Path,
     result = evaluate(engine, dataset, split="val")
     assert result["views"] == 2
     assert all(np.isfinite(result["metrics"][k]) for k in ("bone/psnr", "soft/psnr", "bone/mae", "soft/mae"))
+
+
+def test_validation_views_from_another_dataset(tmp_path: Path, dataset: Path) -> None:
+    """A pool has train views only: `--val-data` takes the val split from a second dataset."""
+    pool = write_manifest_dataset(tmp_path / "pool", counts=(("train", 4),), seed=5)
+    result = CliRunner().invoke(cli, ["train", str(pool), "-o", str(tmp_path / "run"), "--steps", "2", "--ngf", "4",
+                                      "--ndf", "4", "--depth", "6", "--crop", "64", "--num-workers", "0",
+                                      "--val-every", "2", "--no-progress", "--val-data", str(dataset)])
+    assert result.exit_code == 0, result.output
+    assert read_metrics(tmp_path / "run", "val")  # validated on the other dataset's 2 val views

@@ -212,8 +212,11 @@ def _unwrap(net: nn.Module) -> nn.Module:
 
 
 def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.PathLike[str], *,
-          resume: bool = False, stop_at: int = 0) -> dict[str, Any]:
+          resume: bool = False, stop_at: int = 0, val_dataset: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) a run; returns a summary. See docs/training.md.
+
+    `val_dataset` takes the validation views from another dataset's val split: a `dexrt synth --pool` holds
+    training views only.
 
     `stop_at` > 0 ends this invocation after that step (with a checkpoint) although the schedule runs to
     `config.steps`: for time-limited jobs, continued later with `resume`.
@@ -253,10 +256,14 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     # -- data: 16-bit views, windowed to [-1, 1] per channel
     # Windows are physical: a manifest dataset's stored values go through its encoding, and the engine built from
     # this run reads and writes each quantity's fixed encoding; paired folders' values are taken as they are.
-    train_views, val_views = find_views(dataset, "train"), find_views(dataset, "val")
+    train_views, val_views = find_views(dataset, "train"), find_views(val_dataset or dataset, "val")
     spacing = pixel_spacing_mm(dataset)
     stored_as = dataset_encodings(dataset)
     encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
+    val_stored_as = dataset_encodings(val_dataset) if val_dataset is not None else stored_as
+    if (val_stored_as is None) != (stored_as is None):
+        raise InputError(f"{val_dataset}: validation and training data must both be datasets or both paired folders")
+    val_encodings = [val_stored_as[c] if val_stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
     robust = config.normalisation == "robust"
     if windows is None and robust:
         windows = Windows(input=NORMALISED_WINDOW, outputs=(NORMALISED_WINDOW, NORMALISED_WINDOW))
@@ -268,7 +275,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     cache = config.cache_mb << 20
     train_ds = PairedDataset(train_views, channel_windows, encodings, crop=config.crop, hflip=config.hflip,
                              vflip=config.vflip, seed=config.seed, cache_bytes=cache, normalise=robust)
-    val_ds = (PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache, normalise=robust)
+    val_ds = (PairedDataset(val_views, channel_windows, val_encodings, cache_bytes=cache, normalise=robust)
               if val_views else None)
     sampler = EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, rank=rank, world=world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.num_workers,

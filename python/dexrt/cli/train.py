@@ -56,6 +56,8 @@ _FIELDS = {
               help="Predict bone and a correction, soft = SE - bone + correction (needs --normalisation robust).")
 @click.option("--lambda-gan", type=float, help="Weight of the GAN term; 0 trains without a discriminator [1].")
 @click.option("--lambda-grad", type=float, help="Weight of the L1 of the outputs' neighbour differences [0].")
+@click.option("--val-data", "val_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Take the val views from this dataset (a `dexrt synth --pool` has train views only).")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate and checkpoint every N steps [500].")
 @click.option("--val-views", type=click.IntRange(min=0), help="Validate on the first N val views, 0 = all [0].")
 @click.option("--log-every", type=click.IntRange(min=1), help="Log training losses every N steps [10].")
@@ -68,7 +70,7 @@ _FIELDS = {
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress: bool, as_json: bool,
-          **options: Any) -> None:
+          val_data: Path | None, **options: Any) -> None:
     """Train the SE -> (bone, soft) generator on DATASET (a `dexrt synth` dataset or paired folders).
 
     Runs on one process, or on several under torchrun without change:
@@ -92,6 +94,6 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
         if isinstance(exc, DexrtError):
             raise
         raise click.UsageError(str(exc)) from None
-    summary = run_training(config, dataset, run, resume=resume, stop_at=stop_at or 0)
+    summary = run_training(config, dataset, run, resume=resume, stop_at=stop_at or 0, val_dataset=val_data)
     if summary.get("rank", 0) == 0:
         click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else summary_line(summary))
