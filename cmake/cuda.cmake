@@ -112,3 +112,29 @@ else()
 endif()
 
 target_sources(_core PRIVATE cpp/src/register_cuda.cpp)  # always: reports what this build has
+
+# ---- TensorRT compile check ----------------------------------------------------------------------------------
+# DEXRT_TENSORRT_HEADERS names a folder of TensorRT's public headers (no SDK library needed). The target
+# dexrt_tensorrt_compile_check then compiles the TensorRT backend and its bindings against them, without linking
+# (an OBJECT library outside `all`), so every change to that code meets the real API on machines without
+# TensorRT or a GPU. tests/test_tensorrt_compile.py builds it against NVIDIA's TensorRT 11.1 headers.
+set(DEXRT_TENSORRT_HEADERS "" CACHE PATH "TensorRT include folder for the compile-only check of the TensorRT backend")
+if(DEXRT_TENSORRT_HEADERS)
+  if(NOT EXISTS "${DEXRT_TENSORRT_HEADERS}/NvInfer.h")
+    message(FATAL_ERROR "dexrt: DEXRT_TENSORRT_HEADERS=${DEXRT_TENSORRT_HEADERS} holds no NvInfer.h")
+  endif()
+  if(NOT DEXRT_CUDA_FOUND)
+    message(FATAL_ERROR "dexrt: the TensorRT compile check needs the CUDA toolkit's headers (see DEXRT_WITH_CUDA)")
+  endif()
+  add_library(dexrt_tensorrt_compile_check OBJECT EXCLUDE_FROM_ALL
+    cpp/src/tensorrt_backend.cpp cpp/src/register_cuda.cpp cpp/src/register_engine.cpp)
+  target_include_directories(dexrt_tensorrt_compile_check PRIVATE cpp/include)
+  target_include_directories(dexrt_tensorrt_compile_check SYSTEM PRIVATE "${DEXRT_TENSORRT_HEADERS}")
+  # An OBJECT library takes only the usage requirements (headers, definitions) of what it "links".
+  target_link_libraries(dexrt_tensorrt_compile_check PRIVATE pybind11::module openvino::runtime CUDA::cudart_static)
+  target_compile_definitions(dexrt_tensorrt_compile_check PRIVATE
+    DEXRT_WITH_CUDA=1 DEXRT_WITH_TENSORRT=1 DEXRT_VERSION="${PROJECT_VERSION}")
+  target_compile_options(dexrt_tensorrt_compile_check PRIVATE -Wall -Wextra -Wpedantic
+    $<$<BOOL:${DEXRT_WERROR}>:-Werror>)
+  message(STATUS "dexrt: TensorRT compile check: target dexrt_tensorrt_compile_check against ${DEXRT_TENSORRT_HEADERS}")
+endif()

@@ -7,19 +7,25 @@ from pathlib import Path
 import numpy as np
 
 
-def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadata: str | None = None) -> Path:
-    """A plain ONNX generator without torch: 3x3 conv (1 -> C) + tanh, dynamic N, H, W, no dexrt metadata."""
+def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadata: str | None = None,
+                    stride: int = 1, reduce_batch: bool = False) -> Path:
+    """A plain ONNX generator without torch: 3x3 conv (1 -> C) + tanh, dynamic N, H, W, no dexrt metadata.
+
+    ``stride`` > 1 and ``reduce_batch`` make broken generators whose output is not (N, C, H, W) of their input.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     weight = rng.normal(0, 0.5, (out_channels, 1, 3, 3)).astype(np.float32)
     bias = rng.normal(0, 0.1, (out_channels,)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3],
+                              strides=[stride, stride])]
+    if reduce_batch:
+        nodes += [helper.make_node("ReduceMean", ["y"], ["r"], axes=[0], keepdims=1)]
+    nodes += [helper.make_node("Tanh", ["r" if reduce_batch else "y"], ["out"])]
     graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-            helper.make_node("Tanh", ["y"], ["out"]),
-        ],
+        nodes,
         "plain_generator",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", out_channels, "H", "W"])],

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "dexrt/error.h"
 
@@ -143,14 +144,15 @@ template <typename T>
 StageTimes run_typed(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch) {
   const int64_t h = batch.front()->height, w = batch.front()->width;
   const int64_t plane = h * w;
-  std::vector<ImageSlot<T>> slots;
+  std::vector<HostImage> slots;
   slots.reserve(batch.size());
   for (auto& r : batch) {
     auto& out = std::get<std::vector<T>>(r->output);
     out.resize(static_cast<size_t>(engine.output_channels() * plane));
     slots.push_back({std::get<std::vector<T>>(r->input).data(), out.data(), plane});  // (C, H, W) per request
   }
-  return engine.run(slots.data(), static_cast<int64_t>(slots.size()), h, w);
+  const PixelType type = std::is_same_v<T, uint16_t> ? PixelType::UInt16 : PixelType::Float32;
+  return engine.run(ImageBatch{type, static_cast<int64_t>(slots.size()), h, w, slots.data()});
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "dexrt/openvino_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -104,13 +105,25 @@ std::shared_ptr<OpenVinoBackend::Compiled> OpenVinoBackend::compiled_for(const B
   try {
     std::shared_ptr<ov::Model> fixed = model_->clone();
     fixed->reshape(ov::PartialShape{shape.n, 1, shape.height, shape.width});
-    ov::AnyMap properties{{"PERFORMANCE_HINT", options_.performance_hint}};
+    // f32 explicitly: on CPUs with native bf16 (AVX512_BF16, AMX) the CPU plugin otherwise runs in bf16, whose
+    // 8-bit mantissa moves outputs by hundreds of uint16 steps; an engine's precision is the bundle's, not the CPU's.
+    ov::AnyMap properties{{"PERFORMANCE_HINT", options_.performance_hint}, {"INFERENCE_PRECISION_HINT", "f32"}};
     if (options_.num_threads > 0) properties.emplace("INFERENCE_NUM_THREADS", options_.num_threads);
     compiled->model = core_.compile_model(fixed, options_.device, properties);
   } catch (const ov::Exception& e) {
     throw Error(ErrorKind::Engine, "OpenVINO could not compile the network for input (" + std::to_string(shape.n) +
                                        ", 1, " + std::to_string(shape.height) + ", " + std::to_string(shape.width) +
                                        "): " + e.what());
+  }
+  // The post-processing reads (N, C, Hp, Wp) at the input's size: a network that makes anything else (a strided
+  // layer, an upsampling, a reduction over the batch) is refused here, before any output is read.
+  const ov::PartialShape out = compiled->model.output().get_partial_shape();
+  const ov::PartialShape want{shape.n, output_channels_, shape.height, shape.width};
+  if (out.is_dynamic() || out != want) {
+    throw Error(ErrorKind::Engine, "for input (" + std::to_string(shape.n) + ", 1, " + std::to_string(shape.height) +
+                                       ", " + std::to_string(shape.width) + ") the network's output is " +
+                                       shape_text(out) + ", not " + shape_text(want) +
+                                       " (N, C, H, W at the input's size)");
   }
   cache_.emplace(key, compiled);
   recency_.push_front(key);
@@ -121,18 +134,25 @@ std::shared_ptr<OpenVinoBackend::Compiled> OpenVinoBackend::compiled_for(const B
   return compiled;
 }
 
-void OpenVinoBackend::run(const BatchShape& shape, const std::function<void(float*)>& fill,
-                          const std::function<void(const float*)>& drain) {
-  std::shared_ptr<Compiled> compiled = compiled_for(shape);
+StageTimes OpenVinoBackend::run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) {
+  using Clock = std::chrono::steady_clock;
+  auto micros = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+  std::shared_ptr<Compiled> compiled = compiled_for(BatchShape{batch.n, g.padded_height, g.padded_width});
+  StageTimes times;
   try {
     PooledRequest request(compiled->mutex, compiled->idle, compiled->model);
     ov::InferRequest& r = request.get();
-    fill(r.get_input_tensor().data<float>());  // (N, 1, H, W) f32
+    const auto t0 = Clock::now();
+    preprocess_batch(batch, g, contract.input, r.get_input_tensor().data<float>());  // (N, 1, Hp, Wp) f32
+    const auto t1 = Clock::now();
     r.infer();
-    drain(r.get_output_tensor().data<const float>());  // (N, C, H, W) f32
+    const auto t2 = Clock::now();
+    postprocess_batch(r.get_output_tensor().data<const float>(), batch, g, contract.outputs);  // (N, C, Hp, Wp)
+    times = {micros(t1 - t0), micros(t2 - t1), micros(Clock::now() - t2)};
   } catch (const ov::Exception& e) {
     throw Error(ErrorKind::Engine, std::string("OpenVINO inference failed: ") + e.what());
   }
+  return times;
 }
 
 }  // namespace dexrt

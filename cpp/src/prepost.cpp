@@ -2,6 +2,7 @@
 
 #include <type_traits>
 
+#include "dexrt/backend.h"
 #include "dexrt/error.h"
 
 namespace dexrt {
@@ -96,6 +97,46 @@ void postprocess_image(const float* net_output, const PadGeometry& g, const std:
       const float* src_row = src + y * g.padded_width;
       T* dst_row = dst + y * g.width;
       for (int64_t x = 0; x < g.width; ++x) dst_row[x] = store<T>(f(src_row[x]));
+    }
+  }
+}
+
+namespace {
+
+void require_host(const ImageBatch& batch) {
+  if (batch.device_data != nullptr) {
+    throw Error(ErrorKind::Input, "this backend takes images in host memory only (got a device array); copy them "
+                                  "to the host first");
+  }
+}
+
+}  // namespace
+
+void preprocess_batch(const ImageBatch& batch, const PadGeometry& g, Window input, float* net_input) {
+  require_host(batch);
+  const int64_t padded_plane = g.padded_height * g.padded_width;
+  for (int64_t b = 0; b < batch.n; ++b) {
+    const void* image = batch.images[b].input;
+    float* plane = net_input + b * padded_plane;
+    if (batch.type == PixelType::UInt16) {
+      preprocess_image(static_cast<const uint16_t*>(image), g, input, plane);
+    } else {
+      preprocess_image(static_cast<const float*>(image), g, input, plane);
+    }
+  }
+}
+
+void postprocess_batch(const float* net_output, const ImageBatch& batch, const PadGeometry& g,
+                       const std::vector<Window>& outputs) {
+  require_host(batch);
+  const int64_t image_block = static_cast<int64_t>(outputs.size()) * g.padded_height * g.padded_width;
+  for (int64_t b = 0; b < batch.n; ++b) {
+    const HostImage& slot = batch.images[b];
+    const float* src = net_output + b * image_block;
+    if (batch.type == PixelType::UInt16) {
+      postprocess_image(src, g, outputs, static_cast<uint16_t*>(slot.output), slot.channel_stride);
+    } else {
+      postprocess_image(src, g, outputs, static_cast<float*>(slot.output), slot.channel_stride);
     }
   }
 }

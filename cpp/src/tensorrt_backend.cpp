@@ -6,6 +6,8 @@
 #include <NvInfer.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -94,9 +96,9 @@ struct TensorRtBackend::Slot {
   int profile = 0;
   cuda::Stream stream;
   cuda::Event producer_ready;
+  cuda::Event started{true}, preprocessed{true}, inferred{true}, downloaded{true};  // stage times of a chunk
   cuda::DeviceBuffer input, output;          // the bindings, at the profile's largest shape: never moved
   cuda::DeviceBuffer images_in, images_out;  // stored images: (n, H, W) and (C, n, H, W)
-  cuda::DeviceBuffer staging;                // float32 network values for run() when the bindings are float16
   cuda::PinnedBuffer host_in, host_out;
   std::unique_ptr<nvinfer1::IExecutionContext> context;  // uses input/output: declared after them
   BatchShape shape;                                      // the context's current input shape
@@ -280,50 +282,17 @@ void TensorRtBackend::enqueue(Slot& slot, const BatchShape& shape) {
   if (!context.enqueueV3(stream)) throw Error(ErrorKind::Engine, "TensorRT enqueueV3 failed: " + logger_->last_error());
 }
 
-void TensorRtBackend::run(const BatchShape& shape, const std::function<void(float*)>& fill,
-                          const std::function<void(const float*)>& drain) {
-  cuda::DeviceGuard guard(options_.device);
-  Lease lease(*this);
-  Slot& s = *lease;
-  check_shape(shape, s.profile);
-  const cudaStream_t stream = s.stream.get();
-  const int64_t in_count = shape.n * shape.height * shape.width;  // (N, 1, Hp, Wp)
-  const int64_t out_count = in_count * output_channels_;           // (N, C, Hp, Wp)
-  s.host_in.reserve(static_cast<size_t>(in_count) * sizeof(float));
-  s.host_out.reserve(static_cast<size_t>(out_count) * sizeof(float));
-  if (input_type_ != cuda::DType::Float32 || output_type_ != cuda::DType::Float32) {
-    s.staging.reserve(static_cast<size_t>(out_count) * sizeof(float));  // holds the input, then the output
-  }
-  fill(static_cast<float*>(s.host_in.get()));
-
-  // float32 bindings take the copies directly; float16 ones go through the staging buffer and a cast.
-  void* in_f32 = input_type_ == cuda::DType::Float32 ? s.input.get() : s.staging.get();
-  cuda::check(cudaMemcpyAsync(in_f32, s.host_in.get(), static_cast<size_t>(in_count) * sizeof(float),
-                              cudaMemcpyHostToDevice, stream),
-              "cudaMemcpyAsync (input)");
-  if (input_type_ != cuda::DType::Float32) {
-    cuda::convert(in_f32, cuda::DType::Float32, s.input.get(), input_type_, in_count, stream);
-  }
-  enqueue(s, shape);
-  void* out_f32 = output_type_ == cuda::DType::Float32 ? s.output.get() : s.staging.get();
-  if (output_type_ != cuda::DType::Float32) {
-    cuda::convert(s.output.get(), output_type_, out_f32, cuda::DType::Float32, out_count, stream);
-  }
-  cuda::check(cudaMemcpyAsync(s.host_out.get(), out_f32, static_cast<size_t>(out_count) * sizeof(float),
-                              cudaMemcpyDeviceToHost, stream),
-              "cudaMemcpyAsync (output)");
-  s.stream.synchronize();
-  drain(static_cast<const float*>(s.host_out.get()));
-}
-
-bool TensorRtBackend::run_images(const ImageBatch& batch, const PadGeometry& g, Window input,
-                                 const std::vector<Window>& outputs, const Gather& gather, const Scatter& scatter) {
+StageTimes TensorRtBackend::run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) {
+  using Clock = std::chrono::steady_clock;
+  auto micros = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
   cuda::DeviceGuard guard(options_.device);
   Lease lease(*this);
   Slot& s = *lease;
   const cudaStream_t stream = s.stream.get();
   const cuda::DType image_type = batch.type == PixelType::UInt16 ? cuda::DType::UInt16 : cuda::DType::Float32;
-  const auto image_bytes = static_cast<size_t>(batch.height * batch.width) * cuda::dtype_size(image_type);
+  const size_t pixel = cuda::dtype_size(image_type);
+  const int64_t plane = batch.height * batch.width;
+  const auto image_bytes = static_cast<size_t>(plane) * pixel;
   const int64_t channels = output_channels_;
   const int64_t max_batch =
       engine_->getProfileShape(input_name_.c_str(), s.profile, nvinfer1::OptProfileSelector::kMAX).d[0];
@@ -341,31 +310,53 @@ bool TensorRtBackend::run_images(const ImageBatch& batch, const PadGeometry& g, 
     s.host_in.reserve(step_bytes);
   }
 
+  StageTimes times;
   for (int64_t first = 0; first < batch.n; first += step) {
     const int64_t k = std::min(step, batch.n - first);
     const BatchShape shape{k, g.padded_height, g.padded_width};
     check_shape(shape, s.profile);
     const size_t in_bytes = static_cast<size_t>(k) * image_bytes;
+    const auto gather_started = Clock::now();
     const void* images = nullptr;  // (k, H, W) on the device
+    s.started.record(stream);
     if (batch.device_data) {
       images = static_cast<const unsigned char*>(batch.device_data) + static_cast<size_t>(first) * image_bytes;
     } else {
-      gather(first, k, s.host_in.get());  // into pinned memory: the upload is then a plain DMA
+      // into pinned memory: the upload is then a plain DMA
+      auto* dst = static_cast<unsigned char*>(s.host_in.get());
+      for (int64_t b = 0; b < k; ++b) {
+        std::memcpy(dst + static_cast<size_t>(b) * image_bytes, batch.images[first + b].input, image_bytes);
+      }
       cuda::check(cudaMemcpyAsync(s.images_in.get(), s.host_in.get(), in_bytes, cudaMemcpyHostToDevice, stream),
                   "cudaMemcpyAsync (images)");
       images = s.images_in.get();
     }
-    cuda::preprocess(images, image_type, k, g, input, s.input.get(), input_type_, stream);  // (k, 1, Hp, Wp)
-    enqueue(s, shape);                                                                        // (k, C, Hp, Wp)
-    cuda::postprocess(s.output.get(), output_type_, k, channels, g, outputs, s.images_out.get(), image_type,
+    times.pre_us += micros(Clock::now() - gather_started);
+    cuda::preprocess(images, image_type, k, g, contract.input, s.input.get(), input_type_, stream);  // (k, 1, Hp, Wp)
+    s.preprocessed.record(stream);
+    enqueue(s, shape);  // (k, C, Hp, Wp)
+    s.inferred.record(stream);
+    cuda::postprocess(s.output.get(), output_type_, k, channels, g, contract.outputs, s.images_out.get(), image_type,
                       stream);  // (C, k, H, W)
     cuda::check(cudaMemcpyAsync(s.host_out.get(), s.images_out.get(), in_bytes * static_cast<size_t>(channels),
                                 cudaMemcpyDeviceToHost, stream),
                 "cudaMemcpyAsync (results)");
+    s.downloaded.record(stream);
     s.stream.synchronize();
-    scatter(first, k, s.host_out.get());
+    const auto scatter_started = Clock::now();
+    const auto* src = static_cast<const unsigned char*>(s.host_out.get());
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t b = 0; b < k; ++b) {
+        const HostImage& slot = batch.images[first + b];
+        std::memcpy(static_cast<unsigned char*>(slot.output) + static_cast<size_t>(c * slot.channel_stride) * pixel,
+                    src + static_cast<size_t>(c * k + b) * image_bytes, image_bytes);
+      }
+    }
+    times.pre_us += cuda::Event::elapsed_us(s.started, s.preprocessed);
+    times.infer_us += cuda::Event::elapsed_us(s.preprocessed, s.inferred);
+    times.post_us += cuda::Event::elapsed_us(s.inferred, s.downloaded) + micros(Clock::now() - scatter_started);
   }
-  return true;
+  return times;
 }
 
 }  // namespace dexrt

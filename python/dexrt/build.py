@@ -227,9 +227,10 @@ def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: s
             output_windows=[tuple(w) for w in manifest["output"]["windows"]],
             size_multiple=m,
         )
-        out = engine.infer(np.zeros((1, m, m), np.float32))
+        # a batch of two, so a network that mixes or collapses the batch is caught too
+        out = engine.infer(np.zeros((2, m, m), np.float32))
     except Exception as exc:
         raise EngineError(f"{onnx_path}: the built engine does not run: {exc}") from exc
-    if out.shape != (len(manifest["output"]["channels"]), 1, m, m):
+    if out.shape != (len(manifest["output"]["channels"]), 2, m, m):
         raise EngineError(f"{onnx_path}: the built engine returned shape {out.shape}")
     log.info("smoke test passed at %dx%d", m, m)

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -10,26 +9,40 @@
 
 namespace dexrt {
 
-struct BatchShape {
-  int64_t n = 0, height = 0, width = 0;  // network input (N, 1, H, W); H and W already padded
+// The value contract around the network: stored values <-> network range, and the padding multiple.
+struct Contract {
+  Window input;
+  std::vector<Window> outputs;  // one per output channel
+  int64_t size_multiple = 1;
 };
 
 enum class PixelType { UInt16, Float32 };
 
-// A batch of n same-sized stored images for a backend that runs the pre/post itself (run_images).
+// One image of a batch: where to read its (H, W) pixels (host memory) and where to write its C output planes.
+// Images of a batch need not be adjacent in memory, so a batch is gathered from separate requests without copying.
+struct HostImage {
+  const void* input = nullptr;  // (H, W); unused when the batch's images are on the device
+  void* output = nullptr;       // channel 0's (H, W) plane; channel c at output + c * channel_stride elements
+  int64_t channel_stride = 0;   // in elements
+};
+
+// A batch of n same-sized stored images of one pixel type.
 struct ImageBatch {
   PixelType type = PixelType::UInt16;
   int64_t n = 0, height = 0, width = 0;
-  // Images already in CUDA device memory, (N, H, W) C-contiguous (e.g. from __cuda_array_interface__);
-  // null when they are in host memory and come through `gather`.
+  const HostImage* images = nullptr;  // n entries
+  // Inputs already in CUDA device memory, (N, H, W) C-contiguous (e.g. from __cuda_array_interface__); null
+  // when they are in host memory. Outputs always go to the host images' output planes.
   const void* device_data = nullptr;
   uintptr_t stream = 0;  // with device_data: the producer's cudaStream_t to order after; 0 when none is needed
 };
 
-// Host-side movers for run_images, called with images [first, first + count) of the batch:
-// gather writes their (count, H, W) pixels into `dst`; scatter reads their (C, count, H, W) results from `src`.
-using Gather = std::function<void(int64_t first, int64_t count, void* dst)>;
-using Scatter = std::function<void(int64_t first, int64_t count, const void* src)>;
+// Wall time of each stage of one batch, in microseconds, with the same meaning on every backend:
+// pre: stored images -> network input in the backend's memory (value window, mirror padding, any upload);
+// infer: the network alone; post: network output -> the callers' output planes (crop, window, any download).
+struct StageTimes {
+  double pre_us = 0, infer_us = 0, post_us = 0;
+};
 
 class Backend {
  public:
@@ -39,20 +52,22 @@ class Backend {
   virtual std::string device() const = 0;  // the device it resolved to, e.g. "CPU"
   virtual int64_t output_channels() const = 0;
 
-  // Runs one batch. The backend owns the buffers: `fill` writes the (N, 1, H, W) f32 input in place and
-  // `drain` reads the (N, C, H, W) f32 output in place, so no extra host copy is made.
-  // Thread-safe: concurrent calls run on separate requests/contexts.
-  virtual void run(const BatchShape& shape, const std::function<void(float*)>& fill,
-                   const std::function<void(const float*)>& drain) = 0;
+  // The whole pipeline for one batch: pre-processing, the network at (N, 1, Hp, Wp) of `g`, post-processing
+  // into each image's output planes. The network's output must be (N, C, Hp, Wp); any other shape is an
+  // EngineError before a byte of it is read. Thread-safe: concurrent calls run on separate requests/contexts.
+  virtual StageTimes run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) = 0;
+};
 
-  // The whole pipeline, pre/post included, on the backend's own device. The host buffers handed to gather
-  // and scatter belong to the backend (pinned memory for a GPU). Returns false when the backend has no such
-  // path; the Engine then runs the CPU pre/post around run(). Thread-safe like run().
-  virtual bool run_images(const ImageBatch& /*batch*/, const PadGeometry& /*g*/, Window /*input*/,
-                          const std::vector<Window>& /*outputs*/, const Gather& /*gather*/,
-                          const Scatter& /*scatter*/) {
-    return false;
-  }
+// The CPU pre/post of a batch in host memory, for backends that run the network on host buffers.
+// preprocess_batch writes the (N, 1, Hp, Wp) f32 network input; postprocess_batch reads the (N, C, Hp, Wp) f32
+// network output into each image's output planes. Both refuse a batch whose images are on the device.
+void preprocess_batch(const ImageBatch& batch, const PadGeometry& g, Window input, float* net_input);
+void postprocess_batch(const float* net_output, const ImageBatch& batch, const PadGeometry& g,
+                       const std::vector<Window>& outputs);
+
+// The network input shape of a batch: (N, 1, H, W), H and W already padded.
+struct BatchShape {
+  int64_t n = 0, height = 0, width = 0;
 };
 
 }  // namespace dexrt

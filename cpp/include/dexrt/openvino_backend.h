@@ -33,8 +33,7 @@ class OpenVinoBackend final : public Backend {
   std::string device() const override { return options_.device; }
   int64_t output_channels() const override { return output_channels_; }
 
-  void run(const BatchShape& shape, const std::function<void(float*)>& fill,
-           const std::function<void(const float*)>& drain) override;
+  StageTimes run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) override;
 
  private:
   using ShapeKey = std::tuple<int64_t, int64_t, int64_t>;

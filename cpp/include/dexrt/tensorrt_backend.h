@@ -47,15 +47,11 @@ class TensorRtBackend final : public Backend {
   int64_t output_channels() const override { return output_channels_; }
   int contexts() const { return static_cast<int>(slots_.size()); }
 
-  // Host float32 network input/output, as every backend (the Engine's CPU pre/post around it).
-  void run(const BatchShape& shape, const std::function<void(float*)>& fill,
-           const std::function<void(const float*)>& drain) override;
-
   // The GPU pipeline: images (gathered into pinned memory, or already on the device) -> preprocess kernel ->
-  // network -> postprocess kernel -> pinned memory -> scatter. Batches larger than the plan's largest batch
-  // run in chunks.
-  bool run_images(const ImageBatch& batch, const PadGeometry& g, Window input, const std::vector<Window>& outputs,
-                  const Gather& gather, const Scatter& scatter) override;
+  // network -> postprocess kernel -> pinned memory -> each image's output planes. Batches larger than the
+  // plan's largest batch run in chunks. Stage times come from CUDA events on the context's stream (pre
+  // includes the gather and upload, post the download and scatter).
+  StageTimes run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) override;
 
  private:
   class Logger;

@@ -88,14 +88,6 @@ __global__ void postprocess_kernel(const Net* __restrict__ net, int n, int chann
   }
 }
 
-template <typename From, typename To>
-__global__ void convert_kernel(const From* __restrict__ src, To* __restrict__ dst, int64_t count) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dst[i] = store<To>(load(src[i]));
-  }
-}
-
 dim3 grid_for(int64_t width, int64_t height, int64_t planes) {
   return dim3(static_cast<unsigned>((width + kBlockX - 1) / kBlockX),
               static_cast<unsigned>((height + kBlockY - 1) / kBlockY),
@@ -132,15 +124,6 @@ void launch_post(const void* net, int64_t n, int64_t channels, const PadGeometry
       static_cast<int>(g.width), static_cast<int>(g.padded_height), static_cast<int>(g.padded_width),
       static_cast<int>(g.top), static_cast<int>(g.left), affines, static_cast<Out*>(images));
   check(cudaGetLastError(), "launching the postprocess kernel");
-}
-
-template <typename From, typename To>
-void launch_convert(const void* src, void* dst, int64_t count, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 1 << 16);
-  convert_kernel<From, To><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(static_cast<const From*>(src),
-                                                                                  static_cast<To*>(dst), count);
-  check(cudaGetLastError(), "launching the convert kernel");
 }
 
 }  // namespace
@@ -202,23 +185,6 @@ void postprocess(const void* net_output, DType net_type, int64_t n, int64_t chan
     return launch_post<float, float>(net_output, n, channels, g, affines, images, stream);
   }
   unsupported("postprocess", net_type, image_type);
-}
-
-void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t count, cudaStream_t stream) {
-  if (count <= 0) return;
-  if (src_type == dst_type) {
-    check(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * dtype_size(src_type), cudaMemcpyDeviceToDevice,
-                          stream),
-          "cudaMemcpyAsync");
-    return;
-  }
-  if (src_type == DType::Float32 && dst_type == DType::Float16) {
-    return launch_convert<float, __half>(src, dst, count, stream);
-  }
-  if (src_type == DType::Float16 && dst_type == DType::Float32) {
-    return launch_convert<__half, float>(src, dst, count, stream);
-  }
-  unsupported("convert", src_type, dst_type);
 }
 
 }  // namespace dexrt::cuda

@@ -70,7 +70,16 @@ Stream& Stream::operator=(Stream&& other) noexcept {
 
 void Stream::synchronize() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
-Event::Event() { check(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), "cudaEventCreateWithFlags"); }
+Event::Event(bool timing) {
+  check(cudaEventCreateWithFlags(&event_, timing ? cudaEventDefault : cudaEventDisableTiming),
+        "cudaEventCreateWithFlags");
+}
+
+double Event::elapsed_us(const Event& from, const Event& to) {
+  float ms = 0.0f;
+  check(cudaEventElapsedTime(&ms, from.event_, to.event_), "cudaEventElapsedTime");
+  return 1000.0 * static_cast<double>(ms);
+}
 
 Event::~Event() {
   if (event_) cudaEventDestroy(event_);

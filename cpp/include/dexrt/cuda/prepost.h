@@ -34,9 +34,6 @@ void preprocess(const void* images, DType image_type, int64_t n, const PadGeomet
 void postprocess(const void* net_output, DType net_type, int64_t n, int64_t channels, const PadGeometry& g,
                  const std::vector<Window>& windows, void* images, DType image_type, cudaStream_t stream);
 
-// Elementwise float32 <-> float16 (round to nearest even when narrowing); same types: a device copy.
-void convert(const void* src, DType src_type, void* dst, DType dst_type, int64_t count, cudaStream_t stream);
-
 size_t dtype_size(DType t);
 
 }  // namespace dexrt::cuda

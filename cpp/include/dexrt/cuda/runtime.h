@@ -68,7 +68,7 @@ class Stream {
 // An event without timing, for ordering work across streams.
 class Event {
  public:
-  Event();
+  explicit Event(bool timing = false);  // timing: usable with elapsed_us (slightly slower to record)
   ~Event();
   Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
   Event& operator=(Event&& other) noexcept;
@@ -77,6 +77,8 @@ class Event {
 
   cudaEvent_t get() const { return event_; }
   void record(cudaStream_t stream) const;
+  // Microseconds between two recorded timing events, once both have completed.
+  static double elapsed_us(const Event& from, const Event& to);
 
  private:
   cudaEvent_t event_ = nullptr;

@@ -1,0 +1,192 @@
+"""The value contract: what the numbers in dexrt's images mean, defined once (docs/dataset-format.md).
+
+Three physical quantities flow through dexrt:
+
+* ``se``: the single-energy image as attenuation ``-ln(I / I0)`` (dimensionless);
+* ``bone``: the dual-energy bone image, bone-equivalent areal density in g/cm^2 of ICRU-44 cortical bone;
+* ``soft``: the dual-energy soft-tissue image, water-equivalent areal density in g/cm^2.
+
+Stored images are 16-bit. A linear **encoding** per channel says what a stored value means:
+``physical = offset + scale * stored``. Every quantity has one **fixed encoding** (its storage window mapped onto
+0..65535) that does not depend on the CT, the seed or the number of views; `dexrt synth` writes it, and every
+reader honours whatever encoding a manifest states, so old datasets with a per-dataset encoding still read
+correctly.
+
+The network sees a **window** per channel: ``lo -> -1``, ``hi -> +1`` (the C++ runtime applies the same map,
+cpp/include/dexrt/prepost.h). Metrics are computed on physical values divided by a fixed per-quantity
+**metric range** (`Quantity.metric_range`), so scores from different datasets and engines are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+STORED_MAX = 65535
+INPUT_CHANNEL = "se"
+OUTPUT_CHANNELS = ("bone", "soft")
+DATASET_CHANNELS = (INPUT_CHANNEL, *OUTPUT_CHANNELS)
+# An engine or checkpoint that records no quantity maps stored uint16 straight onto the network.
+STORED_WINDOW = (0.0, float(STORED_MAX))
+INPUT_NAME, OUTPUT_NAME = "se", "de"  # the ONNX tensors of a dexrt generator
+
+
+@dataclass(frozen=True)
+class Quantity:
+    name: str
+    unit: str
+    meaning: str
+    window: tuple[float, float]  # physical values stored as 0..65535 by the fixed encoding
+    metric_range: float  # PSNR/SSIM data range, in the quantity's unit
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding.from_window(*self.window)
+
+
+# Storage windows hold every chest view of 70-140 kVp with margin (SE of the example CT spans 0.1-8; bone images
+# dip to -1.5 g/cm^2 in noisy views; lateral soft tissue reaches 41 g/cm^2). Metric ranges are the spans the
+# per-dataset windows used to have (bone ~10, soft ~45), so PSNR figures stay comparable with earlier ones.
+QUANTITIES: dict[str, Quantity] = {
+    q.name: q
+    for q in (
+        Quantity("se", "1", "attenuation -ln(I/I0) of the single-energy protocol (dimensionless)",
+                 (-1.0, 15.0), 10.0),
+        Quantity("bone", "g/cm^2", "dual-energy bone image: bone-equivalent areal density, g/cm^2 of ICRU-44 "
+                 "cortical bone", (-4.0, 12.0), 10.0),
+        Quantity("soft", "g/cm^2", "dual-energy soft-tissue image: water-equivalent areal density, g/cm^2",
+                 (-8.0, 56.0), 45.0),
+        Quantity("bone_ideal", "g/cm^2", "ideal material image: cortical-bone basis areal density along the ray, "
+                 "g/cm^2", (0.0, 16.0), 10.0),
+        Quantity("soft_ideal", "g/cm^2", "ideal material image: adipose + soft-tissue basis areal density along "
+                 "the ray, g/cm^2", (0.0, 64.0), 45.0),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """``physical = offset + scale * stored`` for one channel of 16-bit images."""
+
+    offset: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.offset) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"an encoding needs a finite offset and a positive scale, got {self}")
+
+    @classmethod
+    def from_window(cls, lo: float, hi: float) -> Encoding:
+        """The encoding that stores physical ``lo..hi`` as ``0..65535``."""
+        return cls(float(lo), (float(hi) - float(lo)) / STORED_MAX)
+
+    @classmethod
+    def from_manifest(cls, entry: Any) -> Encoding:
+        """From a manifest's ``{"offset": .., "scale": ..}``; ValueError names what is wrong."""
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"an encoding must be an object with offset and scale, got {entry!r}")
+        values = [entry.get(k) for k in ("offset", "scale")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"an encoding needs numeric offset and scale, got {dict(entry)!r}")
+        return cls(float(values[0]), float(values[1]))
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The physical values of stored 0 and 65535."""
+        return (self.offset, self.offset + self.scale * STORED_MAX)
+
+    def physical(self, stored: np.ndarray) -> np.ndarray:
+        return self.offset + self.scale * np.asarray(stored, np.float64)
+
+    def stored(self, physical: np.ndarray) -> tuple[np.ndarray, int]:
+        """Physical values -> uint16 (rounded, clipped) and the number of values that were clipped."""
+        q = np.rint((np.asarray(physical, np.float64) - self.offset) / self.scale)
+        clipped = int(np.count_nonzero((q < 0) | (q > STORED_MAX)))
+        return np.clip(q, 0, STORED_MAX).astype(np.uint16), clipped
+
+    def stored_float(self, physical: np.ndarray) -> np.ndarray:
+        """Physical values -> float32 stored values, neither rounded nor clipped (an engine's float32 input)."""
+        return ((np.asarray(physical, np.float64) - self.offset) / self.scale).astype(np.float32)
+
+    def as_manifest(self) -> dict[str, float]:
+        return {"offset": float(f"{self.offset:.9g}"), "scale": float(f"{self.scale:.9g}")}
+
+
+def fixed_encoding(channel: str) -> Encoding:
+    return QUANTITIES[channel].encoding
+
+
+def check_window(window: Sequence[float], what: str = "window") -> tuple[float, float]:
+    """``(lo, hi)`` as floats, finite and ``lo < hi``; ValueError otherwise."""
+    if len(window) != 2:
+        raise ValueError(f"{what} must be (lo, hi), got {tuple(window)!r}")
+    lo, hi = float(window[0]), float(window[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{what} must be finite with lo < hi, got ({lo}, {hi})")
+    return lo, hi
+
+
+def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """Values -> network range: ``lo -> -1``, ``hi -> +1`` (float32), as the runtime's pre-processing."""
+    lo, hi = float(window[0]), float(window[1])
+    return ((np.asarray(values, np.float32) - lo) * (2.0 / (hi - lo)) - 1.0).astype(np.float32)
+
+
+def unit_to_window(unit: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """Network range -> values: the inverse of `window_to_unit` (float64)."""
+    lo, hi = float(window[0]), float(window[1])
+    return (np.asarray(unit, np.float64) + 1.0) * ((hi - lo) / 2.0) + lo
+
+
+def metric_unit(physical: np.ndarray, channel: str) -> np.ndarray:
+    """Physical values divided by the channel's metric range: PSNR and SSIM then use data range 1."""
+    return np.asarray(physical, np.float64) / QUANTITIES[channel].metric_range
+
+
+# -- padding: the runtime's own geometry, so Python never re-derives it -------------------------------------------
+def pad_geometry(height: int, width: int, size_multiple: int) -> tuple[int, int, int, int]:
+    """``(padded_height, padded_width, top, left)`` of an (H, W) image inside the network input."""
+    from dexrt import _core
+
+    return tuple(_core.pad_geometry(height, width, size_multiple))  # type: ignore[return-value]
+
+
+def mirror_pad(x: np.ndarray, size_multiple: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """(..., H, W) -> mirror-padded (..., Hp, Wp) as the runtime pads, and the slices that crop it back."""
+    h, w = x.shape[-2:]
+    hp, wp, top, left = pad_geometry(h, w, size_multiple)
+    crop = (slice(top, top + h), slice(left, left + w))
+    if (hp, wp) == (h, w):
+        return x, crop
+    # numpy's reflect also handles padding wider than the image (repeated reflection), like the runtime
+    pad = [(0, 0)] * (x.ndim - 2) + [(top, hp - h - top), (left, wp - w - left)]
+    return np.pad(x, pad, mode="reflect"), crop
+
+
+# -- ONNX metadata: the contract travels inside an exported model -------------------------------------------------
+ONNX_METADATA_KEY = "dexrt"
+ONNX_METADATA_VERSION = 1
+
+
+def write_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
+    """Replace an ``onnx.ModelProto``'s metadata with dexrt's (one ``metadata_props`` entry, JSON)."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta, sort_keys=True)
+
+
+def read_onnx_metadata(model: Any) -> dict[str, Any] | None:
+    """dexrt's metadata of an ``onnx.ModelProto``, or None when it has none; ValueError when it is not a JSON
+    object."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if ONNX_METADATA_KEY not in props:
+        return None
+    meta = json.loads(props[ONNX_METADATA_KEY])
+    if not isinstance(meta, dict):
+        raise ValueError(f"the {ONNX_METADATA_KEY!r} metadata is not a JSON object")
+    return meta
