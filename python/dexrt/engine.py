@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt.bundle import read_bundle
+from dexrt.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -35,6 +37,11 @@ class Engine:
     visible as ``engine.backend`` and ``engine.device``. Instances are thread-safe: several threads may call
     :meth:`infer` at once, and the GIL is released while the network runs.
 
+    Origin: a bundle signed by a trusted key (``trusted_keys``, default: the project's key and the user's
+    trusted-keys files, see :mod:`dexrt.signing`) loads silently and names its key in ``engine.signer``. An
+    unsigned or otherwise signed bundle loads with a logged warning, or, with ``require_signed=True``, raises
+    :class:`BundleError`.
+
     Example::
 
         engine = dexrt.Engine("model.dexrt")
@@ -54,6 +61,8 @@ class Engine:
         cuda_device: int = 0,
         contexts: int = 2,
         cuda_graphs: bool = False,
+        trusted_keys: Iterable[Any] | None = None,
+        require_signed: bool = False,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -67,6 +76,9 @@ class Engine:
         m = bundle.manifest
         self._path = Path(path)
         self._manifest = m
+        verdict = check_origin(self._path, bundle.manifest_bytes, bundle.signature, trusted_keys=trusted_keys,
+                               require_signed=require_signed)
+        self._signer = verdict.signer
         if m["backend"] == "tensorrt":
             backend = self._tensorrt_args(bundle.payload, device, cuda_device, contexts, cuda_graphs)
         elif m["backend"] == "openvino":
@@ -113,6 +125,11 @@ class Engine:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def signer(self) -> PublicKey | None:
+        """The trusted key that signed this engine's manifest, or None (unsigned, or not by a trusted key)."""
+        return self._signer
 
     @property
     def backend(self) -> str:
@@ -230,7 +247,12 @@ class Engine:
         return future
 
     def close(self, cancel: bool = False) -> None:
-        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them)."""
+        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them).
+
+        Every submitted future ends done, cancelled ones included, so ``concurrent.futures.wait`` and
+        ``as_completed`` see them finish. Idempotent and safe from any number of threads at once; from a
+        future's done-callback it stops the engine without waiting (the callback runs on a worker it would
+        otherwise wait for)."""
         self._core.close(cancel)
 
     def __enter__(self) -> Engine:
