@@ -14,6 +14,7 @@ import numpy as np
 
 from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
+from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.bundle import read_bundle
 from dexrt.signing import PublicKey, check_origin
 
@@ -27,7 +28,6 @@ def _close_live_engines() -> None:
     for engine in list(_LIVE):
         engine.close()
 
-_MAX_SIDE = 16384  # larger images are refused before anything is allocated
 
 
 class Engine:
@@ -216,8 +216,8 @@ class Engine:
         if len(shape) not in (2, 3) or 0 in shape:
             raise InputError(f"device images must be (H, W) or (N, H, W) and not empty, got shape {shape}")
         n, h, w = (1, *shape) if len(shape) == 2 else shape
-        if h > _MAX_SIDE or w > _MAX_SIDE:
-            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+        if h > MAX_SIDE or w > MAX_SIDE:
+            raise InputError(f"images must be at most {MAX_SIDE} pixels a side, got {h}x{w}")
         item = np.dtype(dtype).itemsize
         strides = cai.get("strides")
         if strides is not None and tuple(strides) != tuple(item * p for p in (h * w, w, 1)[-len(shape):]):
@@ -297,7 +297,7 @@ def _check(images: object, ndims: tuple[int, ...]) -> None:
     if 0 in images.shape:
         raise InputError(f"images must not be empty, got shape {images.shape}")
     h, w = images.shape[-2:]
-    if h > _MAX_SIDE or w > _MAX_SIDE:
-        raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise InputError(f"images must be at most {MAX_SIDE} pixels a side, got {h}x{w}")
     if images.dtype == np.float32 and not np.isfinite(images).all():
         raise InputError("images contain NaN or infinite values")
