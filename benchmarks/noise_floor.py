@@ -25,7 +25,8 @@ from dexrt.synth.dataset import DatasetConfig, plan_views
 from dexrt.synth.example import fetch_example
 from dexrt.synth.render import ImagingConfig, Renderer
 from dexrt.synth.volume import EXAMPLE_RULES
-from dexrt_train.metrics import mean_metrics, view_metrics
+from dexrt.contract import Encoding, metric_unit
+from dexrt.metrics import summarize, view_metrics
 
 
 def main() -> None:
@@ -49,9 +50,9 @@ def main() -> None:
     stored = {v["id"]: v for v in manifest["views"]}
     encoding = manifest["encoding"]
 
-    def unit(x: np.ndarray, channel: str) -> np.ndarray:  # as stored (uint16), then to [0, 1] like `dexrt eval`
-        e = encoding[channel]
-        return np.clip(np.round((x - e["offset"]) / e["scale"]), 0, 65535) / 65535
+    def unit(x: np.ndarray, channel: str) -> np.ndarray:  # as stored (uint16), then scored like `dexrt eval`
+        e = Encoding.from_manifest(encoding[channel])
+        return metric_unit(e.physical(e.stored(x)[0]), channel)
 
     per_view = []
     for view in [v for v, s in zip(views, splits) if s == args.split][:args.views]:
@@ -63,8 +64,7 @@ def main() -> None:
         ideal = np.stack([unit(clean["bone"], "bone"), unit(clean["soft"], "soft")])
         mask = noisy["mask"] if view.lesions and noisy["mask"].any() else None
         per_view.append(view_metrics(unit(noisy["se"], "se"), true, ideal, mask, ("bone", "soft")))
-    result = mean_metrics(per_view)
-    result["cnr/soft_pred_over_true"] = result["cnr/soft_pred"] / result["cnr/soft_true"]
+    result = summarize(per_view)
     print(json.dumps({"dataset": str(args.dataset), "split": args.split, "views": len(per_view),
                       "noise_free_vs_stored": result}, indent=1))
 

@@ -172,14 +172,15 @@ def test_profile_shapes_defaults_and_checks() -> None:
 
 
 def test_psnr_and_sample_inputs() -> None:
-    from dexrt.build_tensorrt import psnr, sample_inputs
+    from dexrt.build_tensorrt import sample_inputs
+    from dexrt.metrics import psnr
 
     x = sample_inputs((2, 64, 96))
     assert x.shape == (2, 64, 96) and x.dtype == np.float32
     assert np.array_equal(x, sample_inputs((2, 64, 96)))  # deterministic
     assert -0.9 <= x.min() < -0.3 and 0.3 < x.max() <= 0.9
-    assert psnr(x, x) == float("inf")
-    assert psnr(x, x + 0.02) == pytest.approx(20 * np.log10(2 / 0.02), abs=1e-6)
+    assert psnr(x, x, data_range=2.0) == float("inf")
+    assert psnr(x, x + 0.02, data_range=2.0) == pytest.approx(20 * np.log10(2 / 0.02), abs=1e-6)
 
 
 # -- FP16 ONNX for strongly typed networks ------------------------------------------------------------------------
@@ -196,7 +197,8 @@ def test_fp16_conversion_of_the_unet(unet_onnx: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto
 
-    from dexrt.build_tensorrt import psnr, sample_inputs
+    from dexrt.build_tensorrt import sample_inputs
+    from dexrt.metrics import psnr
     from dexrt.onnx_fp16 import convert_to_fp16
 
     model = onnx.load(str(unet_onnx))
@@ -210,7 +212,7 @@ def test_fp16_conversion_of_the_unet(unet_onnx: Path, tmp_path: Path) -> None:
     want = run_openvino(str(unet_onnx), x)
     got = run_openvino(str(tmp_path / "half.onnx"), x.astype(np.float16))
     assert got.dtype == np.float16 and got.shape == want.shape
-    assert psnr(want, got.astype(np.float32)) > 50
+    assert psnr(want, got.astype(np.float32), data_range=2.0) > 50
 
 
 def test_fp16_conversion_keeps_normalization_and_resize_scales_in_fp32(tmp_path: Path) -> None:

@@ -36,8 +36,9 @@ def tiny_dataset(tmp_path: Path, plain_engine_path: Path) -> Path:
             mask = f"masks/{name}"
         views.append({"id": name[:-4], "split": split, "mask": mask,
                       "files": {"se": f"se/{name}", "bone": f"bone/{name}", "soft": f"soft/{name}"}})
+    identity = {"offset": 0.0, "scale": 1.0}  # the plain engine records no encoding: values are what it makes
     manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [64, 64],
-                "views": views}
+                "encoding": {c: identity for c in ("se", "bone", "soft")}, "views": views}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -56,6 +57,53 @@ def test_eval_of_the_engine_that_made_the_targets_is_perfect(tiny_dataset: Path,
     assert m["cnr/soft_pred_over_true"] == pytest.approx(1.0)
     assert json.loads((out / "metrics.json").read_text())["views"] == 2
     assert (out / "panel.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def physical_dataset(root: Path, engine: dexrt.Engine, window: dict[str, tuple[float, float]]) -> Path:
+    """Three test views of physical SE and the engine's physical outputs, stored in the given windows."""
+    from dexrt.contract import Encoding
+
+    enc = {c: Encoding.from_window(*w) for c, w in window.items()}
+    views = []
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        se = 0.5 + 6.0 * rng.random((64, 64))  # attenuation
+        bone, soft = engine.infer(engine.input_encoding.stored_float(se))
+        images = {"se": se, "bone": engine.output_encodings[0].physical(bone),
+                  "soft": engine.output_encodings[1].physical(soft)}
+        files = {}
+        for c, image in images.items():
+            files[c] = f"{c}/v{i}.png"
+            (root / c).mkdir(parents=True, exist_ok=True)
+            write_image(root / files[c], enc[c].stored(image)[0])
+        views.append({"id": f"v{i}", "split": "test", "mask": None, "files": files})
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [64, 64],
+                "encoding": {c: e.as_manifest() for c, e in enc.items()}, "views": views}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_same_views_in_two_storage_windows_score_the_same(tmp_path: Path) -> None:
+    """Eval converts each dataset's stored values through its own encoding, and feeds the engine in the engine's."""
+    from dexrt.contract import fixed_encoding
+    from dexrt.evaluate import evaluate
+    from helpers import build_bundle, make_plain_onnx
+
+    enc = [fixed_encoding(c).as_manifest() for c in ("se", "bone", "soft")]
+    meta = json.dumps({"input": {"quantity": "se", "encoding": enc[0]}, "output": {"encodings": enc[1:]}})
+    onnx_path = make_plain_onnx(tmp_path / "phys.onnx", metadata=meta)
+    engine = dexrt.Engine(build_bundle(onnx_path, tmp_path / "phys.dexrt", size_multiple=64))
+    assert engine.input_encoding == fixed_encoding("se")
+    assert engine.manifest["output"]["encodings"] == enc[1:]
+    narrow = physical_dataset(tmp_path / "a", engine, {"se": (-1.0, 9.0), "bone": (-4.0, 12.0),
+                                                       "soft": (-8.0, 56.0)})
+    wide = physical_dataset(tmp_path / "b", engine, {"se": (-3.0, 20.0), "bone": (-9.0, 20.0),
+                                                     "soft": (-20.0, 90.0)})
+    a, b = (evaluate(engine, d)["metrics"] for d in (narrow, wide))
+    for c in ("bone", "soft"):
+        assert a[f"{c}/psnr"] > 60 and b[f"{c}/psnr"] > 60  # only 16-bit storage separates them from the truth
+        assert abs(a[f"{c}/ssim"] - b[f"{c}/ssim"]) <= 0.002
+    assert abs(a["bone_suppression"] - b["bone_suppression"]) <= 0.002
 
 
 def test_eval_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path, plain_engine_path: Path) -> None:
@@ -87,3 +135,11 @@ def test_infer_uses_the_bundled_default_model(tmp_path: Path) -> None:
     manifest = dexrt.Engine(DEFAULT_ENGINE).manifest
     assert manifest["precision"] == "fp16" and manifest["model"]["config"]["ngf"] == 16
     assert DEFAULT_ENGINE.stat().st_size <= 30e6
+
+
+def test_engine_without_a_path_is_the_bundled_default_model() -> None:
+    from dexrt.models import DEFAULT_ENGINE
+
+    with dexrt.Engine() as engine:
+        assert engine.path == DEFAULT_ENGINE and engine.channels == ("bone", "soft")
+        assert engine.input_encoding is not None and len(engine.output_encodings) == 2

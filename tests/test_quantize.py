@@ -42,8 +42,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     views = []
     for i, split in enumerate(["train"] * 6 + ["test"] * 2):
         write_image(root / "se" / f"view_{i:05d}.png", radiograph(100 + i))
-        views.append({"id": f"view_{i:05d}", "split": split, "files": {"se": f"se/view_{i:05d}.png"}})
-    (root / "manifest.json").write_text(json.dumps({"format": "dexrt-dataset", "views": views}))
+        se = f"se/view_{i:05d}.png"  # calibration reads only SE: the DE files may name it too
+        views.append({"id": f"view_{i:05d}", "split": split, "files": {"se": se, "bone": se, "soft": se}})
+    identity = {"offset": 0.0, "scale": 1.0}
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "dexrt-dataset", "format_version": 1, "views": views,
+        "encoding": {c: identity for c in ("se", "bone", "soft")}}))
     return root
 
 
@@ -107,7 +111,22 @@ def test_calibration_without_images(plain_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_dataset_without_train_views(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": "dexrt-dataset", "views": [
-        {"id": "v", "split": "test", "files": {"se": "se/v.png"}}]}))
+    identity = {"offset": 0.0, "scale": 1.0}
+    files = {c: "se/v.png" for c in ("se", "bone", "soft")}
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "views": [{"id": "v", "split": "test", "files": files}],
+                "encoding": {c: identity for c in ("se", "bone", "soft")}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(dexrt.InputError, match="no train views"):
         calibration_files(tmp_path)
+
+
+def test_calibration_refuses_a_manifest_pointing_outside_the_dataset(tmp_path: Path) -> None:
+    """The one dataset reader checks containment for calibration too (it used to follow '../x.png')."""
+    identity = {"offset": 0.0, "scale": 1.0}
+    files = {c: "../outside.png" for c in ("se", "bone", "soft")}
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "views": [{"id": "v", "split": "train", "files": files}],
+                "encoding": {c: identity for c in ("se", "bone", "soft")}}
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(dexrt.InputError, match="points outside the dataset folder"):
+        calibration_files(tmp_path / "ds")

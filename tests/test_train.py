@@ -19,8 +19,11 @@ ort = pytest.importorskip("onnxruntime")
 
 from dexrt.cli import cli  # noqa: E402
 from dexrt.images import write_image  # noqa: E402
-from dexrt_train import metrics  # noqa: E402
-from dexrt_train.data import EpochBatchSampler, PairedDataset, find_views  # noqa: E402
+from dexrt import metrics  # noqa: E402
+from dexrt.contract import Encoding  # noqa: E402
+from dexrt_train.data import EpochBatchSampler, PairedDataset, dataset_encodings, find_views  # noqa: E402
+
+IDENTITY = Encoding(0.0, 1.0)
 from dexrt_train.train import TrainConfig, learning_rate, train  # noqa: E402
 
 SIZE = 64
@@ -91,7 +94,7 @@ def test_manifest_views(dataset: Path) -> None:
     train_views, val_views = find_views(dataset, "train"), find_views(dataset, "val")
     assert [len(train_views), len(val_views)] == [6, 2]
     assert train_views[0].mask is not None and train_views[1].mask is None
-    ds = PairedDataset(train_views, [(0, 65535)] * 3, crop=32, hflip=True, seed=1)
+    ds = PairedDataset(train_views, [(0, 65535)] * 3, [IDENTITY] * 3, crop=32, hflip=True, seed=1)
     assert ds.cache is not None
     sample = ds[(0, 0)]
     assert sample["se"].shape == (1, 32, 32) and sample["de"].shape == (2, 32, 32)
@@ -102,11 +105,22 @@ def test_manifest_views(dataset: Path) -> None:
 
 def test_window_keeps_16_bit_precision(tmp_path: Path, dataset: Path) -> None:
     views = find_views(dataset, "train")
-    ds = PairedDataset(views, [(0, 65535)] * 3)
+    ds = PairedDataset(views, [(0, 65535)] * 3, [IDENTITY] * 3)
     stored = np.asarray(__import__("PIL.Image").Image.open(views[0].files["se"]))
     assert stored.dtype == np.uint16 and len(np.unique(stored)) > 256  # genuinely more than 8 bits
     se = ds[0]["se"][0].numpy().astype(np.float64)
     np.testing.assert_allclose((se + 1) / 2 * 65535, stored, atol=0.02)
+
+
+def test_samples_are_physical_through_the_dataset_encoding(dataset: Path) -> None:
+    """The manifest's encoding (scale 1/40000) is applied before the physical window."""
+    encodings = dataset_encodings(dataset)
+    assert encodings is not None and encodings["se"] == Encoding(0.0, 1.0 / 40000)
+    views = find_views(dataset, "train")
+    ds = PairedDataset(views, [(0.0, 2.0)] * 3, [encodings[c] for c in ("se", "bone", "soft")])
+    stored = np.asarray(__import__("PIL.Image").Image.open(views[0].files["se"])).astype(np.float64)
+    se = ds[0]["se"][0].numpy().astype(np.float64)
+    np.testing.assert_allclose(se, stored / 40000 - 1.0, atol=1e-6)
 
 
 def test_paired_folder_layout(tmp_path: Path) -> None:

@@ -21,3 +21,19 @@ class BundleError(EngineError):
 
 class ModelError(DexrtError):
     """An ONNX model or a checkpoint does not have the shape dexrt expects."""
+
+
+class MissingExtraError(DexrtError, ImportError):
+    """An optional part of dexrt needs packages that are not installed; the message names the extra to install."""
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Import ``modules`` or raise one `MissingExtraError` saying that ``what`` needs ``pip install 'dexrt[extra]'``."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingExtraError(f"{what} needs the '{extra}' extra, which is not installed ({module}: {exc}); "
+                                    f"install it with: pip install 'dexrt[{extra}]'") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -22,12 +21,13 @@ import numpy as np
 
 from dexrt._errors import EngineError, InputError, ModelError
 from dexrt.bundle import channel_name_problem, window_problem
+from dexrt.contract import OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
 from dexrt.resample import check_spacing_mm
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = (0.0, 65535.0)
-DEFAULT_CHANNELS = ("bone", "soft")
+DEFAULT_WINDOW = STORED_WINDOW
+DEFAULT_CHANNELS = OUTPUT_CHANNELS
 DEFAULT_SIZE_MULTIPLE = 256  # 2**8: the reference unet_256
 PRECISIONS = ("fp32", "fp16")  # fp16: FP16-compressed weights (half the file), computed in FP32 on the CPU
 
@@ -48,6 +48,8 @@ class OnnxContract:
     model_hash: str | None = None  # of the trained weights, from `dexrt export`
     model: dict[str, Any] = field(default_factory=dict)  # generator config, from `dexrt export`
     pixel_spacing_mm: float | None = None  # of the training images at the patient, from `dexrt export`
+    # what stored values mean physically (input, then each output), from `dexrt export`; None when unrecorded
+    encodings: tuple[Encoding, ...] | None = None
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -97,15 +99,10 @@ def read_onnx_contract(
         raise ModelError(f"{path}: the output '{out.name}' must be (N, C, H, W) with a fixed C, it is "
                          f"{tuple(out_shape)}")
 
-    meta: dict[str, Any] = {}
-    props = {p.key: p.value for p in model.metadata_props}
-    if "dexrt" in props:
-        try:
-            meta = json.loads(props["dexrt"])
-        except ValueError as exc:
-            raise ModelError(f"{path}: the 'dexrt' metadata is not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise ModelError(f"{path}: the 'dexrt' metadata is not a JSON object")
+    try:
+        meta: dict[str, Any] = read_onnx_metadata(model) or {}
+    except ValueError as exc:
+        raise ModelError(f"{path}: the 'dexrt' metadata is not a JSON object ({exc})") from exc
     meta_in = meta.get("input", {})
     meta_out = meta.get("output", {})
 
@@ -143,7 +140,19 @@ def read_onnx_contract(
         model_hash=meta.get("model_hash"),
         model=meta.get("model", {}),
         pixel_spacing_mm=_spacing(path, meta.get("pixel_spacing_mm")),
+        encodings=_encodings(path, meta_in.get("encoding"), meta_out.get("encodings"), n_out),
     )
+
+
+def _encodings(path: Path, inp: Any, out: Any, n_out: int) -> tuple[Encoding, ...] | None:
+    if inp is None and out is None:
+        return None
+    try:
+        if not isinstance(out, list) or len(out) != n_out:
+            raise ValueError(f"'output.encodings' must give {n_out} encodings")
+        return tuple(Encoding.from_manifest(e) for e in (inp, *out))
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid encodings in the 'dexrt' metadata: {exc}") from exc
 
 
 def _spacing(path: str | os.PathLike[str], value: Any) -> float | None:
@@ -161,7 +170,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
 
     from dexrt import __version__
 
-    return {
+    manifest = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "source": Path(onnx_path).name,
@@ -186,6 +195,10 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
         "libraries": {"dexrt": __version__, "onnx": onnx.__version__},
         **({"pixel_spacing_mm": contract.pixel_spacing_mm} if contract.pixel_spacing_mm is not None else {}),
     }
+    if contract.encodings is not None:  # what the stored values in and out mean physically
+        manifest["input"].update(quantity="se", encoding=contract.encodings[0].as_manifest())
+        manifest["output"]["encodings"] = [e.as_manifest() for e in contract.encodings[1:]]
+    return manifest
 
 
 def build_openvino(contract: OnnxContract, onnx_path: str | os.PathLike[str], *, precision: str = "fp32"

@@ -173,12 +173,6 @@ def profile_shapes(size_multiple: int, min_shape: Shape | None, opt_shape: Shape
     return {k: (int(v[0]), int(v[1]), int(v[2])) for k, v in shapes.items()}
 
 
-def psnr(reference: np.ndarray, test: np.ndarray, peak_to_peak: float = 2.0) -> float:
-    """PSNR in dB of ``test`` against ``reference``; inf when they are equal."""
-    mse = float(np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak_to_peak**2 / mse))
-
-
 def sample_inputs(shape: Shape, seed: int = 0) -> np.ndarray:
     """Deterministic (N, H, W) float32 inputs in [-0.9, 0.9]: smooth structure plus a little noise, so that
     they exercise the network like a radiograph rather than like white noise."""
@@ -202,6 +196,7 @@ def compare_with_fp32(manifest: dict[str, Any], plan: bytes, onnx_path: Path, sh
     import openvino as ov
 
     from dexrt import _core
+    from dexrt.metrics import psnr
 
     x = sample_inputs(shape) if samples is None else np.ascontiguousarray(samples, dtype=np.float32)
     if x.ndim != 3:
@@ -218,7 +213,7 @@ def compare_with_fp32(manifest: dict[str, Any], plan: bytes, onnx_path: Path, sh
     model = core.read_model(str(onnx_path))
     model.reshape([x.shape[0], 1, x.shape[1], x.shape[2]])
     want = core.compile_model(model, "CPU")(x[:, np.newaxis])[0]  # (N, C, H, W)
-    value = psnr(want.transpose(1, 0, 2, 3), got)
+    value = psnr(got, want.transpose(1, 0, 2, 3), data_range=2.0)  # the network range [-1, 1]
     log.info("TensorRT %s vs float32 ONNX: PSNR %.1f dB on %s", manifest["precision"], value, x.shape)
     return {"psnr_db": round(value, 2), "reference": "onnx float32 (OpenVINO CPU)", "samples": list(x.shape),
             "range": [-1.0, 1.0]}

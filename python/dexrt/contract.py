@@ -114,7 +114,7 @@ class Encoding:
         return ((np.asarray(physical, np.float64) - self.offset) / self.scale).astype(np.float32)
 
     def as_manifest(self) -> dict[str, float]:
-        return {"offset": float(f"{self.offset:.9g}"), "scale": float(f"{self.scale:.9g}")}
+        return {"offset": self.offset, "scale": self.scale}  # JSON keeps a float exactly
 
 
 def fixed_encoding(channel: str) -> Encoding:

@@ -265,8 +265,9 @@ class Converter:
             outcome.error = message if str(source) in message else f"{source}: {message}"
             outcome.outputs = []
         except Exception as exc:  # a codec or library failing on one file must not end a run of thousands
-            log.debug("%s: unexpected error", source, exc_info=True)
-            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set -vv for the traceback)"
+            log.log(logging.ERROR if os.environ.get("DEXRT_DEBUG") else logging.DEBUG, "%s: unexpected error", source,
+                    exc_info=True)
+            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set DEXRT_DEBUG=1 for the traceback)"
             outcome.outputs = []
         outcome.seconds = time.perf_counter() - start
         return outcome

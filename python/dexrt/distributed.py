@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dexrt._errors import DexrtError, EngineError
+from dexrt._errors import DexrtError, EngineError, require_extra
 from dexrt.bundle import read_manifest
 from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, find_images, inputs_at_risk,
                            resampling_plan)
@@ -42,22 +42,14 @@ from dexrt.models import resolve_engine
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'dexrt[ray]'"
 DEFAULT_BATCH = 8  # files per actor call: the Converter pipelines a batch, whose frames fill one engine batch of 8
 
 
-class RayMissingError(DexrtError, ImportError):
-    """Ray (the `ray` extra) is not installed."""
-
-
 def import_ray() -> Any:
-    """The `ray` module with Ray Data, or a RayMissingError naming the extra to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (pyarrow, pandas: the `data` part of the extra)
-    except ImportError as exc:
-        raise RayMissingError(f"distributed conversion needs Ray Data, which is not installed ({exc}); "
-                              f"install the extra: {INSTALL_HINT}") from exc
+    """The `ray` module with Ray Data (pyarrow, pandas), or a MissingExtraError naming the extra to install."""
+    require_extra("ray", "distributed conversion", "ray", "ray.data")
+    import ray
+
     return ray
 
 

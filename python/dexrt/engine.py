@@ -16,6 +16,7 @@ from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.bundle import read_bundle
+from dexrt.contract import Encoding
 from dexrt.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
@@ -33,6 +34,7 @@ def _close_live_engines() -> None:
 class Engine:
     """A dual-energy engine loaded from a `.dexrt` bundle.
 
+    Without ``path``, the bundled default model (``dexrt.models.DEFAULT_ENGINE``) is loaded.
     ``device="auto"`` runs the bundle on the device it was built for. The resolved backend and device are
     visible as ``engine.backend`` and ``engine.device``. Instances are thread-safe: several threads may call
     :meth:`infer` at once, and the GIL is released while the network runs.
@@ -50,7 +52,7 @@ class Engine:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         device: str = "auto",
         *,
         performance_hint: str = "latency",
@@ -72,6 +74,9 @@ class Engine:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         if max_batch < 1 or workers < 1 or max_delay_us < 0:
             raise ValueError("max_batch and workers must be >= 1 and max_delay_us >= 0")
+        from dexrt.models import resolve_engine
+
+        path = resolve_engine(None if path is None else Path(path))
         bundle = read_bundle(path)
         m = bundle.manifest
         self._path = Path(path)
@@ -102,6 +107,7 @@ class Engine:
             max_delay_us=max_delay_us,
             workers=workers,
         )
+        self._encodings = _encodings(m, self._path)
         _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
 
     def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
@@ -155,6 +161,21 @@ class Engine:
     @property
     def output_windows(self) -> tuple[tuple[float, float], ...]:
         return tuple((lo, hi) for lo, hi in self._manifest["output"]["windows"])
+
+    @property
+    def quantities(self) -> tuple[str | None, tuple[str, ...]]:
+        """Physical quantities of the input and outputs (``"se"``, ``("bone", "soft")``); None when unrecorded."""
+        return self._manifest["input"].get("quantity"), tuple(self.channels)
+
+    @property
+    def input_encoding(self) -> Encoding | None:
+        """What a stored input value means physically (``physical = offset + scale * stored``), when recorded."""
+        return self._encodings[0]
+
+    @property
+    def output_encodings(self) -> tuple[Encoding, ...]:
+        """Per output channel, what a stored output value means physically; empty when not recorded."""
+        return self._encodings[1]
 
     @property
     def size_multiple(self) -> int:
@@ -283,6 +304,19 @@ class Engine:
 
     def reset_stats(self) -> None:
         self._core.reset_stats()
+
+
+def _encodings(m: dict[str, Any], path: Path) -> tuple[Encoding | None, tuple[Encoding, ...]]:
+    """The input's and outputs' recorded encodings: all of them, or none (an engine of stored values only)."""
+    raw_in, raw_out = m["input"].get("encoding"), m["output"].get("encodings")
+    if raw_in is None and raw_out is None:
+        return None, ()
+    try:
+        if not isinstance(raw_out, list) or len(raw_out) != len(m["output"]["channels"]):
+            raise ValueError("'output.encodings' must give one encoding per output channel")
+        return Encoding.from_manifest(raw_in), tuple(Encoding.from_manifest(e) for e in raw_out)
+    except ValueError as exc:
+        raise BundleError(f"{path}: invalid manifest: {exc}") from None
 
 
 def _check(images: object, ndims: tuple[int, ...]) -> None:

@@ -10,7 +10,6 @@ On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP3
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dexrt._errors import EngineError, InputError
+from dexrt._errors import InputError, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +30,11 @@ def calibration_files(source: str | os.PathLike[str], limit: int = DEFAULT_CALIB
     At most ``limit`` files, spread evenly over the sorted list so every gantry range is represented.
     """
     from dexrt.convert import find_images
+    from dexrt.dataset import is_dataset, open_dataset
 
     source = Path(source)
-    manifest_path = source / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError as exc:
-            raise InputError(f"{manifest_path}: not valid JSON ({exc})") from exc
-        if manifest.get("format") != "dexrt-dataset":
-            raise InputError(f"{manifest_path}: not a dexrt dataset manifest")
-        files = [source / v["files"]["se"] for v in manifest["views"] if v.get("split") == "train"]
+    if is_dataset(source):
+        files = [v.files["se"] for v in open_dataset(source).split("train")]
         if not files:
             raise InputError(f"{source}: the dataset has no train views to calibrate on")
     else:
@@ -73,10 +66,8 @@ def calibration_inputs(files: list[Path], input_window: tuple[float, float], siz
 def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibration: str | os.PathLike[str], *,
                       images: int = DEFAULT_CALIBRATION_IMAGES) -> tuple[dict[str, Any], dict[str, bytes]]:
     """ONNX generator -> INT8 OpenVINO IR calibrated on ``calibration``; returns (manifest, payload)."""
-    try:
-        import nncf
-    except ImportError:
-        raise EngineError("INT8 engines need NNCF: pip install 'dexrt[quantize]' (or nncf==3.4.0)") from None
+    require_extra("quantize", "INT8 engines", "nncf")
+    import nncf
     import openvino as ov
 
     from dexrt.build import contract_manifest, convert_onnx, ir_payload, smoke_test

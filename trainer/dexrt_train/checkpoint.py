@@ -31,16 +31,14 @@ from torch import nn
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import ModelError
+from dexrt.contract import INPUT_NAME, OUTPUT_CHANNELS, OUTPUT_NAME, STORED_WINDOW
 from dexrt_train.networks import GeneratorConfig, define_G
 
 FORMAT = "dexrt-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.safetensors"
-DEFAULT_WINDOW = (0.0, 65535.0)
-INPUT_NAME = "se"
-OUTPUT_NAME = "de"
-OUTPUT_CHANNELS = ("bone", "soft")
+DEFAULT_WINDOW = STORED_WINDOW
 
 
 @dataclass(frozen=True)

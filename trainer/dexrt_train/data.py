@@ -6,18 +6,15 @@ Two layouts are read (docs/training.md):
 * paired folders, ``DIR/{train,val,test}/{se,bone,soft}/NAME.png|.tif`` with optional
   ``DIR/SPLIT/masks/NAME.png`` (lesion masks, nonzero = lesion); a view is a NAME present in se, bone and soft.
 
-Images stay uint16 (or float32 TIFF) in memory; they are windowed onto [-1, 1] as float32 only when a sample is
-made. Augmentation (random crop, flips) draws from a generator seeded by (seed, epoch, index), so a sample does
+Images stay uint16 (or float32 TIFF) in memory; when a sample is made they are converted to physical values
+through the dataset's encoding (paired folders: taken as they are) and windowed onto [-1, 1] as float32. Augmentation (random crop, flips) draws from a generator seeded by (seed, epoch, index), so a sample does
 not depend on the worker that makes it nor on whether the run was resumed.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +23,11 @@ import torch
 from torch.utils.data import Dataset
 
 from dexrt._errors import InputError
+from dexrt.contract import DATASET_CHANNELS, Encoding, window_to_unit
+from dexrt.dataset import SPLITS, View, is_dataset, open_dataset
 from dexrt.images import SUFFIXES, read_image
 
-CHANNELS = ("se", "bone", "soft")
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class View:
-    id: str
-    files: dict[str, Path]  # channel -> image file
-    mask: Path | None
+CHANNELS = DATASET_CHANNELS
 
 
 def find_views(root: str | os.PathLike[str], split: str) -> list[View]:
@@ -44,11 +35,17 @@ def find_views(root: str | os.PathLike[str], split: str) -> list[View]:
     root = Path(root)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if (root / "manifest.json").is_file():
-        return _manifest_views(root, split)
+    if is_dataset(root):
+        return open_dataset(root).split(split)
     if any((root / s / "se").is_dir() for s in SPLITS):
         return _paired_views(root, split)
     raise InputError(f"{root}: not a dataset (no manifest.json, and no {{train,val,test}}/se/ folders)")
+
+
+def dataset_encodings(root: str | os.PathLike[str]) -> dict[str, Encoding] | None:
+    """Each channel's stored -> physical encoding of a manifest dataset; None for paired folders (stored values
+    are then taken as they are)."""
+    return open_dataset(root).encodings if is_dataset(root) else None
 
 
 def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:
@@ -56,43 +53,7 @@ def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:
 
     An engine trained on it records this value, so `dexrt infer` can resample DICOM images of another spacing.
     """
-    path = Path(root) / "manifest.json"
-    try:
-        value = json.loads(path.read_text())["geometry"]["pixel_at_iso_mm"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-
-def _manifest_views(root: Path, split: str) -> list[View]:
-    path = root / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "dexrt-dataset":
-        raise InputError(f"{path}: not a dexrt dataset manifest (format is not 'dexrt-dataset')")
-    if manifest.get("format_version") != 1:
-        raise InputError(f"{path}: dataset format version {manifest.get('format_version')!r} is not 1, "
-                         "the one this dexrt reads")
-    views = []
-    for i, v in enumerate(manifest.get("views", [])):
-        try:
-            if v["split"] != split:
-                continue
-            files = {c: _inside(root, v["files"][c], path) for c in CHANNELS}
-            mask = _inside(root, v["mask"], path) if v.get("mask") else None
-            views.append(View(str(v["id"]), files, mask))
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files.se/bone/soft)") from None
-    return views
-
-
-def _inside(root: Path, rel: Any, manifest: Path) -> Path:
-    p = (root / str(rel)).resolve()
-    if not p.is_relative_to(root.resolve()):
-        raise InputError(f"{manifest}: path {rel!r} points outside the dataset folder")
-    return p
+    return open_dataset(root).pixel_spacing_mm if is_dataset(root) else None
 
 
 def _paired_views(root: Path, split: str) -> list[View]:
@@ -111,7 +72,7 @@ def _paired_views(root: Path, split: str) -> list[View]:
     missing = sorted((set(found["se"]) ^ set(found["bone"])) | (set(found["se"]) ^ set(found["soft"])))
     if missing:
         raise InputError(f"{base}: views not present in all of se/, bone/ and soft/: {', '.join(missing[:5])}")
-    return [View(n, {c: found[c][n] for c in CHANNELS}, masks.get(n)) for n in sorted(found["se"])]
+    return [View(n, {c: found[c][n] for c in CHANNELS}, masks.get(n), split) for n in sorted(found["se"])]
 
 
 def read_view(view: View) -> tuple[np.ndarray, np.ndarray | None]:
@@ -129,24 +90,20 @@ def read_view(view: View) -> tuple[np.ndarray, np.ndarray | None]:
     return np.stack(images), mask
 
 
-def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    """Stored values -> network range: lo -> -1, hi -> +1 (float32)."""
-    lo, hi = float(window[0]), float(window[1])
-    return ((values.astype(np.float32) - lo) * (2.0 / (hi - lo)) - 1.0).astype(np.float32)
-
-
-def data_windows(views: list[View], margin: float = 0.05) -> list[tuple[float, float]]:
-    """Per-channel [min, max] over `views`, widened by `margin` of the span each side so Tanh need not saturate."""
+def data_windows(views: list[View], encodings: list[Encoding], margin: float = 0.05) -> list[tuple[float, float]]:
+    """Per-channel physical [min, max] over `views`, widened by `margin` of the span each side so Tanh need not
+    saturate."""
     lo = np.full(3, np.inf)
     hi = np.full(3, -np.inf)
     for v in views:
-        images, _ = read_view(v)
+        stored, _ = read_view(v)
+        images = np.stack([e.physical(im) for e, im in zip(encodings, stored)])
         lo = np.minimum(lo, images.reshape(3, -1).min(axis=1))
         hi = np.maximum(hi, images.reshape(3, -1).max(axis=1))
     out = []
     for a, b in zip(lo, hi):
-        span = max(float(b - a), 1.0)
-        out.append((math.floor(a - margin * span), math.ceil(b + margin * span)))
+        span = max(float(b - a), 1e-6)
+        out.append((float(f"{a - margin * span:.6g}"), float(f"{b + margin * span:.6g}")))
     return out
 
 
@@ -157,11 +114,13 @@ class PairedDataset(Dataset):
     are kept in RAM when they fit in `cache_bytes` (then worker processes share them copy-on-write).
     """
 
-    def __init__(self, views: list[View], windows: Sequence[Sequence[float]], *, crop: int = 0,
+    def __init__(self, views: list[View], windows: Sequence[Sequence[float]], encodings: Sequence[Encoding], *,
+                 crop: int = 0,
                  hflip: bool = False, vflip: bool = False, seed: int = 0, cache_bytes: int = 2 << 30) -> None:
         if not views:
             raise InputError("the dataset split has no views")
         self.views, self.windows = views, [tuple(map(float, w)) for w in windows]
+        self.encodings = list(encodings)  # stored -> physical, per channel: windows are in physical units
         self.crop, self.hflip, self.vflip, self.seed = crop, hflip, vflip, seed
         first = read_view(views[0])
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
@@ -193,7 +152,8 @@ class PairedDataset(Dataset):
             images, mask = images[:, :, ::-1], None if mask is None else mask[:, ::-1]
         if self.vflip and rng.random() < 0.5:
             images, mask = images[:, ::-1, :], None if mask is None else mask[::-1, :]
-        x = np.stack([window_to_unit(images[c], self.windows[c]) for c in range(3)])  # (3, h, w)
+        x = np.stack([window_to_unit(self.encodings[c].physical(images[c]), self.windows[c])
+                      for c in range(3)])  # (3, h, w)
         m = np.zeros(images.shape[1:], np.float32) if mask is None else mask.astype(np.float32)
         return {"se": torch.from_numpy(x[:1].copy()), "de": torch.from_numpy(x[1:].copy()),
                 "mask": torch.from_numpy(m[None].copy()), "has_mask": mask is not None, "index": index}

@@ -16,7 +16,6 @@ The model carries one ``metadata_props`` entry, key ``dexrt``, a JSON object tha
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,30 +23,38 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import ModelError
-from dexrt_train.checkpoint import (
-    DEFAULT_WINDOW,
+from dexrt.contract import (
     INPUT_NAME,
+    ONNX_METADATA_KEY,
+    ONNX_METADATA_VERSION,
     OUTPUT_CHANNELS,
     OUTPUT_NAME,
+    Encoding,
+    read_onnx_metadata,
+    write_onnx_metadata,
+)
+from dexrt_train.checkpoint import (
+    DEFAULT_WINDOW,
     load_checkpoint,
     model_hash as hash_bytes,
     state_dict_bytes,
 )
 from dexrt_train.networks import GeneratorConfig
 
-METADATA_KEY = "dexrt"
-METADATA_VERSION = 1
+METADATA_KEY, METADATA_VERSION = ONNX_METADATA_KEY, ONNX_METADATA_VERSION
 DEFAULT_OPSET = 17
 
 
 def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], output_windows: Sequence[Sequence[float]],
-                  channels: Sequence[str], model_hash: str, pixel_spacing_mm: float | None = None) -> dict[str, Any]:
+                  channels: Sequence[str], model_hash: str, pixel_spacing_mm: float | None = None,
+                  encodings: Sequence[Encoding] | None = None) -> dict[str, Any]:
     meta = {
         "format_version": METADATA_VERSION,
         "input": {"name": INPUT_NAME, "window": [float(v) for v in input_window]},
@@ -57,6 +64,9 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
         "model_hash": model_hash,
         "model": asdict(config),
     }
+    if encodings is not None:  # what stored values mean: input first, then each output channel
+        meta["input"].update(quantity="se", encoding=encodings[0].as_manifest())
+        meta["output"]["encodings"] = [e.as_manifest() for e in encodings[1:]]
     if pixel_spacing_mm is not None:
         if not pixel_spacing_mm > 0:
             raise ValueError(f"pixel spacing must be > 0 mm, got {pixel_spacing_mm}")
@@ -69,7 +79,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
                 output_windows: Sequence[Sequence[float]] = (DEFAULT_WINDOW, DEFAULT_WINDOW),
                 channels: Sequence[str] = OUTPUT_CHANNELS,
                 model_hash: str | None = None, pixel_spacing_mm: float | None = None,
-                opset: int = DEFAULT_OPSET) -> Path:
+                encodings: Sequence[Encoding] | None = None, opset: int = DEFAULT_OPSET) -> Path:
     """Export `generator` to `path` (written atomically) and return the path.
 
     `model_hash` defaults to the SHA-256 of the bytes `save_checkpoint` would write as model.safetensors.
@@ -83,7 +93,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
     if model_hash is None:
         model_hash = hash_bytes(state_dict_bytes(generator))
     meta = onnx_metadata(config, input_window=input_window, output_windows=output_windows, channels=channels,
-                         model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm)
+                         model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm, encodings=encodings)
 
     was_training = generator.training
     device = next(generator.parameters()).device
@@ -106,9 +116,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
         generator.train(was_training)
 
     model = onnx.load_from_string(buf.getvalue())
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    write_onnx_metadata(model, meta)
     model.producer_name = "dexrt"
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
@@ -122,9 +130,9 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
     """The ``dexrt`` metadata of an exported model."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
+    meta = read_onnx_metadata(model)
+    if meta is not None:
+        return meta
     raise ModelError(f"ONNX model has no {METADATA_KEY!r} metadata; export it with `dexrt export`")
 
 
@@ -136,7 +144,22 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLik
     """
     ckpt = load_checkpoint(checkpoint)
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else ckpt.raw_config.get("pixel_spacing_mm")
-    export_onnx(ckpt.generator, ckpt.config, path, input_window=ckpt.windows.input,
-                output_windows=ckpt.windows.outputs, channels=ckpt.windows.channels,
+    input_window, output_windows = ckpt.windows.input, ckpt.windows.outputs
+    encodings = None
+    storage = ckpt.raw_config.get("storage")
+    if storage:  # physical windows -> the stored values of each quantity's recorded encoding
+        try:
+            encodings = [Encoding.from_manifest(storage[c]) for c in ("se", *ckpt.windows.channels)]
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{checkpoint}: invalid 'storage' encodings ({exc})") from None
+        input_window = _stored_window(input_window, encodings[0])
+        output_windows = tuple(_stored_window(w, e) for w, e in zip(output_windows, encodings[1:]))
+    export_onnx(ckpt.generator, ckpt.config, path, input_window=input_window,
+                output_windows=output_windows, channels=ckpt.windows.channels, encodings=encodings,
                 model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset)
     return read_metadata(path)
+
+
+def _stored_window(window: Sequence[float], encoding: Encoding) -> tuple[float, float]:
+    lo, hi = (float(v) for v in encoding.stored_float(np.asarray(window, np.float64)))
+    return (lo, hi)

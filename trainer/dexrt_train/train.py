@@ -31,12 +31,20 @@ from tqdm import tqdm
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
-from dexrt_train.data import EpochBatchSampler, PairedDataset, data_windows, find_views, pixel_spacing_mm
+from dexrt.contract import QUANTITIES, STORED_WINDOW, Encoding, fixed_encoding
+from dexrt_train.data import (
+    CHANNELS,
+    EpochBatchSampler,
+    PairedDataset,
+    data_windows,
+    dataset_encodings,
+    find_views,
+    pixel_spacing_mm,
+)
 from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_parameters, define_D, define_G
 from dexrt_train.state import TrainState, load_training, training_files
 from dexrt_train.validate import BEST_METRICS, score, validate
 
-FULL_WINDOW = (0.0, 65535.0)
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class TrainConfig:
     crop: int = 256  # random crops of crop x crop; a multiple of 2**depth
     hflip: bool = True
     vflip: bool = False
-    windows: str = "full"  # "full": [0, 65535] for every channel; "data": min/max of the train split + 5%
+    windows: str = "full"  # physical windows. "full": each quantity's fixed window; "data": train split min/max + 5%
     batch_size: int = 1
     num_workers: int = 2
     cache_mb: int = 2048  # decoded views are kept in RAM when they fit
@@ -192,6 +200,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         if changed:
             raise InputError(f"{last}: resuming with options that differ from the run's ({', '.join(changed)}); "
                              f"only {', '.join(RUNTIME_OPTIONS)} may change")
+        if saved.get("units") != "physical":
+            raise InputError(f"{last}: this run's windows are in stored 16-bit values (an earlier dexrt); "
+                             "start a new run, whose windows are physical")
         windows = Windows(input=tuple(saved["input"]["window"]),
                           outputs=tuple(tuple(w) for w in saved["output"]["windows"]))
     elif last.exists():
@@ -210,16 +221,21 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
 
     # -- data: 16-bit views, windowed to [-1, 1] per channel
+    # Windows are physical: a manifest dataset's stored values go through its encoding, and the engine built from
+    # this run reads and writes each quantity's fixed encoding; paired folders' values are taken as they are.
     train_views, val_views = find_views(dataset, "train"), find_views(dataset, "val")
     spacing = pixel_spacing_mm(dataset)
+    stored_as = dataset_encodings(dataset)
+    encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
     if windows is None:
-        per_channel = [FULL_WINDOW] * 3 if config.windows == "full" else data_windows(train_views)
+        full = [QUANTITIES[c].window if stored_as else STORED_WINDOW for c in CHANNELS]
+        per_channel = full if config.windows == "full" else data_windows(train_views, encodings)
         windows = Windows(input=per_channel[0], outputs=tuple(per_channel[1:]))
     channel_windows = [windows.input, *windows.outputs]
     cache = config.cache_mb << 20
-    train_ds = PairedDataset(train_views, channel_windows, crop=config.crop, hflip=config.hflip,
+    train_ds = PairedDataset(train_views, channel_windows, encodings, crop=config.crop, hflip=config.hflip,
                              vflip=config.vflip, seed=config.seed, cache_bytes=cache)
-    val_ds = PairedDataset(val_views, channel_windows, cache_bytes=cache) if val_views else None
+    val_ds = PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache) if val_views else None
     sampler = EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, rank=rank, world=world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda")
@@ -260,7 +276,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     def checkpoint(val: dict[str, float] | None) -> None:
         nonlocal best
         extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset),
-                 "pixel_spacing_mm": spacing}
+                 "pixel_spacing_mm": spacing, "units": "physical",
+                 # how the engine built from this run stores each quantity (none for paired folders)
+                 "storage": {c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as else None}
         if val is not None and val_ds is not None:
             value = score(val, config.best_metric)
             if best is None or value < best["score"]:

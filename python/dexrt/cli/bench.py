@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dexrt._errors import DexrtError
+from dexrt._errors import DexrtError, require_extra
 
 
 @click.command()
@@ -61,14 +61,12 @@ def _ints(text: str) -> list[int]:
 
 
 def _random_unet(ngf: int, folder: Path):  # noqa: ANN202
-    try:
-        import torch
+    require_extra("train", "the default benchmark model (or pass --onnx MODEL.onnx)", "torch", "dexrt_train")
+    import torch
 
-        from dexrt_train.export import export_onnx
-        from dexrt_train.networks import GeneratorConfig, define_G
-    except ImportError as exc:
-        raise DexrtError("the default benchmark model needs the train extra (pip install 'dexrt[train]'); "
-                         "or pass --onnx MODEL.onnx") from exc
+    from dexrt_train.export import export_onnx
+    from dexrt_train.networks import GeneratorConfig, define_G
+
     torch.manual_seed(0)
     config = GeneratorConfig(ngf=ngf)
     module = define_G(config).eval()

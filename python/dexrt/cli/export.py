@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dexrt.cli._train_extra import require_torch
+from dexrt._errors import require_extra
 
 
 @click.command("export")
@@ -25,7 +25,7 @@ def export(checkpoint: Path, output: Path, opset: int, pixel_spacing: float | No
     The model takes `se` (N, 1, H, W) float32 and returns `de` (N, 2, H, W) float32 (bone, soft) in the
     network's [-1, 1] range, with N, H, W dynamic; H and W must be multiples of its size_multiple.
     """
-    require_torch("export")
+    require_extra("train", "`dexrt export`", "torch", "safetensors", "dexrt_train")
     from dexrt_train.export import export_checkpoint
 
     meta = export_checkpoint(checkpoint, output, opset=opset, pixel_spacing_mm=pixel_spacing)

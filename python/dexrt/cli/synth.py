@@ -21,7 +21,7 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 @click.command("synth")
 @click.option("--ct", "ct_path", required=True, help="CT: NIfTI file, DICOM folder, or `example` (chest CT).")
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="NIfTI label map on the CT's grid.")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
 @click.option("--views", default=700, show_default=True, help="Number of views.")
 @click.option("--size", default=256, show_default=True, help="Image side in pixels (square detector).")
 @click.option("--format", "image_format", type=click.Choice(["png", "tiff"]), default="png", show_default=True)
@@ -63,7 +63,10 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
           tilt_jitter: float, couch_jitter: float, split_text: str, sectors: int, guard_deg: float,
           lung_labels: str | None, blood_labels: str | None, soft_labels: str | None, bone_labels: str | None,
           keep_outside_body: bool, seed: int, threads: int, as_json: bool) -> None:
-    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUT."""
+    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUTPUT."""
+    from dexrt._errors import require_extra
+
+    require_extra("synth", "`dexrt synth`", "nibabel", "xraydb", "spekpy", "scipy")
     from dexrt._errors import DexrtError
     from dexrt.synth.ct import load_ct
     from dexrt.synth.dataset import DatasetConfig, write_dataset

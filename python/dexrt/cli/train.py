@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dexrt.cli._train_extra import require_torch
+from dexrt._errors import require_extra
 
 # CLI option -> TrainConfig field; options left out keep TrainConfig's defaults (pix2pix's recipe).
 _FIELDS = {
@@ -64,7 +64,7 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
     Runs on one process, or on several under torchrun without change:
     `torchrun --nproc_per_node 2 $(which dexrt) train DATASET -o RUN ...`. See docs/training.md.
     """
-    require_torch("train")
+    require_extra("train", "`dexrt train`", "torch", "safetensors", "dexrt_train")
     from dexrt_train.train import TrainConfig, run_config, summary_line
     from dexrt_train.train import train as run_training
 

@@ -1,15 +1,20 @@
-"""Image-quality metrics for SE -> (bone, soft): numpy only (no torch), shared by training and `dexrt eval`.
+"""Image-quality metrics and panels for SE -> (bone, soft): numpy only, shared by `dexrt eval`, the trainer's
+validation and the TensorRT accuracy check.
 
-Every function takes (H, W) float arrays in the normalised range: a channel's window maps stored values onto
-[-1, 1] for the network, and metrics see ``(v + 1) / 2``, i.e. [0, 1], so ``data_range = 1``.
+Images are scored in physical units divided by each quantity's fixed metric range
+(`dexrt.contract.metric_unit`), so ``data_range = 1`` and scores of different datasets and engines compare.
 Definitions are in docs/training.md.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+
+from dexrt.contract import metric_unit
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # 11x11 Gaussian window, as in Wang et al. 2004
@@ -31,8 +36,10 @@ def mae(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def psnr(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``; inf for identical images."""
-    p, t = _pair(pred, true)
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``; inf for identical arrays (any rank)."""
+    p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"expected two arrays of one shape, got {p.shape} and {t.shape}")
     mse = float(np.mean((p - t) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
@@ -166,3 +173,41 @@ def mean_metrics(per_view: list[dict[str, float]]) -> dict[str, float]:
         if values:
             out[k] = float(np.mean(values))
     return out
+
+
+def scored_view(se: np.ndarray, true: dict[str, np.ndarray], pred: dict[str, np.ndarray], mask: np.ndarray | None
+                ) -> tuple[dict[str, float], np.ndarray]:
+    """One view's metrics and its panel row, from physical images (se, and bone/soft true and predicted)."""
+    channels = tuple(true)
+    se_u = metric_unit(se, "se")
+    true_u = np.stack([metric_unit(true[c], c) for c in channels])
+    pred_u = np.stack([metric_unit(pred[c], c) for c in channels])
+    row = np.concatenate([_display(se_u)] + [_display(a) for c in range(len(channels)) for a in (true_u[c], pred_u[c])],
+                         axis=1)
+    return view_metrics(se_u, true_u, pred_u, mask, channels), row
+
+
+def summarize(per_view: list[dict[str, float]]) -> dict[str, float]:
+    """Mean metrics over views, with the tumour CNR of the predicted soft image relative to the true one."""
+    out = mean_metrics(per_view)
+    if "cnr/soft_true" in out and "cnr/soft_pred" in out:
+        out["cnr/soft_pred_over_true"] = out["cnr/soft_pred"] / out["cnr/soft_true"]
+    return out
+
+
+def _display(a: np.ndarray) -> np.ndarray:
+    """A panel tile: the image stretched over its own 0.5-99.5 percentiles onto [0, 1]."""
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return np.clip((a - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
+
+
+def write_panel(path: str | os.PathLike[str], rows: list[np.ndarray]) -> None:
+    """Rows of SE | true bone | pred bone | true soft | pred soft, each in [0, 1] -> 16-bit PNG (atomic)."""
+    from dexrt.images import write_image
+
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows]
+    image = np.clip(np.concatenate(rows, axis=0), 0.0, 1.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, np.rint(image * 65535).astype(np.uint16),
+                {"panel": "rows of views; columns: se | true bone | pred bone | true soft | pred soft"})

@@ -1,0 +1,134 @@
+"""The dexrt dataset format (docs/dataset-format.md): one reader, used by the trainer, `dexrt eval` and INT8
+calibration.
+
+`open_dataset` checks the manifest once: its format and version, a linear encoding for each channel, and that
+every file it names stays inside the dataset folder (a manifest naming ``../x.png`` is refused, never followed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexrt._errors import InputError
+from dexrt.contract import DATASET_CHANNELS, Encoding
+
+FORMAT = "dexrt-dataset"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+_MAX_MANIFEST_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class View:
+    id: str
+    files: dict[str, Path]  # channel -> image file
+    mask: Path | None
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An opened dataset: its manifest, each channel's encoding, and its views."""
+
+    root: Path
+    manifest: dict[str, Any]
+    encodings: dict[str, Encoding]  # channel -> stored uint16 -> physical
+    views: tuple[View, ...]
+
+    def split(self, name: str) -> list[View]:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return [v for v in self.views if v.split == name]
+
+    @property
+    def pixel_spacing_mm(self) -> float | None:
+        """The pixel spacing at the patient (isocentre), or None when the manifest does not record it."""
+        value = self.manifest.get("geometry", {}).get("pixel_at_iso_mm")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return float(value) if ok else None
+
+    def stored(self, view: View, channel: str) -> np.ndarray:
+        """One image of a view as stored (uint16, or float32 TIFF)."""
+        from dexrt.images import read_image
+
+        return read_image(view.files[channel])
+
+    def physical(self, view: View, channel: str) -> np.ndarray:
+        """One image of a view in physical units (float64), through the channel's stored encoding."""
+        return self.encodings[channel].physical(self.stored(view, channel))
+
+    def mask(self, view: View) -> np.ndarray | None:
+        from dexrt.images import read_image
+
+        return None if view.mask is None else read_image(view.mask) > 0
+
+
+def is_dataset(root: str | os.PathLike[str]) -> bool:
+    return (Path(root) / MANIFEST_NAME).is_file()
+
+
+def open_dataset(root: str | os.PathLike[str]) -> Dataset:
+    """Read and check ``root/manifest.json``; InputError names the file and what is wrong."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{root}: not a dexrt dataset (no {MANIFEST_NAME})")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes, larger than any dexrt dataset manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{path}: not a dexrt dataset manifest (format is not {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path}: dataset format version {manifest.get('format_version')!r} is not "
+                         f"{FORMAT_VERSION}, the one this dexrt reads")
+    encodings = _encodings(path, manifest)
+    resolved_root = root.resolve()
+    views = []
+    raw_views = manifest.get("views")
+    if not isinstance(raw_views, list):
+        raise InputError(f"{path}: 'views' must be a list")
+    for i, v in enumerate(raw_views):
+        try:
+            split = v["split"]
+            files = {c: _inside(resolved_root, v["files"][c], path) for c in DATASET_CHANNELS}
+            mask = _inside(resolved_root, v["mask"], path) if v.get("mask") else None
+            views.append(View(str(v["id"]), files, mask, split))
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files.se/bone/soft)") from None
+        if split not in SPLITS:
+            raise InputError(f"{path}: view {i} has split {split!r}, not one of {', '.join(SPLITS)}")
+    return Dataset(root, manifest, encodings, tuple(views))
+
+
+def _encodings(path: Path, manifest: dict[str, Any]) -> dict[str, Encoding]:
+    raw = manifest.get("encoding")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: no 'encoding' (the linear stored-to-physical map of each channel)")
+    out = {}
+    for channel in DATASET_CHANNELS:
+        if channel not in raw:
+            raise InputError(f"{path}: 'encoding' has no entry for channel {channel!r}")
+        try:
+            out[channel] = Encoding.from_manifest(raw[channel])
+        except ValueError as exc:
+            raise InputError(f"{path}: encoding of {channel!r}: {exc}") from None
+    return out
+
+
+def _inside(root: Path, rel: Any, manifest: Path) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise InputError(f"{manifest}: file name {rel!r} is not a relative path")
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root):
+        raise InputError(f"{manifest}: path {rel!r} points outside the dataset folder")
+    return p
