@@ -267,7 +267,7 @@ def check_manifest(path: Path, m: Any) -> None:
             "upgrade dexrt or rebuild the engine"
         )
     backend = m.get("backend")
-    if backend not in BACKEND_MEMBERS:
+    if not isinstance(backend, str) or backend not in BACKEND_MEMBERS:
         raise bad(f"'backend' {backend!r} is not one of {', '.join(BACKEND_MEMBERS)}")
     if m.get("device") != BACKEND_DEVICES[backend]:
         raise bad(f"'device' {m.get('device')!r} is not {BACKEND_DEVICES[backend]!r} for the {backend} backend")
