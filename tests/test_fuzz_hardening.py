@@ -44,20 +44,33 @@ PATHS = [("format",), ("format_version",), ("backend",), ("device",), ("precisio
          ("model", "pixel_spacing_mm"), ("model", "config", "pixel_spacing_mm")]
 
 
+class Members(dict):
+    """The pristine bundle's members; a short repr keeps Hypothesis' failure reports readable."""
+
+    def __repr__(self) -> str:
+        return f"<members {sorted(self)}>"
+
+
 @pytest.fixture(scope="module")
-def pristine_members(plain_engine_path: Path) -> dict[str, bytes]:
+def pristine_members(plain_engine_path: Path) -> Members:
     with zipfile.ZipFile(plain_engine_path) as z:
-        return {name: z.read(name) for name in z.namelist()}
+        return Members({name: z.read(name) for name in z.namelist()})
+
+
+def _fits(node: object, key: object) -> bool:
+    return (isinstance(node, dict) and isinstance(key, str)) or (
+        isinstance(node, list) and isinstance(key, int) and key < len(node))
 
 
 def _set(manifest: dict, path: tuple, value: object) -> None:
-    node = manifest
+    """Put `value` at `path`, when an earlier edit has not already replaced what the path goes through."""
+    node: object = manifest
     for key in path[:-1]:
-        node = node[key] if isinstance(node, dict) or (isinstance(node, list) and key < len(node)) else None
-        if node is None:
+        if not _fits(node, key) or (isinstance(node, dict) and key not in node):
             return
-    if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
-        node[path[-1]] = value
+        node = node[key]  # type: ignore[index]
+    if _fits(node, path[-1]):
+        node[path[-1]] = value  # type: ignore[index]
 
 
 @FUZZ

@@ -10,9 +10,9 @@ neither the manifest, the signature nor a payload file of the manifest's backend
 The SHA-256s prove the payload matches the manifest, not who made it: anyone can recompute them. A signature by
 a trusted key proves origin (`dexrt.signing`, `Engine(trusted_keys=..., require_signed=...)`).
 
-Every value the runtime takes from a manifest is checked here, when the bundle is read (`check_manifest`), and
-also before one is written: format and version, backend and payload members, windows, channel names (which
-become parts of output file names), size multiple and pixel spacing.
+The manifest's values are checked here, when the bundle is read (`check_manifest`), and also before one is
+written: format and version, backend and payload members, windows, channel names (which become parts of output
+file names), size multiple and pixel spacing. (The value encodings are checked by `dexrt.Engine` as it loads.)
 """
 
 from __future__ import annotations
