@@ -62,7 +62,7 @@ def check_plan(manifest: dict[str, Any], path: object, runtime: GpuRuntime) -> N
     if not isinstance(trt, dict) or not isinstance(gpu, dict):
         raise BundleError(f"{path}: invalid manifest: a TensorRT bundle needs its 'tensorrt' and 'gpu' sections")
     built_trt, built_name, built_cc = trt.get("version"), gpu.get("name"), gpu.get("compute_capability")
-    if not all(isinstance(v, str) for v in (built_trt, built_name, built_cc)):
+    if not (isinstance(built_trt, str) and isinstance(built_name, str) and isinstance(built_cc, str)):
         raise BundleError(f"{path}: invalid manifest: 'tensorrt.version', 'gpu.name' and "
                           "'gpu.compute_capability' must be strings")
     rebuild = "rebuild it here with `dexrt build-engine MODEL.onnx --device gpu -o ENGINE.dexrt`"

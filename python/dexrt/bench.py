@@ -11,6 +11,7 @@ reported; FP16 engines get the looser ``TOLERANCE_FP16``. GPU figures are host t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -86,7 +87,8 @@ def cpu_peak_gflops() -> float | None:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = set(re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    found = re.search(r"^flags\s*:(.*)$", info, re.M)
+    flags = set(found.group(1).split()) if found else set()
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
     if not mhz:
         return None
@@ -134,7 +136,7 @@ def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] |
             for name, dtype in (("torch-cuda-fp32", torch.float32), ("torch-cuda-fp16", torch.float16)):
                 if want(name):
                     gpu = copy.deepcopy(module).to(device="cuda", dtype=dtype)
-                    runners[name] = lambda x, m=gpu, d=dtype: _torch_cuda_run(m, x, d)
+                    runners[name] = functools.partial(_torch_cuda_run, gpu, dtype=dtype)
     if want("dexrt-tensorrt-fp16"):
         from dexrt._gpu import gpu_available
 
@@ -169,35 +171,29 @@ def _torch_run(module: Any, x: np.ndarray, *, channels_last: bool) -> np.ndarray
 
 def _dexrt_runner(onnx_path: Path) -> Runner:
     """dexrt's engine with identity windows ([-1, 1] <-> [-1, 1]), so it consumes network-range input directly."""
-    from dexrt import _core
     from dexrt.build import build_openvino, read_onnx_contract
+    from dexrt.engine import Engine
 
-    contract = read_onnx_contract(onnx_path, input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
-    _, payload = build_openvino(contract, onnx_path)
-    core = _core.Engine(backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
-                        input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * len(contract.channels),
-                        size_multiple=contract.size_multiple)
-    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+    manifest, payload = build_openvino(read_onnx_contract(onnx_path), onnx_path)
+    engine = Engine.from_parts(manifest, payload, network_io=True)  # the public Engine users call
+    return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
 
 def _tensorrt_runner(onnx_path: Path, max_side: int, max_batch: int) -> Runner:
     """dexrt's TensorRT FP16 engine (GPU 0) with identity windows, built for batches 1..max_batch of
     sides up to ``max_side``; tuned for one image of 512x512 (or ``max_side`` when smaller)."""
-    from dexrt import _core
     from dexrt.build import read_onnx_contract
     from dexrt.build_tensorrt import build_tensorrt
+    from dexrt.engine import Engine
 
-    identity = dict(input_window=(-1.0, 1.0), output_windows=[(-1.0, 1.0)] * 2)
-    contract = read_onnx_contract(onnx_path, **identity)
+    contract = read_onnx_contract(onnx_path)
     m = contract.size_multiple
     side = -(-max_side // m) * m
     opt = min(side, -(-512 // m) * m)
-    _, payload = build_tensorrt(contract, onnx_path, precision="fp16", min_shape=(1, m, m),
-                                opt_shape=(1, opt, opt), max_shape=(max_batch, side, side), contexts=1)
-    core = _core.Engine(backend="tensorrt", device="GPU", model=payload["model.plan"], weights=b"", cuda_device=0,
-                        contexts=1, cuda_graphs=False, input_window=(-1.0, 1.0),
-                        output_windows=[(-1.0, 1.0)] * len(contract.channels), size_multiple=m)
-    return lambda x: np.moveaxis(core.infer(x[:, 0]), 0, 1)  # (C, N, H, W) -> (N, C, H, W)
+    manifest, payload = build_tensorrt(contract, onnx_path, precision="fp16", min_shape=(1, m, m),
+                                       opt_shape=(1, opt, opt), max_shape=(max_batch, side, side), contexts=1)
+    engine = Engine.from_parts(manifest, payload, network_io=True, device="gpu", contexts=1)
+    return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
 
 def _openvino_runner(onnx_path: Path) -> Runner:
@@ -256,11 +252,11 @@ def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_mo
                 times = measure(runner, x, min_seconds=min_seconds)
                 p50 = statistics.median(times)
                 gflops = flops * batch / p50 / 1e9
-                on_cpu = peak and name not in GPU_ENGINES  # the peak estimate is the CPU's
                 results.append(Result(
                     engine=name, height=size, width=size, batch=batch, p50_ms=p50 * 1e3,
                     p99_ms=float(np.percentile(times, 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
-                    peak_percent=100 * gflops / peak if on_cpu else None, max_abs_error=error, repeats=len(times)))
+                    # the peak estimate is the CPU's
+                    peak_percent=100 * gflops / peak if peak and name not in GPU_ENGINES else None, max_abs_error=error, repeats=len(times)))
     return {
         "schema": SCHEMA,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -170,7 +170,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
 
     from dexrt import __version__
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "source": Path(onnx_path).name,
@@ -238,18 +238,13 @@ def ir_payload(model: Any, *, compress_to_fp16: bool) -> dict[str, bytes]:
 
 def smoke_test(manifest: dict[str, Any], payload: dict[str, bytes], onnx_path: str | os.PathLike[str]) -> None:
     """Compile and run the new engine once, so a bundle that cannot run is never written."""
-    from dexrt import _core
+    from dexrt.engine import Engine
 
     m = manifest["size_multiple"]
     try:
-        engine = _core.Engine(
-            backend="openvino", device="CPU", model=payload["model.xml"], weights=payload["model.bin"],
-            input_window=tuple(manifest["input"]["window"]),
-            output_windows=[tuple(w) for w in manifest["output"]["windows"]],
-            size_multiple=m,
-        )
-        # a batch of two, so a network that mixes or collapses the batch is caught too
-        out = engine.infer(np.zeros((2, m, m), np.float32))
+        with Engine.from_parts(manifest, payload, device="cpu") as engine:
+            # a batch of two, so a network that mixes or collapses the batch is caught too
+            out = np.stack(engine.infer(np.zeros((2, m, m), np.float32)))
     except Exception as exc:
         raise EngineError(f"{onnx_path}: the built engine does not run: {exc}") from exc
     if out.shape != (len(manifest["output"]["channels"]), 2, m, m):

@@ -195,20 +195,15 @@ def compare_with_fp32(manifest: dict[str, Any], plan: bytes, onnx_path: Path, sh
     model (OpenVINO, CPU) on the same network-range inputs; returns the PSNR of the plan's outputs."""
     import openvino as ov
 
-    from dexrt import _core
+    from dexrt.engine import Engine
     from dexrt.metrics import psnr
 
     x = sample_inputs(shape) if samples is None else np.ascontiguousarray(samples, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(f"samples must be (N, H, W) network-range float32, got shape {x.shape}")
-    channels = len(manifest["output"]["channels"])
-    # Windows (-1, 1) make the value contract the identity, so the engine sees exactly these values.
-    engine = _core.Engine(backend="tensorrt", device="GPU", model=plan, weights=b"", input_window=(-1.0, 1.0),
-                          output_windows=[(-1.0, 1.0)] * channels, size_multiple=1, contexts=1)
-    try:
-        got = engine.infer(x)  # (C, N, H, W)
-    finally:
-        engine.close()
+    # The value contract as the identity: the engine sees exactly these values, unpadded.
+    with Engine.from_parts(manifest, {"model.plan": plan}, network_io=True, device="gpu", contexts=1) as engine:
+        got = np.stack(engine.infer(x))  # (C, N, H, W)
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     model.reshape([x.shape[0], 1, x.shape[1], x.shape[2]])

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -90,10 +90,10 @@ class Encoding:
         """From a manifest's ``{"offset": .., "scale": ..}``; ValueError names what is wrong."""
         if not isinstance(entry, Mapping):
             raise ValueError(f"an encoding must be an object with offset and scale, got {entry!r}")
-        values = [entry.get(k) for k in ("offset", "scale")]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        offset, scale = entry.get("offset"), entry.get("scale")
+        if not (_is_number(offset) and _is_number(scale)):
             raise ValueError(f"an encoding needs numeric offset and scale, got {dict(entry)!r}")
-        return cls(float(values[0]), float(values[1]))
+        return cls(float(offset), float(scale))
 
     @property
     def window(self) -> tuple[float, float]:
@@ -115,6 +115,10 @@ class Encoding:
 
     def as_manifest(self) -> dict[str, float]:
         return {"offset": self.offset, "scale": self.scale}  # JSON keeps a float exactly
+
+
+def _is_number(v: Any) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def fixed_encoding(channel: str) -> Encoding:

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +276,7 @@ class Converter:
                 and not any(t.resolve() in self._protected for t in targets))
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
 
         A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM

@@ -7,7 +7,6 @@ every file it names stays inside the dataset folder (a manifest naming ``../x.pn
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dexrt._errors import InputError
+from dexrt._json import read_versioned
 from dexrt.contract import DATASET_CHANNELS, Encoding
 
 FORMAT = "dexrt-dataset"
@@ -82,15 +82,7 @@ def open_dataset(root: str | os.PathLike[str]) -> Dataset:
         raise InputError(f"{root}: not a dexrt dataset (no {MANIFEST_NAME})")
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise InputError(f"{path}: {path.stat().st_size} bytes, larger than any dexrt dataset manifest")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{path}: not a dexrt dataset manifest (format is not {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: dataset format version {manifest.get('format_version')!r} is not "
-                         f"{FORMAT_VERSION}, the one this dexrt reads")
+    manifest = read_versioned(path, fmt=FORMAT, version=FORMAT_VERSION, kind="dataset manifest", error=InputError)
     encodings = _encodings(path, manifest)
     resolved_root = root.resolve()
     views = []

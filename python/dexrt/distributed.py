@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ class RayConverter:
         self.workers: set[str] = set()
         self.actors_used: int | None = None
 
-    def run(self, sources: Iterable[Path]) -> Iterator[Outcome]:
+    def run(self, sources: Iterable[Path]) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as the actors' batches finish.
 
         Connects to Ray (see the class docstring) and shuts down a Ray instance it started. A failing file is
@@ -171,9 +171,10 @@ class RayConverter:
         given = {p.absolute(): p for p in sources}
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
-        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=self.options["preview"])
+        preview = bool(self.options["preview"])
+        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=preview)
         # Files of different actors' batches may claim one output: the later ones fail here, before any actor.
-        clashes = output_clashes(list(given), out_abs, self.channels, root=root, preview=self.options["preview"])
+        clashes = output_clashes(list(given), out_abs, self.channels, root=root, preview=preview)
         for path, error in clashes.items():
             yield Outcome(given[path], error=error.replace(str(path), str(given[path])))
         given = {p: q for p, q in given.items() if p not in clashes}

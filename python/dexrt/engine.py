@@ -127,6 +127,34 @@ class Engine:
         return dict(backend="tensorrt", device="GPU", model=plan, weights=b"", cuda_device=cuda_device,
                     contexts=contexts, cuda_graphs=cuda_graphs)
 
+    @classmethod
+    def from_parts(cls, manifest: dict[str, Any], payload: dict[str, bytes], *, network_io: bool = False,
+                   **options: Any) -> Engine:
+        """An engine of a manifest and payload not written anywhere yet (build checks, benchmarks).
+
+        It goes through a temporary bundle, so it is loaded exactly as `Engine(path)` loads one: there is one way to
+        make an engine. ``network_io`` makes the value contract the identity (windows [-1, 1] in and out, no padding),
+        so the engine takes and returns exactly the network's values, as a peer runtime would (benchmarks, accuracy
+        checks).
+        """
+        import copy
+        import tempfile
+
+        from dexrt.bundle import write_bundle
+
+        manifest = {k: v for k, v in copy.deepcopy(manifest).items() if k not in ("format", "format_version",
+                                                                                  "payload")}
+        if network_io:
+            manifest["size_multiple"] = 1
+            manifest["input"]["window"] = [-1.0, 1.0]
+            manifest["output"]["windows"] = [[-1.0, 1.0]] * len(manifest["output"]["channels"])
+            for fields, key in ((manifest["input"], "encoding"), (manifest["output"], "encodings")):
+                fields.pop(key, None)  # network values have no physical meaning
+        with tempfile.TemporaryDirectory(prefix="dexrt-engine-") as tmp:
+            path = Path(tmp, "engine.dexrt")
+            write_bundle(path, manifest, payload)
+            return cls(path, **options)  # the payload is in memory once loaded; the file may go
+
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
     def path(self) -> Path:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dexrt._errors import InputError
 from dexrt.contract import Encoding
 from dexrt.dataset import open_dataset
@@ -36,7 +38,8 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
         raise InputError(f"{dataset}: the engine's outputs {missing} are not channels of the dataset")
     in_enc, out_enc = _engine_encodings(engine, ds.encodings)
 
-    per_view, rows = [], []
+    per_view: list[dict[str, float]] = []
+    rows: list[np.ndarray] = []
     for view in views:
         stored_se = ds.stored(view, "se")
         se = ds.encodings["se"].physical(stored_se)

@@ -31,6 +31,7 @@ from torch import nn
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import ModelError
+from dexrt._json import read_versioned
 from dexrt.contract import INPUT_NAME, OUTPUT_CHANNELS, OUTPUT_NAME, STORED_WINDOW
 from dexrt_train.networks import GeneratorConfig, define_G
 
@@ -134,17 +135,9 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not folder.is_dir():
         raise ModelError(f"{folder}: not a checkpoint folder (expected a folder with {CONFIG_NAME} and {MODEL_NAME})")
     try:
-        cfg = json.loads(path.read_text())
+        return read_versioned(path, fmt=FORMAT, version=FORMAT_VERSION, kind="checkpoint config", error=ModelError)
     except FileNotFoundError:
         raise ModelError(f"{folder}: not a checkpoint folder (no {CONFIG_NAME})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a dexrt checkpoint config (format is not {FORMAT!r})")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: checkpoint format version {cfg.get('format_version')!r} is not "
-                         f"{FORMAT_VERSION}, the one this dexrt reads")
-    return cfg
 
 
 def _generator_config(path: Path, raw: Any) -> GeneratorConfig:

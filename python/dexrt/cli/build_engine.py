@@ -79,6 +79,7 @@ def build_engine(
     elif precision == "int8":
         from dexrt.quantize import quantize_openvino
 
+        assert calibration is not None  # checked with the options above
         manifest, payload = quantize_openvino(contract, onnx_path, calibration, images=calibration_images)
     else:
         manifest, payload = build_openvino(contract, onnx_path, precision=precision or "fp32")

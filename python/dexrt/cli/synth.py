@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import cast
 
 import click
 
@@ -16,6 +17,10 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
     if len(vals) != n:
         raise click.BadParameter(f"expected {n} comma-separated numbers, got {text!r}", param_hint=name)
     return vals
+
+
+def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 @click.command("synth")
@@ -98,10 +103,10 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
             high=Protocol("high", high_kvp, al_mm=al_mm, cu_mm=high_cu_mm, kerma_ugy=high_ugy),
             noise=noise)
         imaging = ImagingConfig(size=(size, size), sid_mm=sid_mm, sdd_mm=sdd_mm, detector_mm=detector_mm,
-                                bin=tuple(int(v) for v in _floats(bin_, 3, "--bin")) if bin_ else None,
+                                bin=_ints3(_floats(bin_, 3, "--bin")) if bin_ else None,
                                 keep_outside_body=keep_outside_body, rules=rules, physics=physics, threads=threads)
         lo_mm, hi_mm = _floats(lesion_mm, 2, "--lesion-mm")
-        fractions = _floats(split_text, 3, "--split")
+        fractions = cast("tuple[float, float, float]", _floats(split_text, 3, "--split"))
         dataset = DatasetConfig(views=views, image_format=image_format,
                                 splits=SplitPlan(fractions=fractions, sectors=sectors, guard_deg=guard_deg),
                                 tilt_jitter_deg=tilt_jitter, couch_jitter_deg=couch_jitter, seed=seed,

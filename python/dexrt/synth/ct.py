@@ -95,6 +95,7 @@ def _check_affine(affine: np.ndarray, path: str) -> np.ndarray:
 def load_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """(data, affine) of a NIfTI file; scaling (scl_slope/inter) applied. No HU check."""
     import nibabel as nib
+    from nibabel.openers import ImageOpener
 
     p = Path(path)
     try:
@@ -106,7 +107,7 @@ def load_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     if not hasattr(img, "affine") or img.affine is None:
         raise InputError(f"{p}: the image has no voxel-to-world transform (spacing/orientation missing)")
     # nibabel quietly turns a zero pixdim into 1 mm when it loads; the raw header tells the truth.
-    with nib.openers.ImageOpener(str(p)) as f:
+    with ImageOpener(str(p)) as f:
         raw = type(img.header).from_fileobj(f, check=False)
     zooms = [float(z) for z in raw["pixdim"][1:4]]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):

@@ -63,7 +63,7 @@ def _water_in_basis() -> tuple[float, float, float]:
     basis = np.stack([mu_rho(n, e) for n in BASIS], axis=1)  # (E, 3) cm^2/g
     target = mu_rho("water", e) * ICRU44["water"][0]  # (E,) 1/cm
     x, _ = nnls(basis / target[:, None], np.ones_like(e))  # relative error, so no energy dominates
-    return tuple(float(v) for v in x)
+    return (float(x[0]), float(x[1]), float(x[2]))
 
 
 def water_in_basis() -> np.ndarray:
