@@ -302,11 +302,11 @@ class Converter:
                 try:
                     if source in clashes:
                         raise InputError(clashes[source])
-                    done = self.is_done(source)
+                    finished = self.is_done(source)
                 except InputError as exc:  # no output can be planned for this file: it fails alone
                     yield Outcome(source, error=str(exc))
                     continue
-                if done:
+                if finished:
                     yield Outcome(source, self.targets(source), skipped=True)
                     continue
                 while len(running) >= 2 * self.jobs:  # a short queue keeps every worker busy
