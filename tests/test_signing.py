@@ -172,3 +172,11 @@ def test_infer_require_signed(plain_engine_path: Path, tmp_path: Path) -> None:
     default = run("infer", tmp_path / "a.png", "-o", tmp_path / "out", "--require-signed")
     assert default.exit_code == 0, default.output
     assert (tmp_path / "out" / "a_bone.png").exists()
+
+
+def test_engine_from_in_memory_parts_is_trusted_without_a_warning(plain_engine_path: Path, caplog) -> None:
+    # build-engine's smoke test and the benchmarks load parts made in this process: no "not signed" noise there.
+    bundle = read_bundle(plain_engine_path)
+    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+        engine = dexrt.Engine.from_parts(bundle.manifest, bundle.payload, require_signed=True)
+    assert engine.signer is not None and not caplog.records

@@ -105,6 +105,11 @@ def generate_keypair(private_path: str | os.PathLike[str], name: str = "") -> Pu
     return public
 
 
+def ephemeral_key() -> Any:
+    """A new Ed25519 private key that lives only in memory (for parts made and loaded in one process)."""
+    return _crypto().Ed25519PrivateKey.generate()
+
+
 def load_private_key(path: str | os.PathLike[str]) -> Any:
     """An Ed25519 private key from a PEM file (as `dexrt keygen` writes); SigningError otherwise."""
     from cryptography.hazmat.primitives import serialization
