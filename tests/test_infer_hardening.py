@@ -245,3 +245,6 @@ def test_huge_declared_size_is_refused_from_the_header(tmp_path: Path, kind: str
 def test_small_declared_images_still_read(tmp_path: Path) -> None:
     assert read_radiograph(png_declaring(tmp_path / "p.png", 3, 5)).frames.shape == (1, 3, 5)
     assert read_radiograph(tiff_declaring(tmp_path / "t.tif", 4, 8)).frames.shape == (1, 4, 8)
+    for name in ("one.png", "one.tif"):  # 1x1: the smallest image, whose squeezed TIFF shape is ()
+        write_image(tmp_path / name, np.full((1, 1), 7, np.uint16))
+        assert read_radiograph(tmp_path / name).frames.tolist() == [[[7]]]

@@ -151,13 +151,12 @@ def _read_tiff(path: Path) -> np.ndarray:
                     f"{path}: TIFF image of shape {series.shape} ({series.axes}); expected one grayscale plane "
                     "(colour and multi-page TIFF are not supported)"
                 )
-            check_image_size(path, *(shape or (0, 0)))  # from the tags: nothing is decoded yet
-            array = series.asarray()
+            check_image_size(path, *(shape or (1, 1)))  # from the tags, nothing decoded yet; () is a 1x1 image
+            array = series.asarray().reshape(shape or (1, 1))  # squeezed, but a 1x1 image stays 2-D
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a hostile file drives tifffile's parser into any error (TypeError, struct.error, ...)
         raise InputError(f"{path}: corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from exc
-    array = np.squeeze(array)
     if array.dtype == np.uint16:
         return array
     if array.dtype == np.uint8:
