@@ -22,6 +22,8 @@ CASES = {
     "build-engine int8": (["build-engine", "MODEL", "--precision", "int8", "--calibration", str(EXAMPLES), "-o",
                            "x.dexrt"], "nncf", "quantize"),
     "infer --ray": (["infer", str(EXAMPLES), "-o", "OUT", "--ray", "local"], "ray", "ray"),
+    "serve": (["serve", "--port", "11112", "--ae-title", "DEXRT", "--allow-ae", "PACS", "--spool", "SPOOL"],
+              "pynetdicom", "serve"),
 }
 
 

@@ -164,3 +164,39 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="JSON"):
         load_checkpoint(folder)
+
+
+def test_resize_upsampling_generator_exports_and_runs(tmp_path) -> None:
+    """Nearest 2x + 3x3 conv instead of transposed convolutions: same shapes, exports to ONNX, runs in dexrt."""
+    import numpy as np
+
+    import dexrt
+    from dexrt_train.export import export_onnx
+    from helpers import build_bundle
+
+    config = GeneratorConfig(ngf=4, depth=5, upsample="resize", dropout=0.0)
+    G = define_G(config).eval()
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules())
+    x = torch.rand(2, 1, 64, 96) * 2 - 1
+    with torch.no_grad():
+        y = G(x)
+    assert y.shape == (2, 2, 64, 96)
+    onnx_path = export_onnx(G, config, tmp_path / "resize.onnx")
+    engine = dexrt.Engine(build_bundle(onnx_path, tmp_path / "resize.dexrt"))
+    image = (np.random.default_rng(0).random((64, 96)) * 60000).astype(np.float32)
+    bone, soft = engine.infer(image)
+    assert bone.shape == image.shape and np.isfinite(soft).all()
+
+
+def test_soft_from_se_is_se_minus_bone_plus_a_bounded_correction() -> None:
+    offset = -2.0 / 3.0
+    G = define_G(GeneratorConfig(ngf=4, depth=5, soft_from_se=True, soft_offset=offset, dropout=0.0)).eval()
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        bone, soft = G(x)[0]
+    correction = soft - (x[0, 0] - bone + offset)
+    assert correction.abs().max() <= 1.0 + 1e-6  # the Tanh-bounded second output
+    with pytest.raises(ValueError, match="soft_from_se"):
+        GeneratorConfig(out_channels=3, soft_from_se=True)
+    with pytest.raises(ValueError, match="upsample"):
+        GeneratorConfig(upsample="bilinear-ish")

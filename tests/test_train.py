@@ -17,6 +17,7 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+import dexrt  # noqa: E402
 from dexrt.cli import cli  # noqa: E402
 from dexrt.images import write_image  # noqa: E402
 from dexrt import metrics  # noqa: E402
@@ -376,3 +377,38 @@ def test_cli_help_states_the_config_defaults() -> None:
             assert stated == actual, param.name
         checked += 1
     assert checked >= 20
+
+
+def test_normalised_targets_are_the_parts_of_the_se_image(dataset: Path) -> None:
+    """With `normalise`, SE and targets share one affine map per view and bone + soft ~ SE in those units."""
+    views = find_views(dataset, "train")
+    encodings = dataset_encodings(dataset)
+    ds = PairedDataset(views, [(-0.25, 1.25)] * 3, [encodings[c] for c in ("se", "bone", "soft")], normalise=True)
+    sample = ds[0]
+    unit = lambda t: (t.numpy().astype(np.float64) + 1) / 2 * 1.5 - 0.25  # noqa: E731  window (-0.25, 1.25)
+    se, (bone, soft) = unit(sample["se"][0]), unit(sample["de"])
+    assert np.percentile(se[8:-8, 8:-8], 1) == pytest.approx(0.0, abs=0.02)  # lo -> 0, hi -> 1 over the core
+    assert np.abs(bone + soft - se).mean() < 0.02 * np.abs(se).mean()
+    lo, span, a, kb, ks = sample["norm"].numpy()
+    assert span > 0 and kb > 0 and ks > 0
+
+
+def test_robust_run_exports_a_normalised_engine_that_eval_scores(tmp_path: Path, dataset: Path) -> None:
+    from dexrt.contract import NORMALISATION
+    from dexrt.evaluate import evaluate
+    from dexrt_train.export import export_checkpoint
+    from helpers import build_bundle
+
+    # the Model v2 options together: scale-free input, resize upsampling, soft from SE, no GAN, gradient loss
+    train(TrainConfig(steps=2, normalisation="robust", upsample="resize", soft_from_se=True, lambda_gan=0.0,
+                      lambda_grad=10.0, **FAST), dataset, tmp_path / "run")
+    logged = read_metrics(tmp_path / "run", "train")
+    assert "G_grad" in logged[0] and "D_real" not in logged[0] and "G_gan" not in logged[0]
+    meta = export_checkpoint(tmp_path / "run" / "last", tmp_path / "m.onnx")
+    assert meta["model"]["soft_from_se"] and meta["model"]["upsample"] == "resize"
+    assert meta["input"]["normalisation"] == NORMALISATION and "encoding" not in meta["input"]
+    engine = dexrt.Engine(build_bundle(tmp_path / "m.onnx", tmp_path / "m.dexrt"))
+    assert engine.normalised and engine.input_encoding is None
+    result = evaluate(engine, dataset, split="val")
+    assert result["views"] == 2
+    assert all(np.isfinite(result["metrics"][k]) for k in ("bone/psnr", "soft/psnr", "bone/mae", "soft/mae"))

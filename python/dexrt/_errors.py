@@ -23,6 +23,10 @@ class ModelError(DexrtError):
     """An ONNX model or a checkpoint does not have the shape dexrt expects."""
 
 
+class ConfigError(DexrtError, ValueError):
+    """A configuration file or option is unusable: unknown key, wrong type, missing value, unreadable file."""
+
+
 class MissingExtraError(DexrtError, ImportError):
     """An optional part of dexrt needs packages that are not installed; the message names the extra to install."""
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from dexrt._errors import EngineError, InputError, ModelError
 from dexrt.bundle import channel_name_problem, window_problem
-from dexrt.contract import OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
+from dexrt.contract import NORMALISATION, OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
 from dexrt.resample import check_spacing_mm
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class OnnxContract:
     pixel_spacing_mm: float | None = None  # of the training images at the patient, from `dexrt export`
     # what stored values mean physically (input, then each output), from `dexrt export`; None when unrecorded
     encodings: tuple[Encoding, ...] | None = None
+    normalisation: dict[str, Any] | None = None  # scale-free input (dexrt.contract.NORMALISATION), from `dexrt export`
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -141,7 +142,14 @@ def read_onnx_contract(
         model=meta.get("model", {}),
         pixel_spacing_mm=_spacing(path, meta.get("pixel_spacing_mm")),
         encodings=_encodings(path, meta_in.get("encoding"), meta_out.get("encodings"), n_out),
+        normalisation=_normalisation(path, meta_in.get("normalisation")),
     )
+
+
+def _normalisation(path: Path, value: Any) -> dict[str, Any] | None:
+    if value is not None and value != NORMALISATION:
+        raise ModelError(f"{path}: input normalisation {value!r} is not one this dexrt applies ({NORMALISATION})")
+    return value
 
 
 def _encodings(path: Path, inp: Any, out: Any, n_out: int) -> tuple[Encoding, ...] | None:
@@ -195,6 +203,8 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
         "libraries": {"dexrt": __version__, "onnx": onnx.__version__},
         **({"pixel_spacing_mm": contract.pixel_spacing_mm} if contract.pixel_spacing_mm is not None else {}),
     }
+    if contract.normalisation is not None:
+        manifest["input"].update(quantity="se", normalisation=contract.normalisation)
     if contract.encodings is not None:  # what the stored values in and out mean physically
         manifest["input"].update(quantity="se", encoding=contract.encodings[0].as_manifest())
         manifest["output"]["encodings"] = [e.as_manifest() for e in contract.encodings[1:]]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -194,3 +194,74 @@ def read_onnx_metadata(model: Any) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise ValueError(f"the {ONNX_METADATA_KEY!r} metadata is not a JSON object")
     return meta
+
+
+# -- scale-free input: the robust normalisation of the SE image ----------------------------------------------------
+# A processed clinical image, a raw detector image (after log) and a DRR differ in offset and scale. An engine that
+# records `NORMALISATION` sees every SE image affinely mapped by its own robust range, and its outputs are mapped
+# back by the same affine map, into the input's own grey values:
+#     x_n = (x - lo) / s,   bone = s * bone_n,   soft = lo + s * soft_n,   s = hi - lo,
+# where lo and hi are the 1st and 99th percentiles of the central 80 % of the image (collimation edges and corner
+# markers mostly lie outside it; the percentiles ignore the rest). The network is trained on attenuation-
+# equivalent targets normalised the same way (`attenuation_targets`), so bone + soft ~ SE holds in its units.
+_PERCENTILES, _CENTRAL = (1.0, 99.0), 0.8
+NORMALISATION: dict[str, Any] = {"method": "robust-percentile", "percentiles": list(_PERCENTILES),
+                                 "central_fraction": _CENTRAL}
+NORMALISED_WINDOW = (-0.25, 1.25)  # network window of every normalised channel: room beyond lo..hi, no Tanh saturation
+_MAX_SAMPLES = 1 << 18  # percentiles from at most this many pixels (a regular subsample): exact enough, fast
+
+
+def robust_range(image: np.ndarray) -> tuple[float, float]:
+    """``(lo, hi)`` of one (H, W) image by `NORMALISATION`; ``hi > lo`` always (a flat image gets a unit span)."""
+    h, w = image.shape[-2:]
+    margin_y, margin_x = (round(n * (1 - _CENTRAL) / 2) for n in (h, w))
+    core = image[margin_y : h - margin_y or None, margin_x : w - margin_x or None]
+    step = max(1, int(math.ceil(math.sqrt(core.size / _MAX_SAMPLES))))
+    sample = np.asarray(core[::step, ::step], np.float64)
+    lo, hi = (float(v) for v in np.percentile(sample, _PERCENTILES))
+    if not hi > lo:
+        hi = lo + max(1.0, abs(lo)) * 1e-3
+    return lo, hi
+
+
+def decomposition(se: np.ndarray, bone: np.ndarray, soft: np.ndarray) -> tuple[float, float, float]:
+    """``(a, kb, ks)`` of the least-squares fit ``se ~ a + kb * bone + ks * soft`` of one view (physical units).
+
+    To first order the SE attenuation is this linear mix of the bone and soft areal densities (R^2 0.9997 on the
+    example CT); the coefficients depend on the SE protocol (kVp, filtration), so they are fitted per view.
+    """
+    design = np.stack([np.ones(se.size), np.ravel(bone), np.ravel(soft)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.ravel(se).astype(np.float64), rcond=None)
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def attenuation_targets(bone: np.ndarray, soft: np.ndarray, coefficients: tuple[float, float, float]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Bone and soft areal densities -> their parts of the SE image: ``kb * bone`` and ``a + ks * soft``."""
+    a, kb, ks = coefficients
+    return kb * np.asarray(bone, np.float64), a + ks * np.asarray(soft, np.float64)
+
+
+def areal_densities(bone_att: np.ndarray, soft_att: np.ndarray, coefficients: tuple[float, float, float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `attenuation_targets`: g/cm^2 back from the SE-unit outputs of a normalised engine."""
+    a, kb, ks = coefficients
+    return np.asarray(bone_att, np.float64) / kb, (np.asarray(soft_att, np.float64) - a) / ks
+
+
+def normalise(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """One (H, W) SE image -> (its normalised float32 image, lo, span) by `NORMALISATION`."""
+    lo, hi = robust_range(image)
+    return ((np.asarray(image, np.float64) - lo) / (hi - lo)).astype(np.float32), lo, hi - lo
+
+
+def denormalise(outputs: Iterable[np.ndarray], channels: Sequence[str], lo: float, span: float,
+                dtype: np.dtype) -> list[np.ndarray]:
+    """A normalised engine's outputs of one image -> the input's grey values: bone has no offset (no bone, no
+    signal), every other part carries the input's ``lo``. uint16 is rounded half to even and clipped."""
+    out = []
+    for values, channel in zip(outputs, channels):
+        v = np.asarray(values, np.float64) * span + (0.0 if channel == "bone" else lo)
+        out.append(np.clip(np.rint(v), 0, STORED_MAX).astype(np.uint16) if dtype == np.uint16
+                   else v.astype(np.float32))
+    return out

@@ -16,7 +16,7 @@ from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.bundle import read_bundle
-from dexrt.contract import Encoding
+from dexrt.contract import NORMALISATION, Encoding, denormalise, normalise
 from dexrt.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
@@ -108,6 +108,11 @@ class Engine:
             workers=workers,
         )
         self._encodings = _encodings(m, self._path)
+        normalisation = m["input"].get("normalisation")
+        if normalisation is not None and normalisation != NORMALISATION:
+            raise BundleError(f"{self._path}: invalid manifest: input normalisation {normalisation!r} is not one "
+                              f"this dexrt applies ({NORMALISATION})")
+        self._normalised = normalisation is not None
         _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
 
     def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
@@ -249,12 +254,30 @@ class Engine:
             return tuple(out[c, 0] if ndim == 2 else out[c] for c in range(out.shape[0]))
         _check(images, (2, 3))
         batch = images[np.newaxis] if images.ndim == 2 else images
-        out = self._core.infer(batch)  # (C, N, H, W)
+        if self._normalised:
+            out = self._infer_normalised(batch)
+        else:
+            out = self._core.infer(batch)  # (C, N, H, W)
         if images.ndim == 2:
             return tuple(out[c, 0] for c in range(out.shape[0]))
         return tuple(out[c] for c in range(out.shape[0]))
 
     __call__ = infer
+
+    @property
+    def normalised(self) -> bool:
+        """Whether each input is mapped by its own robust range and the outputs back into its grey values
+        (`dexrt.contract.NORMALISATION`): the engine then takes images of any offset and scale."""
+        return self._normalised
+
+    def _infer_normalised(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W) -> (C, N, H, W) of the batch's dtype, each image normalised and its outputs mapped back."""
+        parts = [normalise(image) for image in batch]
+        net = self._core.infer(np.stack([p[0] for p in parts]))  # (C, N, H, W) float32, normalised units
+        out = np.empty(net.shape, batch.dtype)
+        for b, (_, lo, span) in enumerate(parts):
+            out[:, b] = denormalise(net[:, b], self.channels, lo, span, batch.dtype)
+        return out
 
     def _infer_device(self, cai: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Images already on the GPU (torch, cupy, pycuda...): read in place by the GPU engine.
@@ -263,6 +286,8 @@ class Engine:
         float32 array. Its ``stream``, when given, is waited on before reading. NaN checks of float32 input
         are not made on this path (that would copy the images to the host).
         """
+        if self._normalised:
+            raise InputError(f"{self._path.name} normalises each image on the host: pass a numpy array")
         shape, typestr = tuple(cai["shape"]), cai["typestr"]
         dtype = {"<u2": "uint16", "<f4": "float32"}.get(typestr)
         if dtype is None:
@@ -297,7 +322,22 @@ class Engine:
         except InputError as exc:
             future.set_exception(exc)
             return future
-        self._core.submit(image, future)
+        if not self._normalised:
+            self._core.submit(image, future)
+            return future
+        normalised, lo, span = normalise(image)
+        inner: Future[tuple[np.ndarray, ...]] = Future()
+
+        def done(f: Future[tuple[np.ndarray, ...]]) -> None:
+            if f.cancelled():
+                future.cancel()
+            elif f.exception() is not None:
+                future.set_exception(f.exception())
+            else:
+                future.set_result(tuple(denormalise(f.result(), self.channels, lo, span, image.dtype)))
+
+        inner.add_done_callback(done)
+        self._core.submit(normalised, inner)
         return future
 
     def close(self, cancel: bool = False) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dexrt._errors import InputError
-from dexrt.contract import Encoding
+from dexrt.contract import Encoding, areal_densities, decomposition
 from dexrt.dataset import open_dataset
 from dexrt.engine import Engine
 from dexrt.metrics import scored_view, summarize, write_panel
@@ -36,7 +36,8 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
     missing = [c for c in channels if c not in ds.encodings]
     if missing:
         raise InputError(f"{dataset}: the engine's outputs {missing} are not channels of the dataset")
-    in_enc, out_enc = _engine_encodings(engine, ds.encodings)
+    if not engine.normalised:
+        in_enc, out_enc = _engine_encodings(engine, ds.encodings)
 
     per_view: list[dict[str, float]] = []
     rows: list[np.ndarray] = []
@@ -44,9 +45,16 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
         stored_se = ds.stored(view, "se")
         se = ds.encodings["se"].physical(stored_se)
         true = {c: ds.physical(view, c) for c in channels}
-        # Stored as the engine reads them: the file's own values, as deployed; otherwise float32 (no rounding)
-        stored = engine.infer(stored_se if in_enc == ds.encodings["se"] else in_enc.stored_float(se))
-        pred = {c: out_enc[c].physical(p) for c, p in zip(channels, stored)}
+        if engine.normalised:
+            # Scale-free engine: its outputs are the SE image's bone and soft parts, in SE units; the view's own
+            # protocol (the SE ~ a + kb bone + ks soft fit of its true images) turns them into g/cm^2.
+            parts = dict(zip(channels, engine.infer(se.astype(np.float32))))
+            bone, soft = areal_densities(parts["bone"], parts["soft"], decomposition(se, true["bone"], true["soft"]))
+            pred = {"bone": bone, "soft": soft}
+        else:
+            # Stored as the engine reads them: the file's own values, as deployed; otherwise float32 (no rounding)
+            stored = engine.infer(stored_se if in_enc == ds.encodings["se"] else in_enc.stored_float(se))
+            pred = {c: out_enc[c].physical(p) for c, p in zip(channels, stored)}
         metrics, row = scored_view(se, true, pred, ds.mask(view))
         per_view.append(metrics)
         if len(rows) < panel_views:

@@ -23,7 +23,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dexrt._errors import InputError
-from dexrt.contract import DATASET_CHANNELS, Encoding, window_to_unit
+from dexrt.contract import (
+    DATASET_CHANNELS,
+    Encoding,
+    attenuation_targets,
+    decomposition,
+    robust_range,
+    window_to_unit,
+)
 from dexrt.dataset import SPLITS, View, is_dataset, open_dataset
 from dexrt.images import SUFFIXES, read_image
 
@@ -108,15 +115,20 @@ def data_windows(views: list[View], encodings: list[Encoding], margin: float = 0
 
 
 class PairedDataset(Dataset):
-    """Samples of one split: se (1, h, w), de (2, h, w) float32 in [-1, 1], mask (1, h, w) float32, has_mask.
+    """Samples of one split: se (1, h, w), de (2, h, w) float32 in [-1, 1], mask (1, h, w) float32, has_mask,
+    and ``norm`` (5,): lo, span, a, kb, ks of a normalised sample (zeros otherwise).
 
     `crop` > 0 takes random h = w = crop patches (training); 0 keeps whole images (validation). Decoded views
     are kept in RAM when they fit in `cache_bytes` (then worker processes share them copy-on-write).
+    With ``normalise``, every view is mapped by its SE image's robust range (over the whole view, as the runtime
+    does) and its targets are the attenuation-equivalent bone and soft parts of the SE image
+    (`dexrt.contract.attenuation_targets`, coefficients fitted per view); `windows` are then in those units.
     """
 
     def __init__(self, views: list[View], windows: Sequence[Sequence[float]], encodings: Sequence[Encoding], *,
                  crop: int = 0,
-                 hflip: bool = False, vflip: bool = False, seed: int = 0, cache_bytes: int = 2 << 30) -> None:
+                 hflip: bool = False, vflip: bool = False, seed: int = 0, cache_bytes: int = 2 << 30,
+                 normalise: bool = False) -> None:
         if not views:
             raise InputError("the dataset split has no views")
         self.views, self.windows = views, [tuple(map(float, w)) for w in windows]
@@ -126,10 +138,20 @@ class PairedDataset(Dataset):
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if first[0].nbytes * len(views) <= cache_bytes:
             self.cache = [first] + [read_view(v) for v in views[1:]]
+        # per view: (lo, span, a, kb, ks), from the whole view (a crop would change the range)
+        self.norm = [self._norm_of(i) for i in range(len(views))] if normalise else None
         if crop:
             h, w = first[0].shape[1:]
             if crop > h or crop > w:
                 raise InputError(f"crop {crop} is larger than the images ({h}x{w}) of view {views[0].id}")
+
+    def _view(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.cache[index] if self.cache is not None else read_view(self.views[index])
+
+    def _norm_of(self, index: int) -> tuple[float, float, float, float, float]:
+        se, bone, soft = (e.physical(im) for e, im in zip(self.encodings, self._view(index)[0]))
+        lo, hi = robust_range(se)
+        return (lo, hi - lo, *decomposition(se, bone, soft))
 
     def __len__(self) -> int:
         return len(self.views)
@@ -138,7 +160,7 @@ class PairedDataset(Dataset):
         # key: index, or (epoch, index) from EpochBatchSampler: the epoch travels with the key because
         # persistent worker processes keep their own copy of the dataset
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        images, mask = self.cache[index] if self.cache is not None else read_view(self.views[index])
+        images, mask = self._view(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         if self.crop:
             h, w = images.shape[1:]
@@ -152,11 +174,18 @@ class PairedDataset(Dataset):
             images, mask = images[:, :, ::-1], None if mask is None else mask[:, ::-1]
         if self.vflip and rng.random() < 0.5:
             images, mask = images[:, ::-1, :], None if mask is None else mask[::-1, :]
-        x = np.stack([window_to_unit(self.encodings[c].physical(images[c]), self.windows[c])
-                      for c in range(3)])  # (3, h, w)
+        physical = [self.encodings[c].physical(images[c]) for c in range(3)]
+        norm = np.zeros(5, np.float64)
+        if self.norm is not None:
+            norm[:] = self.norm[index]
+            lo, span = norm[0], norm[1]
+            bone, soft = attenuation_targets(physical[1], physical[2], tuple(norm[2:]))
+            physical = [(physical[0] - lo) / span, bone / span, (soft - lo) / span]
+        x = np.stack([window_to_unit(physical[c], self.windows[c]) for c in range(3)])  # (3, h, w)
         m = np.zeros(images.shape[1:], np.float32) if mask is None else mask.astype(np.float32)
         return {"se": torch.from_numpy(x[:1].copy()), "de": torch.from_numpy(x[1:].copy()),
-                "mask": torch.from_numpy(m[None].copy()), "has_mask": mask is not None, "index": index}
+                "mask": torch.from_numpy(m[None].copy()), "has_mask": mask is not None, "index": index,
+                "norm": torch.from_numpy(norm)}
 
 
 class EpochBatchSampler:

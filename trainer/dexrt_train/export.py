@@ -54,7 +54,8 @@ DEFAULT_OPSET = 17
 
 def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], output_windows: Sequence[Sequence[float]],
                   channels: Sequence[str], model_hash: str, pixel_spacing_mm: float | None = None,
-                  encodings: Sequence[Encoding] | None = None) -> dict[str, Any]:
+                  encodings: Sequence[Encoding] | None = None,
+                  normalisation: dict[str, Any] | None = None) -> dict[str, Any]:
     meta = {
         "format_version": METADATA_VERSION,
         "input": {"name": INPUT_NAME, "window": [float(v) for v in input_window]},
@@ -67,6 +68,8 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
     if encodings is not None:  # what stored values mean: input first, then each output channel
         meta["input"].update(quantity="se", encoding=encodings[0].as_manifest())
         meta["output"]["encodings"] = [e.as_manifest() for e in encodings[1:]]
+    if normalisation is not None:  # scale-free input: each image mapped by its own robust range (dexrt.contract)
+        meta["input"].update(quantity="se", normalisation=normalisation)
     if pixel_spacing_mm is not None:
         if not pixel_spacing_mm > 0:
             raise ValueError(f"pixel spacing must be > 0 mm, got {pixel_spacing_mm}")
@@ -79,7 +82,8 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
                 output_windows: Sequence[Sequence[float]] = (DEFAULT_WINDOW, DEFAULT_WINDOW),
                 channels: Sequence[str] = OUTPUT_CHANNELS,
                 model_hash: str | None = None, pixel_spacing_mm: float | None = None,
-                encodings: Sequence[Encoding] | None = None, opset: int = DEFAULT_OPSET) -> Path:
+                encodings: Sequence[Encoding] | None = None, normalisation: dict[str, Any] | None = None,
+                opset: int = DEFAULT_OPSET) -> Path:
     """Export `generator` to `path` (written atomically) and return the path.
 
     `model_hash` defaults to the SHA-256 of the bytes `save_checkpoint` would write as model.safetensors.
@@ -93,7 +97,8 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
     if model_hash is None:
         model_hash = hash_bytes(state_dict_bytes(generator))
     meta = onnx_metadata(config, input_window=input_window, output_windows=output_windows, channels=channels,
-                         model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm, encodings=encodings)
+                         model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm, encodings=encodings,
+                         normalisation=normalisation)
 
     was_training = generator.training
     device = next(generator.parameters()).device
@@ -146,6 +151,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLik
     spacing = pixel_spacing_mm if pixel_spacing_mm is not None else ckpt.raw_config.get("pixel_spacing_mm")
     input_window, output_windows = ckpt.windows.input, ckpt.windows.outputs
     encodings = None
+    normalisation = ckpt.raw_config.get("normalisation")
     storage = ckpt.raw_config.get("storage")
     if storage:  # physical windows -> the stored values of each quantity's recorded encoding
         try:
@@ -156,7 +162,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLik
         output_windows = tuple(_stored_window(w, e) for w, e in zip(output_windows, encodings[1:]))
     export_onnx(ckpt.generator, ckpt.config, path, input_window=input_window,
                 output_windows=output_windows, channels=ckpt.windows.channels, encodings=encodings,
-                model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset)
+                normalisation=normalisation, model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset)
     return read_metadata(path)
 
 

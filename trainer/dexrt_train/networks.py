@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "instance")
+UPSAMPLES = ("transpose", "resize")
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,21 @@ class GeneratorConfig:
     dropout_blocks: int = 3
     init_gain: float = 0.02
     seed: int = 0
+    # "transpose": 4x4 stride-2 transposed convolutions (pix2pix); "resize": nearest 2x upsampling + 3x3
+    # convolution, which leaves no checkerboard and which OpenVINO can run in INT8
+    upsample: str = "transpose"
+    # soft from the SE image: out = (bone, se - bone + soft_offset + correction), in the network's units. Needs
+    # one window for SE, bone and soft (the robust normalisation), where soft_offset = -1 - 2 lo / (hi - lo)
+    # makes "soft = SE - bone" exact in physical terms; the network then learns bone and a small correction.
+    soft_from_se: bool = False
+    soft_offset: float = 0.0
 
     def __post_init__(self) -> None:
         _check_common(self.norm, self.init_gain)
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+        if self.soft_from_se and (self.in_channels, self.out_channels) != (1, 2):
+            raise ValueError("soft_from_se needs 1 input (SE) and 2 output (bone, soft) channels")
         if self.in_channels < 1 or self.out_channels < 1 or self.ngf < 1:
             raise ValueError("in_channels, out_channels and ngf must be >= 1")
         if not 2 <= self.depth <= 12:
@@ -119,17 +132,21 @@ class UnetGenerator(nn.Module):
                 layers = [conv, _norm_layer(norm, ch[i]), nn.LeakyReLU(0.2)]
             enc.append(nn.Sequential(*layers))
 
+        def up(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:  # (N, c_in, h, w) -> (N, c_out, 2h, 2w)
+            if config.upsample == "resize":
+                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
+            return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]
+
         dec: list[nn.Module] = []
         first_dropout = max(1, d - 1 - config.dropout_blocks)
         for i in range(d):
             c_out = config.out_channels if i == 0 else ch[i - 1]
             if i == 0:  # outermost: cat(skip_0, up_1) -> output, Tanh; bias kept, no norm
-                layers = [nn.ReLU(), nn.ConvTranspose2d(2 * ch[0], c_out, 4, 2, 1), nn.Tanh()]
+                layers = [nn.ReLU(), *up(2 * ch[0], c_out, True), nn.Tanh()]
             elif i == d - 1:  # innermost: no skip to concatenate, ReLU already applied
-                layers = [nn.ConvTranspose2d(ch[i], c_out, 4, 2, 1, bias=use_bias), _norm_layer(norm, c_out)]
+                layers = [*up(ch[i], c_out, use_bias), _norm_layer(norm, c_out)]
             else:
-                layers = [nn.ReLU(), nn.ConvTranspose2d(2 * ch[i], c_out, 4, 2, 1, bias=use_bias),
-                          _norm_layer(norm, c_out)]
+                layers = [nn.ReLU(), *up(2 * ch[i], c_out, use_bias), _norm_layer(norm, c_out)]
                 if i >= first_dropout and config.dropout > 0:
                     layers.append(nn.Dropout(config.dropout))
             dec.append(nn.Sequential(*layers))
@@ -147,6 +164,9 @@ class UnetGenerator(nn.Module):
         h = self.decoder[-1](skips[-1])  # (N, c_{d-2}, H/2^(d-1), W/2^(d-1))
         for i in range(len(self.decoder) - 2, -1, -1):
             h = self.decoder[i](torch.cat([skips[i], h], dim=1))
+        if self.config.soft_from_se:  # (bone, correction) -> (bone, se - bone + offset + correction)
+            bone, correction = h[:, :1], h[:, 1:]
+            h = torch.cat([bone, x - bone + self.config.soft_offset + correction], dim=1)
         return h
 
 

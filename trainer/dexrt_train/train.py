@@ -31,7 +31,14 @@ from tqdm import tqdm
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
-from dexrt.contract import QUANTITIES, STORED_WINDOW, Encoding, fixed_encoding
+from dexrt.contract import (
+    NORMALISATION,
+    NORMALISED_WINDOW,
+    QUANTITIES,
+    STORED_WINDOW,
+    Encoding,
+    fixed_encoding,
+)
 from dexrt_train.data import (
     CHANNELS,
     EpochBatchSampler,
@@ -62,12 +69,19 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = False
     windows: str = "full"  # physical windows. "full": each quantity's fixed window; "data": train split min/max + 5%
+    # "window": the SE image through its physical window; "robust": scale-free, each SE image mapped by its own
+    # robust range and the targets its attenuation-equivalent parts (dexrt.contract.NORMALISATION)
+    normalisation: str = "window"
+    upsample: str = "transpose"  # "transpose" | "resize" (nearest 2x + 3x3 conv: no checkerboard)
+    soft_from_se: bool = False  # predict bone and a correction; soft = SE - bone + correction (needs "robust")
     batch_size: int = 1
     num_workers: int = 2
     cache_mb: int = 2048  # decoded views are kept in RAM when they fit
     # recipe
     gan_mode: str = "vanilla"  # "vanilla" (BCE on logits) | "lsgan" (least squares)
     lambda_l1: float = 100.0
+    lambda_gan: float = 1.0  # 0: no discriminator at all (L1 and gradient terms only)
+    lambda_grad: float = 0.0  # L1 of the outputs' horizontal and vertical differences (edges: rib cortices)
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -90,7 +104,12 @@ class TrainConfig:
             raise ValueError("set exactly one of steps and epochs (> 0)")
         if self.crop % 2**self.depth:
             raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
-        choices = {"windows": ("full", "data"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
+        if self.soft_from_se and self.normalisation != "robust":
+            raise ValueError("soft_from_se needs normalisation 'robust' (one window for SE, bone and soft)")
+        if self.lambda_gan < 0 or self.lambda_grad < 0 or self.lambda_l1 < 0:
+            raise ValueError("loss weights must be >= 0")
+        choices = {"windows": ("full", "data"), "normalisation": ("window", "robust"),
+                   "upsample": ("transpose", "resize"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
                    "amp": ("auto", "bf16", "fp16", "off"), "best_metric": tuple(BEST_METRICS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -99,8 +118,12 @@ class TrainConfig:
             raise ValueError("batch_size, val_every, log_every must be >= 1 and decay_start in [0, 1]")
 
     def generator(self) -> GeneratorConfig:
+        # soft from SE needs one window for every channel: the robust normalisation's
+        lo, hi = NORMALISED_WINDOW
         return GeneratorConfig(ngf=self.ngf, depth=self.depth, norm=self.norm, dropout=self.dropout,
-                               dropout_blocks=self.dropout_blocks, seed=self.seed)
+                               dropout_blocks=self.dropout_blocks, seed=self.seed, upsample=self.upsample,
+                               soft_from_se=self.soft_from_se,
+                               soft_offset=-1.0 - 2.0 * lo / (hi - lo) if self.soft_from_se else 0.0)
 
     def discriminator(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, n_layers=self.n_layers, norm=self.norm, seed=self.seed + 1)
@@ -108,6 +131,13 @@ class TrainConfig:
 
 # Options that may differ when resuming: they change how the run executes, not what it computes.
 RUNTIME_OPTIONS = ("steps", "epochs", "device", "num_workers", "cache_mb", "progress")
+
+
+def gradient_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance of the horizontal and vertical neighbour differences: (B, C, h, w) pairs -> scalar."""
+    dx = (pred[..., :, 1:] - pred[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
+    dy = (pred[..., 1:, :] - pred[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
+    return 0.5 * (dx.abs().mean() + dy.abs().mean())
 
 
 def learning_rate(step: int, total_steps: int, base_lr: float, decay_start: float) -> float:
@@ -227,6 +257,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     spacing = pixel_spacing_mm(dataset)
     stored_as = dataset_encodings(dataset)
     encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
+    robust = config.normalisation == "robust"
+    if windows is None and robust:
+        windows = Windows(input=NORMALISED_WINDOW, outputs=(NORMALISED_WINDOW, NORMALISED_WINDOW))
     if windows is None:
         full = [QUANTITIES[c].window if stored_as else STORED_WINDOW for c in CHANNELS]
         per_channel = full if config.windows == "full" else data_windows(train_views, encodings)
@@ -234,8 +267,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     channel_windows = [windows.input, *windows.outputs]
     cache = config.cache_mb << 20
     train_ds = PairedDataset(train_views, channel_windows, encodings, crop=config.crop, hflip=config.hflip,
-                             vflip=config.vflip, seed=config.seed, cache_bytes=cache)
-    val_ds = PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache) if val_views else None
+                             vflip=config.vflip, seed=config.seed, cache_bytes=cache, normalise=robust)
+    val_ds = (PairedDataset(val_views, channel_windows, encodings, cache_bytes=cache, normalise=robust)
+              if val_views else None)
     sampler = EpochBatchSampler(len(train_ds), config.batch_size, seed=config.seed, rank=rank, world=world)
     loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda")
@@ -278,7 +312,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset),
                  "pixel_spacing_mm": spacing, "units": "physical",
                  # how the engine built from this run stores each quantity (none for paired folders)
-                 "storage": {c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as else None}
+                 "storage": ({c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as and not robust
+                             else None),
+                 "normalisation": NORMALISATION if robust else None}
         if val is not None and val_ds is not None:
             value = score(val, config.best_metric)
             if best is None or value < best["score"]:
@@ -310,31 +346,41 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
             with autocast:
                 fake = G(se)  # (B, 2, h, w)
 
-            # D: real pairs -> 1, generated pairs -> 0; one synchronised backward under DDP
-            D.requires_grad_(True)
-            opt_D.zero_grad(set_to_none=True)
-            with D.no_sync() if isinstance(D, DDP) else contextlib.nullcontext():
+            losses: dict[str, float] = {}
+            use_gan = config.lambda_gan > 0
+            if use_gan:
+                # D: real pairs -> 1, generated pairs -> 0; one synchronised backward under DDP
+                D.requires_grad_(True)
+                opt_D.zero_grad(set_to_none=True)
+                with D.no_sync() if isinstance(D, DDP) else contextlib.nullcontext():
+                    with autocast:
+                        loss_D_real = gan_loss(D(torch.cat([se, de], 1)).float(), True, config.gan_mode)
+                    scaler.scale(0.5 * loss_D_real).backward()
                 with autocast:
-                    loss_D_real = gan_loss(D(torch.cat([se, de], 1)).float(), True, config.gan_mode)
-                scaler.scale(0.5 * loss_D_real).backward()
-            with autocast:
-                loss_D_fake = gan_loss(D(torch.cat([se, fake.detach()], 1)).float(), False, config.gan_mode)
-            scaler.scale(0.5 * loss_D_fake).backward()
-            scaler.step(opt_D)
+                    loss_D_fake = gan_loss(D(torch.cat([se, fake.detach()], 1)).float(), False, config.gan_mode)
+                scaler.scale(0.5 * loss_D_fake).backward()
+                scaler.step(opt_D)
+                D.requires_grad_(False)
+                losses.update(D_real=loss_D_real.item(), D_fake=loss_D_fake.item())
 
-            # G: fool D, stay close to the target (L1)
-            D.requires_grad_(False)
+            # G: fool D, stay close to the target (L1) and to its edges (differences)
             opt_G.zero_grad(set_to_none=True)
-            with autocast:
-                loss_G_gan = gan_loss(_unwrap(D)(torch.cat([se, fake], 1)).float(), True, config.gan_mode)
             loss_G_l1 = F.l1_loss(fake.float(), de)
-            scaler.scale(loss_G_gan + config.lambda_l1 * loss_G_l1).backward()
+            loss_G = config.lambda_l1 * loss_G_l1
+            if use_gan:
+                with autocast:
+                    loss_G_gan = gan_loss(_unwrap(D)(torch.cat([se, fake], 1)).float(), True, config.gan_mode)
+                loss_G = loss_G + config.lambda_gan * loss_G_gan
+                losses["G_gan"] = loss_G_gan.item()
+            if config.lambda_grad > 0:
+                loss_G_grad = gradient_l1(fake.float(), de)
+                loss_G = loss_G + config.lambda_grad * loss_G_grad
+                losses["G_grad"] = loss_G_grad.item()
+            scaler.scale(loss_G).backward()
             scaler.step(opt_G)
             scaler.update()
             step += 1
-
-            losses = {"D_real": loss_D_real.item(), "D_fake": loss_D_fake.item(), "G_gan": loss_G_gan.item(),
-                      "G_l1": loss_G_l1.item()}
+            losses["G_l1"] = loss_G_l1.item()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["n"] = sums.get("n", 0) + 1

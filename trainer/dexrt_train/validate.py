@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dexrt.contract import DATASET_CHANNELS, OUTPUT_CHANNELS, mirror_pad, unit_to_window
+from dexrt.contract import DATASET_CHANNELS, OUTPUT_CHANNELS, areal_densities, mirror_pad, unit_to_window
 from dexrt.metrics import scored_view, summarize, write_panel
 from dexrt_train.data import PairedDataset
 
@@ -40,11 +40,13 @@ def validate(G: nn.Module, dataset: PairedDataset, *, device: torch.device, size
             sample = dataset[i]
             se = sample["se"][None].to(device)  # (1, 1, H, W)
             pred = predict(G, se, size_multiple, autocast)[0].cpu().numpy()  # (2, H, W)
-            physical = {c: unit_to_window(a, windows[c]) for c, a in
-                        (("se", sample["se"][0].numpy()), *zip(OUTPUT_CHANNELS, sample["de"].numpy()))}
+            values = {c: unit_to_window(a, windows[c]) for c, a in
+                      (("se", sample["se"][0].numpy()), *zip(OUTPUT_CHANNELS, sample["de"].numpy()))}
+            predicted = {c: unit_to_window(p, windows[c]) for c, p in zip(OUTPUT_CHANNELS, pred)}
+            if dataset.norm is not None:  # normalised units -> physical, as `dexrt eval` scores a normalised engine
+                values, predicted = _physical(values, predicted, sample["norm"].numpy())
             mask = sample["mask"][0].numpy() > 0.5 if sample["has_mask"] else None
-            metrics, row = scored_view(physical["se"], {c: physical[c] for c in OUTPUT_CHANNELS},
-                                       {c: unit_to_window(p, windows[c]) for c, p in zip(OUTPUT_CHANNELS, pred)}, mask)
+            metrics, row = scored_view(values["se"], {c: values[c] for c in OUTPUT_CHANNELS}, predicted, mask)
             per_view.append(metrics)
             if len(rows) < panel_views:
                 rows.append(row)
@@ -53,6 +55,19 @@ def validate(G: nn.Module, dataset: PairedDataset, *, device: torch.device, size
     if panel is not None and rows:
         write_panel(panel, rows)
     return summarize(per_view)
+
+
+def _physical(values: dict[str, np.ndarray], predicted: dict[str, np.ndarray], norm: np.ndarray
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Normalised SE, true and predicted parts -> SE attenuation and g/cm^2 (norm: lo, span, a, kb, ks)."""
+    lo, span = float(norm[0]), float(norm[1])
+    coefficients = (float(norm[2]), float(norm[3]), float(norm[4]))
+
+    def densities(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bone, soft = areal_densities(parts["bone"] * span, parts["soft"] * span + lo, coefficients)
+        return {"bone": bone, "soft": soft}
+
+    return {"se": values["se"] * span + lo, **densities(values)}, densities(predicted)
 
 
 def score(metrics: dict[str, float], name: str) -> float:

@@ -23,6 +23,7 @@ _COMMANDS = {
     "eval": "dexrt.cli.eval:eval_",
     "keygen": "dexrt.cli.keygen:keygen",
     "sign": "dexrt.cli.sign:sign",
+    "serve": "dexrt.cli.serve:serve",
 }
 
 

@@ -15,7 +15,9 @@ _FIELDS = {
     "steps": "steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "beta1": "beta1",
     "lambda_l1": "lambda_l1", "gan_mode": "gan_mode", "decay_start": "decay_start", "ngf": "ngf", "ndf": "ndf",
     "depth": "depth", "norm": "norm", "dropout": "dropout", "crop": "crop", "hflip": "hflip", "vflip": "vflip",
-    "windows": "windows", "val_every": "val_every", "val_views": "val_views", "log_every": "log_every",
+    "windows": "windows", "normalisation": "normalisation", "upsample": "upsample", "soft_from_se": "soft_from_se",
+    "lambda_gan": "lambda_gan", "lambda_grad": "lambda_grad",
+    "val_every": "val_every", "val_views": "val_views", "log_every": "log_every",
     "best_metric": "best_metric", "seed": "seed", "device": "device", "amp": "amp", "num_workers": "num_workers",
     "cache_mb": "cache_mb",
 }
@@ -45,7 +47,15 @@ _FIELDS = {
 @click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips [on].")
 @click.option("--vflip/--no-vflip", default=None, help="Random vertical flips [off].")
 @click.option("--windows", type=click.Choice(["full", "data"]),
-              help="Value windows: full 16-bit range, or the train split's range + 5% [full].")
+              help="Physical value windows: each quantity's fixed window, or the train split's range + 5% [full].")
+@click.option("--normalisation", type=click.Choice(["window", "robust"]),
+              help="SE input through its window, or scale-free: each image by its robust range [window].")
+@click.option("--upsample", type=click.Choice(["transpose", "resize"]),
+              help="Decoder upsampling: transposed conv, or nearest 2x + 3x3 conv (no checkerboard) [transpose].")
+@click.option("--soft-from-se/--free-soft", "soft_from_se", default=None,
+              help="Predict bone and a correction, soft = SE - bone + correction (needs --normalisation robust).")
+@click.option("--lambda-gan", type=float, help="Weight of the GAN term; 0 trains without a discriminator [1].")
+@click.option("--lambda-grad", type=float, help="Weight of the L1 of the outputs' neighbour differences [0].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate and checkpoint every N steps [500].")
 @click.option("--val-views", type=click.IntRange(min=0), help="Validate on the first N val views, 0 = all [0].")
 @click.option("--log-every", type=click.IntRange(min=1), help="Log training losses every N steps [10].")

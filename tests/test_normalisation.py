@@ -1,0 +1,82 @@
+"""The scale-free input of a normalised engine (dexrt.contract.NORMALISATION): any offset and scale in, the same
+decomposition out, in the input's own grey values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dexrt
+from dexrt.contract import NORMALISATION, NORMALISED_WINDOW, denormalise, normalise, robust_range
+from helpers import build_bundle, make_plain_onnx
+
+
+def chest_like(size: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    body = np.clip(1.0 - ((x - 0.5) / 0.45) ** 2 - ((y - 0.5) / 0.48) ** 2, 0, None) ** 0.5
+    return (2.0 + 4.0 * body + 0.05 * rng.standard_normal((size, size))).astype(np.float64)
+
+
+def test_robust_range_ignores_collimation_and_markers() -> None:
+    image = chest_like()
+    lo, hi = robust_range(image)
+    marked = image.copy()
+    marked[:8, :] = 60.0  # a collimation edge
+    marked[-10:, -10:] = -50.0  # a burnt-in marker in a corner
+    assert robust_range(marked) == pytest.approx((lo, hi))
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(1.0, 0.0), (3000.0, 5000.0), (0.01, -7.0)])
+def test_normalisation_is_affine_invariant(scale: float, offset: float) -> None:
+    image = chest_like()
+    base, lo, span = normalise(image)
+    moved, lo2, span2 = normalise(image * scale + offset)
+    np.testing.assert_allclose(moved, base, atol=1e-5)
+    assert lo2 == pytest.approx(lo * scale + offset) and span2 == pytest.approx(span * scale)
+    bone, soft = denormalise([base * 0.2, base * 0.8], ("bone", "soft"), lo2, span2, np.dtype(np.float32))
+    ref_bone, ref_soft = denormalise([base * 0.2, base * 0.8], ("bone", "soft"), lo, span, np.dtype(np.float32))
+    np.testing.assert_allclose(bone, ref_bone * scale, rtol=1e-5, atol=1e-5 * scale)  # bone: no offset
+    np.testing.assert_allclose(soft, ref_soft * scale + offset, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.fixture(scope="module")
+def normalised_engine(tmp_path_factory: pytest.TempPathFactory) -> dexrt.Engine:
+    meta = json.dumps({"input": {"window": list(NORMALISED_WINDOW), "quantity": "se", "normalisation": NORMALISATION},
+                       "output": {"windows": [list(NORMALISED_WINDOW)] * 2}})
+    folder = tmp_path_factory.mktemp("normalised")
+    onnx_path = make_plain_onnx(folder / "n.onnx", metadata=meta)
+    return dexrt.Engine(build_bundle(onnx_path, folder / "n.dexrt", size_multiple=64))
+
+
+def test_normalised_engine_outputs_follow_the_input_scale(normalised_engine: dexrt.Engine) -> None:
+    """A processed image of another window gives the same decomposition in its own grey values."""
+    assert normalised_engine.normalised
+    assert normalised_engine.manifest["input"]["normalisation"] == NORMALISATION
+    image = chest_like().astype(np.float32)
+    bone, soft = normalised_engine.infer(image)
+    bone2, soft2 = normalised_engine.infer(image * 1500.0 + 900.0)
+    np.testing.assert_allclose(bone2, bone * 1500.0, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(soft2, soft * 1500.0 + 900.0, rtol=1e-3, atol=1e-2)
+
+
+def test_normalised_engine_uint16_and_submit(normalised_engine: dexrt.Engine) -> None:
+    image = np.clip(chest_like() * 8000, 0, 65535).astype(np.uint16)
+    bone, soft = normalised_engine.infer(image)
+    assert bone.dtype == soft.dtype == np.uint16 and bone.shape == image.shape
+    as_float = normalised_engine.infer(image.astype(np.float32))
+    # the same values, rounded once from float64 (the float32 result is itself rounded to float32 first)
+    assert np.abs(soft.astype(np.int64) - np.clip(np.rint(as_float[1]), 0, 65535)).max() <= 1
+    submitted = normalised_engine.submit(image).result(timeout=60)
+    np.testing.assert_array_equal(submitted[0], bone)
+    np.testing.assert_array_equal(submitted[1], soft)
+
+
+def test_a_normalisation_this_dexrt_does_not_apply_is_refused(tmp_path: Path) -> None:
+    meta = json.dumps({"input": {"normalisation": {"method": "histogram-equalise"}}})
+    onnx_path = make_plain_onnx(tmp_path / "x.onnx", metadata=meta)
+    with pytest.raises(dexrt.ModelError, match="normalisation"):
+        build_bundle(onnx_path, tmp_path / "x.dexrt", size_multiple=64)

@@ -1,0 +1,490 @@
+"""`dexrt serve`: a DICOM node tested with real DICOM clients on 127.0.0.1 (pynetdicom; DCMTK where installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pynetdicom")
+
+import dexrt  # noqa: E402
+from dexrt._errors import ConfigError, InputError  # noqa: E402
+from dexrt.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
+from dexrt.serve import Node, build_config  # noqa: E402
+from dexrt.serve.config import parse_allow, parse_forward  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    CR, DX, DX_PROCESSING, LOOPBACK, RF, XA, Destination, client, free_port, radiograph, send, wait_until,
+)
+
+TIMEOUT = 20.0  # seconds any single wait may take before the test fails
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`dexrt serve` (run in process by CliRunner) installs its own log handler, as a command should; put the
+    test session's back afterwards."""
+    import logging
+
+    root, node = logging.getLogger(), logging.getLogger("dexrt.serve")
+    saved = (list(root.handlers), root.level, node.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    node.setLevel(saved[2])
+
+
+@pytest.fixture(scope="module")
+def engine(plain_engine_path: Path) -> Iterator[dexrt.Engine]:
+    with dexrt.Engine(plain_engine_path, **FOLDER_ENGINE_OPTIONS) as e:
+        yield e
+
+
+@pytest.fixture
+def destination() -> Iterator[Destination]:
+    dest = Destination().start()
+    yield dest
+    dest.stop()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, engine: dexrt.Engine) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def make(*forward: str, allow: tuple[str, ...] = ("MODALITY",), start: bool = True, **options: Any) -> Node:
+        settings = dict(spool=tmp_path / "spool", host=LOOPBACK, port=0, jobs=2, retry_initial_s=0.2,
+                        retry_max_s=1.0, timeout_s=10.0, forward=tuple(parse_forward(f) for f in forward))
+        settings.update(options)
+        config = build_config(None, allow=tuple(parse_allow(a) for a in allow), **settings)
+        node = Node(config, engine)
+        nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in nodes:
+        if node._server is not None and not node._stopping.is_set():
+            node.stop(grace_s=2)
+
+
+def assert_derived(dest: Destination, sources: list[Any]) -> None:
+    """Each source gave a bone and a soft instance: same patient, study and SOP class; new series and instances."""
+    got = dest.by_source()
+    assert set(got) == {str(s.SOPInstanceUID) for s in sources}
+    for src in sources:
+        derived = got[str(src.SOPInstanceUID)]
+        assert sorted(d.ImageType[2] for d in derived) == ["BONE", "SOFT"]
+        for d in derived:
+            assert (d.PatientID, d.StudyInstanceUID, d.SOPClassUID) == (src.PatientID, src.StudyInstanceUID,
+                                                                        src.SOPClassUID)
+            assert d.SOPInstanceUID != src.SOPInstanceUID and d.SeriesInstanceUID != src.SeriesInstanceUID
+            assert d.pixel_array.shape == src.pixel_array.shape
+        assert derived[0].SeriesInstanceUID != derived[1].SeriesInstanceUID
+
+
+def test_echo_and_round_trip_of_each_storage_class(make_node: Callable[..., Node], destination: Destination,
+                                          tmp_path: Path) -> None:
+    node = make_node(destination.address, output=tmp_path / "out")
+    assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    sources = [radiograph(128, CR, 1), radiograph(96, DX, 2), radiograph(64, DX_PROCESSING, 3),
+               radiograph(64, XA, 4, frames=3), radiograph(64, RF, 5, frames=2)]
+    assert send(sources, node.port) == [0x0000] * 5
+    wait_until(lambda: len(destination.unique()) == 10, TIMEOUT, "ten derived instances at the destination")
+    assert_derived(destination, sources)
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 10
+    wait_until(lambda: node.spool.counts()[f"outbox:{node.config.forward[0].key}"] == 0, TIMEOUT, "empty outbox")
+    assert node.spool.counts()["received"] == 0 and node.stats["received"] == node.stats["converted"] == 5
+
+
+def test_compressed_instance_round_trip(make_node: Callable[..., Node], destination: Destination) -> None:
+    """An RLE Lossless instance is accepted; its derived instances (RLE too, when pydicom can encode it) reach a
+    destination that takes only uncompressed syntaxes, decompressed on the way."""
+    from pydicom.uid import RLELossless
+
+    node = make_node(destination.address)
+    ds = radiograph(64, DX, 5)
+    ds.compress(RLELossless, generate_instance_uid=False)
+    ae = client()
+    ae.add_requested_context(DX, RLELossless)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs")
+    assert_derived(destination, [ds])
+    assert {str(d.file_meta.TransferSyntaxUID) for d in destination.received} <= {"1.2.840.10008.1.2.1",
+                                                                                  "1.2.840.10008.1.2"}
+
+
+def test_unknown_calling_ae_rejected(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address, allow=("MODALITY", "REMOTE@10.0.0.0/8"))
+    for calling, called, reason in (("STRANGER", "DEXRT", 3), ("REMOTE", "DEXRT", 3), ("MODALITY", "OTHER", 7)):
+        assoc = client(calling).associate(LOOPBACK, node.port, ae_title=called)
+        assert assoc.is_rejected, (calling, called)
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, reason), (calling, called)
+    assert node.stats["associations_rejected"] == 2
+    assert send([radiograph(64)], node.port) == [0x0000]  # the node still serves the allowed one
+
+
+def test_association_limit(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address, max_associations=1)
+    first = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert first.is_established
+    try:
+        second = client().associate(LOOPBACK, node.port, ae_title="DEXRT")
+        assert second.is_rejected
+        rj = second.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit
+    finally:
+        first.release()
+
+
+def test_corrupt_instance_fails_alone(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address)
+    good = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
+    corrupt = radiograph(64, DX, 3)
+    corrupt.PixelData = corrupt.PixelData[:1000]  # truncated pixel data
+    colour = radiograph(64, DX, 4)
+    colour.PhotometricInterpretation = "RGB"
+    statuses = send([good[0], corrupt, colour, good[1]], node.port)
+    assert statuses[0] == statuses[3] == 0x0000
+    assert statuses[1] == statuses[2] == 0xC000
+    wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "the good instances' outputs")
+    assert_derived(destination, good)
+    assert node.stats["store_failed"] == 2
+    assert not list(node.spool.incoming.iterdir()) and node.spool.counts()["received"] == 0
+
+
+def test_resent_instance_recognised(make_node: Callable[..., Node], destination: Destination) -> None:
+    node = make_node(destination.address)
+    ds = radiograph(64)
+    assert send([ds, ds], node.port) == [0x0000, 0x0000]  # the second while the first may still be converting
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs")
+    assert send([ds], node.port) == [0x0000]  # again, long after it was handed on
+    time.sleep(0.5)
+    assert node.stats["received"] == 1 and node.stats["duplicates"] == 2
+    assert len(destination.received) == 2
+
+
+def test_destination_down_is_retried_until_it_comes_up(make_node: Callable[..., Node]) -> None:
+    later = Destination()  # its port is chosen but nothing listens yet
+    node = make_node(later.address)
+    sources = [radiograph(64, DX, i) for i in range(3)]
+    assert send(sources, node.port) == [0x0000] * 3
+    key = f"outbox:{node.config.forward[0].key}"
+    wait_until(lambda: node.spool.counts()[key] == 6 and node.stats["forward_retries"] >= 2, TIMEOUT,
+               "results held in the outbox and retried")
+    later.start()
+    try:
+        wait_until(lambda: len(later.unique()) == 6, TIMEOUT, "delivery once the destination is up")
+        assert_derived(later, sources)
+        wait_until(lambda: node.spool.counts()[key] == 0, TIMEOUT, "empty outbox")
+    finally:
+        later.stop()
+
+
+def test_restart_resumes_the_spool(make_node: Callable[..., Node], destination: Destination,
+                                   tmp_path: Path) -> None:
+    """Instances acknowledged but not converted when a node stops are converted by the next one."""
+    first = make_node(destination.address, jobs=1)
+    first._stopping.set()  # workers take nothing: everything acknowledged stays in received/
+    sources = [radiograph(64, DX, i) for i in range(3)]
+    assert send(sources, first.port) == [0x0000] * 3
+    first.stop(grace_s=2)
+    assert first.spool.counts()["received"] == 3 and not destination.received
+    make_node(destination.address)
+    wait_until(lambda: len(destination.unique()) == 6, TIMEOUT, "the resumed instances' outputs")
+    assert_derived(destination, sources)
+
+
+def test_engine_failure_sets_one_instance_aside(make_node: Callable[..., Node], destination: Destination,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from dexrt._errors import EngineError
+
+    node = make_node(destination.address)
+    doomed = radiograph(64, DX, 7)
+    convert = node.converter._convert
+
+    def failing(source: Path, outcome: Any) -> None:
+        if source.name == f"{doomed.SOPInstanceUID}.dcm":
+            raise EngineError("simulated engine failure")
+        convert(source, outcome)
+
+    monkeypatch.setattr(node.converter, "_convert", failing)
+    others = [radiograph(64, DX, 8), radiograph(64, CR, 9)]
+    assert send([others[0], doomed, others[1]], node.port) == [0x0000] * 3  # acknowledged: it is safe on disk
+    wait_until(lambda: len(destination.unique()) == 4 and node.stats["convert_failed"] == 1, TIMEOUT,
+               "the others' outputs and the failure")
+    assert_derived(destination, others)
+    kept = node.spool.failed / f"{doomed.SOPInstanceUID}.dcm"
+    assert kept.is_file() and "simulated engine failure" in kept.with_suffix(".txt").read_text()
+    assert not list(node.spool.work.iterdir())
+
+
+def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
+    from dexrt.serve.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(ConfigError, match="in use by another running node"):
+        Spool(tmp_path / "spool")
+    spool.close()
+    (tmp_path / "spool" / "ledger").write_bytes(b"1.2.3\n1.2.4\n1.2.")  # died while appending the last line
+    (tmp_path / "spool" / "incoming" / "1.2.9.dcm").write_bytes(b"partial")  # died while receiving
+    spool = Spool(tmp_path / "spool")
+    try:
+        assert not list(spool.incoming.iterdir())  # never acknowledged: removed at start
+        assert spool.admit("1.2.3", b"x", lambda p: None) is False  # handed on before the crash: a resend
+        assert spool.admit("1.2.5", b"x", lambda p: None) is True
+        assert spool.admit("1.2.5", b"x", lambda p: None) is False  # already waiting in received/
+        with pytest.raises(InputError, match="not a valid SOP Instance UID"):
+            spool.admit("1.2./../x", b"x", lambda p: None)
+
+        def bad(path: Path) -> None:
+            raise InputError(f"{path}: corrupt")
+
+        with pytest.raises(InputError, match="corrupt"):
+            spool.admit("1.2.6", b"x", bad)
+        assert [p.name for p in spool.pending()] == ["1.2.5.dcm"] and not list(spool.incoming.iterdir())
+    finally:
+        spool.close()
+
+
+def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """TLS on the listening port, and to a destination that speaks only TLS."""
+    import ssl
+
+    from dexrt.serve.config import Destination as Forward
+    from dexrt.serve.contexts import server_tls
+
+    cert, key = _self_signed(tmp_path)
+    secure = Destination().start(ssl_context=server_tls(cert, key, None))
+    try:
+        node = make_node(tls_cert=cert, tls_key=key,
+                         forward=(Forward("PACS", LOOPBACK, secure.port, tls=True, tls_ca=cert),))
+        context = ssl.create_default_context(cafile=str(cert))
+        assoc = client().associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(context, "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        ds = radiograph(64)
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: len(secure.unique()) == 2, TIMEOUT, "outputs at the TLS destination")
+        assert_derived(secure, [ds])
+        plain = client().associate(LOOPBACK, node.port, ae_title="DEXRT")  # no TLS: no association
+        assert not plain.is_established
+    finally:
+        secure.stop()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = folder / "node.pem", folder / "node.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+# -- configuration and the command line -----------------------------------------------------------------------
+def test_config_file_with_overrides(tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text(
+        'ae_title = "BONES"\nport = 4242\nspool = "spool"\n[[allow]]\nae_title = "CR1"\nhosts = ["10.1.0.0/16"]\n'
+        '[[forward]]\nae_title = "PACS"\nhost = "10.1.9.9"\nport = 104\n[retry]\nmax_s = 60\n')
+    config = build_config(tmp_path / "serve.toml", port=11112)
+    assert (config.ae_title, config.port, config.spool) == ("BONES", 11112, tmp_path / "spool")
+    assert config.allow[0].admits("CR1", "10.1.2.3") and not config.allow[0].admits("CR1", "10.2.0.1")
+    assert config.forward[0].name == "PACS@10.1.9.9:104" and config.retry_max_s == 60
+    replaced = build_config(tmp_path / "serve.toml", forward=(parse_forward("OTHER@[::1]:11113"),))
+    assert [d.name for d in replaced.forward] == ["OTHER@::1:11113"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('spool = "s"\nalow = []\n', "unknown key"),
+    ('spool = "s"\n[[forward]]\nae_title = "P"\nhost = "h"\nport = 1\n', "no calling AE title"),
+    ('spool = "s"\nport = "x"\n[[allow]]\nae_title = "A"\n', "'port' must be an integer"),
+    ('spool = "s"\n[[allow]]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "not an AE title"),
+    ('spool = "s"\n[[allow]]\nae_title = "A"\n', "would go nowhere"),
+    ('spool = [\n', "not valid TOML"),
+], ids=["unknown-key", "no-allow", "port-type", "ae-title", "no-destination", "syntax"])
+def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        build_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:http"])
+def test_bad_forward_option(text: str) -> None:
+    with pytest.raises(ConfigError, match="--forward"):
+        parse_forward(text)
+
+
+def test_check_echoes_each_destination(destination: Destination, tmp_path: Path, plain_engine_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    dead = f"GONE@{LOOPBACK}:{free_port()}"
+    base = ["serve", "--check", "--json", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"),
+            "--engine", str(plain_engine_path), "--forward", destination.address]
+    ok = CliRunner().invoke(cli, base)
+    assert ok.exit_code == 0, ok.output
+    report = json.loads(ok.stdout)
+    assert report["ok"] and [c["check"] for c in report["checks"]] == ["engine", "spool",
+                                                                       f"destination {destination.address}"]
+    bad = CliRunner().invoke(cli, [*base, "--forward", dead])
+    assert bad.exit_code == 1
+    assert [c["ok"] for c in json.loads(bad.stdout)["checks"]] == [True, True, True, False]
+    usage = CliRunner().invoke(cli, ["serve", "--spool", str(tmp_path / "s"), "--output", str(tmp_path / "o")])
+    assert usage.exit_code == 1 and "no calling AE title" in usage.output
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path, plain_engine_path: Path) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        result = CliRunner().invoke(cli, ["serve", "--host", LOOPBACK, "--port", str(taken.getsockname()[1]),
+                                          "--allow-ae", "MODALITY", "--output", str(tmp_path / "out"),
+                                          "--spool", str(tmp_path / "spool"), "--engine", str(plain_engine_path)])
+    assert result.exit_code == 1 and "cannot listen on" in result.output, result.output
+
+
+# -- the node as a process: crash, restart, SIGTERM, DCMTK ---------------------------------------------------------
+class NodeProcess:
+    """`dexrt serve --json` in a subprocess; its JSON log lines are read from a file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.port = free_port()
+        command = [sys.executable, "-c", "from dexrt.cli import main; main()", "serve", "--json", "--host",
+                   LOOPBACK, "--port", str(self.port), *args]
+        with open(log, "ab") as stderr:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_until(lambda: self.events("listening") or self.proc.poll() is not None, 60, "the node to listen")
+        assert self.proc.poll() is None, log.read_text()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.read(self.log) if name is None or e.get("event") == name]
+
+    @staticmethod
+    def read(log: Path) -> list[dict[str, Any]]:
+        """The JSON log lines (every line the node writes to stderr must be one)."""
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(TIMEOUT)
+
+
+def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination, tmp_path: Path,
+                                                       plain_engine_path: Path) -> None:
+    args = ["--allow-ae", "MODALITY", "--forward", destination.address, "--spool", str(tmp_path / "spool"),
+            "--engine", str(plain_engine_path), "--jobs", "2"]
+    sources = [radiograph(128, DX, i) for i in range(40)]
+    acked: list[str] = []
+    node = NodeProcess(args, tmp_path / "node.log")
+    try:
+        def on_ack(ds: Any, status: int) -> None:
+            assert status == 0x0000
+            acked.append(str(ds.SOPInstanceUID))
+            if len(acked) == 12:
+                node.kill()  # SIGKILL mid-stream: no chance to tidy up
+
+        sender = threading.Thread(target=lambda: send(sources, node.port, on_ack=on_ack))
+        sender.start()
+        sender.join(TIMEOUT)
+        assert not sender.is_alive() and node.proc.returncode == -signal.SIGKILL
+        assert 12 <= len(acked) < len(sources)
+        # What the sender saw acknowledged is on disk; the rest it sends again to the restarted node.
+        node = NodeProcess(args, tmp_path / "restarted.log")
+        assert send([s for s in sources if str(s.SOPInstanceUID) not in acked], node.port) == [0] * (
+            len(sources) - len(acked))
+        # SIGTERM at once, with conversions in flight: the node finishes those, keeps the rest, exits cleanly.
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(TIMEOUT) == 0
+        assert node.events("stopping")[-1]["signal"] == "SIGTERM" and node.events("stopped")
+        assert {"listening", "received"} <= {e.get("event") for e in node.events()}
+        node = NodeProcess(args, tmp_path / "third.log")
+        wait_until(lambda: len(destination.unique()) == 2 * len(sources), 40, "every source's outputs")
+        assert_derived(destination, sources)
+        wait_until(lambda: not list((tmp_path / "spool" / "received").glob("*.dcm")), TIMEOUT, "an empty spool")
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(TIMEOUT) == 0
+        logged = {e.get("event") for log in ("node", "restarted", "third")
+                  for e in NodeProcess.read(tmp_path / f"{log}.log")}
+        assert {"received", "converted", "forwarded", "stopped"} <= logged
+    finally:
+        if node.proc.poll() is None:
+            node.kill()
+
+
+dcmtk = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("storescu", "echoscu", "storescp")),
+                           reason="DCMTK (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
+
+
+@dcmtk
+def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination: Destination,
+                                    tmp_path: Path) -> None:
+    node = make_node(destination.address)
+    echo = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert echo.returncode == 0, echo.stderr
+    files = []
+    for i, sop_class in enumerate((CR, DX)):
+        ds = radiograph(96, sop_class, i)
+        files.append(tmp_path / f"in{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    store = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port),
+                            *map(str, files)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert store.returncode == 0, store.stderr
+    wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "outputs of the DCMTK-sent instances")
+    from pydicom import dcmread
+
+    assert_derived(destination, [dcmread(f) for f in files])
+    stranger = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+
+
+@dcmtk
+def test_forwarding_to_dcmtk_storescp(make_node: Callable[..., Node], tmp_path: Path) -> None:
+    """A third-party C-STORE SCP as the destination: DCMTK's storescp writes what it receives to a folder."""
+    from pydicom import dcmread
+
+    port, received = free_port(), tmp_path / "storescp"
+    received.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        node = make_node(f"ARCHIVE@{LOOPBACK}:{port}")
+        sources = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
+        assert send(sources, node.port) == [0x0000, 0x0000]
+        wait_until(lambda: len(list(received.iterdir())) == 4, TIMEOUT, "four files written by storescp")
+        got = [dcmread(p) for p in received.iterdir()]
+        assert {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) for d in got} == {
+            str(s.SOPInstanceUID) for s in sources}
+    finally:
+        scp.terminate()
+        scp.wait(TIMEOUT)
