@@ -33,9 +33,10 @@ HOSTILE_SCALARS = st.one_of(
                      "model.bin", "manifest.json", "con", "b\x00", "é", "x" * 40]),
     st.text(max_size=12),
 )
-HOSTILE = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                                st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                       max_leaves=6)
+HOSTILE = st.recursive(
+    HOSTILE_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
 PATHS = [("format",), ("format_version",), ("backend",), ("device",), ("precision",), ("size_multiple",),
          ("input",), ("input", "window"), ("input", "window", 0), ("input", "window", 1), ("output",),
          ("output", "channels"), ("output", "channels", 0), ("output", "channels", 1), ("output", "windows"),

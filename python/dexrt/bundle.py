@@ -211,7 +211,11 @@ def _read(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         return z.read(info)
     except _ZIP_ERRORS as exc:
-        raise BundleError(f"{path}: '{info.filename}' cannot be read ({exc}); the file is truncated or corrupt") from exc
+        raise _unreadable(path, info, exc) from exc
+
+
+def _unreadable(path: Path, info: zipfile.ZipInfo, exc: BaseException) -> BundleError:
+    return BundleError(f"{path}: '{info.filename}' cannot be read ({exc}); the file is truncated or corrupt")
 
 
 def _read_verified(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, sha256: str) -> bytes:
@@ -226,7 +230,7 @@ def _read_verified(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, sha256
                 digest.update(chunk)
                 chunks.append(chunk)
     except _ZIP_ERRORS as exc:
-        raise BundleError(f"{path}: '{info.filename}' cannot be read ({exc}); the file is truncated or corrupt") from exc
+        raise _unreadable(path, info, exc) from exc
     if left or digest.hexdigest() != sha256:
         raise BundleError(
             f"{path}: checksum mismatch for '{info.filename}'; the bundle was altered or is corrupt "

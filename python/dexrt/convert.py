@@ -285,9 +285,9 @@ class Converter:
 
         No output may overwrite one of `sources` or of ``protect``: the other inputs of a run of which
         `sources` is one share (see :func:`inputs_at_risk`). Two sources may not claim one output file (see
-        :func:`output_clashes`): the later one fails with an error naming both. Each output folder is listed once per run for stale
-        temporaries; a worker converting its share batch by batch passes ``rescan=False`` after its first batch,
-        so a large folder is not listed again for every batch.
+        :func:`output_clashes`): the later one fails with an error naming both. Each output folder is listed
+        once per run for stale temporaries; a worker converting its share batch by batch passes
+        ``rescan=False`` after its first batch, so a large folder is not listed again for every batch.
         """
         sources = list(sources)
         self._protected = {p.resolve() for p in sources} | {Path(p).resolve() for p in protect}

@@ -74,7 +74,8 @@ def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError as exc:
-        raise SigningError(f"signed engines need the 'cryptography' package, which is not installed: {_INSTALL}") from exc
+        raise SigningError("signed engines need the 'cryptography' package, which is not installed: "
+                           f"{_INSTALL}") from exc
     return ed25519
 
 
