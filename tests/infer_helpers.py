@@ -86,6 +86,30 @@ def make_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME
     return path
 
 
+def chest_phantom(shape: tuple[int, int] = (200, 240), body_px: float = 180.0, seed: int = 0) -> np.ndarray:
+    """A frontal chest in the engine's convention (bright = attenuating), float 0..1: an elliptic body
+    `body_px` wide at its lower lung zones, two air-filled lungs either side of a denser mediastinum and spine,
+    ribs, and noise. What dexrt.anatomy measures (body width, lung contrast) is known by construction."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    a = body_px / 2
+    u = (x - (w - 1) / 2) / a  # -1..1 across the body
+    v = (y - 0.5 * h) / (0.47 * h)  # rows 3 %..97 %
+    chord = lambda d2: np.sqrt(np.clip(1 - d2, 0, None))  # noqa: E731 - thickness of an ellipse along the beam
+    body = chord(u ** 2) * (np.abs(v) < 1)
+    lungs = sum(chord(((u - c) / 0.3) ** 2 + ((y - 0.45 * h) / (0.32 * h)) ** 2) for c in (-0.45, 0.45))
+    spine = (np.abs(u) < 0.12) * (np.abs(v) < 1) * 0.35
+    ribs = 0.04 * (np.sin(y / h * 60) > 0.6) * (lungs > 0)
+    image = body - 0.55 * lungs + spine + ribs + rng.normal(0, 0.01, shape) * (body > 0)
+    return np.clip(image, 0, None) / max(image.max(), 1e-9)
+
+
+def to_stored(image: np.ndarray, high: int = 4095, low_fraction: float = 0.05) -> np.ndarray:
+    """A 0..1 attenuation picture as stored MONOCHROME2 values (air at `low_fraction` of the range)."""
+    return np.rint((low_fraction + (1 - low_fraction) * image) * high).astype(np.int64)
+
+
 # Files whose headers declare any size over a few bytes of pixel data: decompression bombs when the size is huge.
 def png_declaring(path: Path, height: int, width: int) -> Path:
     """A tiny PNG whose IHDR declares height x width 16-bit pixels; its IDAT holds (at most) one row."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from dexrt.bench import conv_flops
+from dexrt.bench import conv_flops, measure_rounds, round_ratios
 from dexrt.cli import cli
 
 
@@ -17,15 +17,32 @@ def test_bench_quick_writes_comparable_results(tmp_path: Path) -> None:
                                       "--engines", "dexrt,onnxruntime,torch-eager"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["schema"] == "dexrt-bench/1"
+    assert report["schema"] == "dexrt-bench/2"
     engines = {(r["engine"], r["batch"]) for r in report["results"]}
     assert engines == {(e, b) for e in ("dexrt", "onnxruntime", "torch-eager") for b in (1, 2)}
     for r in report["results"]:
         assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] * 0.999
         assert r["max_abs_error"] <= 2e-3
         assert r["gflops"] > 0
+        q1, q3 = r["ratio_quartiles"]
+        assert 0 < q1 <= r["ratio_to_reference"] <= q3
+        assert r["repeats"] >= 5
+    reference = [r for r in report["results"] if r["engine"] == "dexrt"]
+    assert all(r["ratio_to_reference"] == 1.0 for r in reference)  # each round's ratio to itself
+    same_rounds = {r["batch"]: r["repeats"] for r in reference}
+    assert all(r["repeats"] == same_rounds[r["batch"]] for r in report["results"])  # interleaved: one count a round
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dexrt" in result.stdout and "GFLOP/s" in result.stdout
+
+
+def test_interleaved_rounds_rotate_the_order_and_pair_the_times() -> None:
+    calls: list[str] = []
+    runners = {name: (lambda x, n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = measure_rounds(runners, None, min_seconds=0.0, min_rounds=3)  # type: ignore[arg-type]
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    median, (q1, q3) = round_ratios([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 2.0, 4.0])
+    assert median == 2.0 and q1 == 2.0 and q3 == 2.25
 
 
 def test_conv_flops_of_the_unet(unet_onnx: Path) -> None:

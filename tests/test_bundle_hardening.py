@@ -139,10 +139,12 @@ def test_declared_sizes_beyond_the_file_are_refused(bundle_copy: Path) -> None:
         (lambda m: m["model"].update(pixel_spacing_mm=0.0), "pixel_spacing_mm.*plausible"),
         (lambda m: m["model"].setdefault("config", {}).update(pixel_spacing_mm=1e9), "pixel_spacing_mm.*plausible"),
         (lambda m: m.update(model=[]), "'model'"),
+        (lambda m: m["input"].update(window=[0, 10**400]), "finite number"),
+        (lambda m: m.update(pixel_spacing_mm=10**400), "pixel_spacing_mm.*plausible"),
     ],
     ids=["window-1e-45", "window-below-float32", "window-huge", "window-reversed", "version-negative",
          "version-zero", "version-bool", "backend", "device", "precision", "spacing-tiny", "spacing-zero",
-         "spacing-huge", "model-not-object"],
+         "spacing-huge", "model-not-object", "window-400-digits", "spacing-400-digits"],
 )
 def test_values_validated_when_read(bundle_copy: Path, edit, message: str) -> None:
     rewrite(bundle_copy, manifest_edit=edit)

@@ -325,7 +325,7 @@ def test_resampled_round_trip(identity_engine: Engine, tmp_path: Path) -> None:
     y, x = np.mgrid[0:90, 0:120]
     stored = np.rint(2000 + 1500 * np.sin(x / 19.0) * np.cos(y / 23.0)).astype(np.int64)
     source = make_dicom(tmp_path / "fine.dcm", stored, bits=12, spacing=(0.1, 0.1))
-    converter = Converter(identity_engine, tmp_path / "out", spacing_mm=0.2)
+    converter = Converter(identity_engine, tmp_path / "out", model_spacing_mm=0.2)
     [outcome] = converter.run([source])
     assert outcome.ok, outcome.error
     assert outcome.geometry["resampled"] and outcome.geometry["working_size"] == [45, 60]

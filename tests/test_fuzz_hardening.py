@@ -28,7 +28,7 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scope
 HOSTILE_SCALARS = st.one_of(
     st.none(), st.booleans(),
     st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 4096, 4097, 2**31, -7]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e-45, 1e-300, 1e300, -0.0, 5e-324]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e-45, 1e-300, 1e300, -0.0, 5e-324, 10**400]),
     st.sampled_from(["x/../../victim", "../x", "/etc/passwd", "a\\b", "", ".", "..", "preview", "bone", "soft",
                      "model.bin", "manifest.json", "con", "b\x00", "é", "x" * 40]),
     st.text(max_size=12),

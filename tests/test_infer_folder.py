@@ -118,17 +118,32 @@ def test_json_summary(plain_engine_path: Path, tree: Path, tmp_path: Path) -> No
 
 
 def test_spacing_options(plain_engine_path: Path, tree: Path, tmp_path: Path) -> None:
-    result = run("infer", tree, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2",
+    result = run("infer", tree, "-o", tmp_path / "o", "--engine", plain_engine_path, "--model-spacing", "0.2",
                  "--no-resample")
     assert result.exit_code == 2 and "contradict" in result.output
     dicom = tree / "sub" / "deeper" / "d.dcm"
     make_dicom(dicom, marked_image((40, 56), 4095), bits=12, spacing=(0.1, 0.1))
-    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2", "--json")
+    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", plain_engine_path, "--model-spacing", "0.2",
+                 "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["model_spacing_mm"] == 0.2 and "(--spacing)" in summary["resampling"]
+    assert summary["model_spacing_mm"] == 0.2 and "(--model-spacing)" in summary["resampling"]
     geometry = summary["files"][0]["geometry"]
     assert geometry["resampled"] and geometry["working_size"] == [20, 28] and geometry["size"] == [40, 56]
+    assert summary["files"][0]["spacing"]["source"] == "header"
+
+
+def test_old_spacing_option_still_works_with_a_warning(plain_engine_path: Path, tree: Path, tmp_path: Path) -> None:
+    dicom = tree / "sub" / "deeper" / "d.dcm"
+    make_dicom(dicom, marked_image((40, 56), 4095), bits=12, spacing=(0.1, 0.1))
+    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2", "--json")
+    assert result.exit_code == 0, result.output
+    assert "--spacing is deprecated" in result.stderr and "--model-spacing" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["model_spacing_mm"] == 0.2 and summary["files"][0]["geometry"]["working_size"] == [20, 28]
+    result = run("infer", dicom, "-o", tmp_path / "o", "--engine", plain_engine_path, "--spacing", "0.2",
+                 "--model-spacing", "0.3")
+    assert result.exit_code == 2 and "disagree" in result.output
 
 
 def test_spacing_from_the_engine(tmp_path: Path) -> None:
@@ -138,7 +153,8 @@ def test_spacing_from_the_engine(tmp_path: Path) -> None:
     meta = json.dumps({"model": {"pixel_spacing_mm": 0.4}, "size_multiple": 16})
     bundle = build_bundle(make_plain_onnx(tmp_path / "s.onnx", metadata=meta), tmp_path / "s.dexrt")
     assert dexrt.Engine(bundle).manifest["model"]["config"]["pixel_spacing_mm"] == 0.4
-    dicom = make_dicom(tmp_path / "d.dcm", marked_image((40, 56), 4095), bits=12, imager_spacing=(0.2, 0.2))
+    dicom = make_dicom(tmp_path / "d.dcm", marked_image((40, 56), 4095), bits=12, imager_spacing=(0.25, 0.25),
+                       extra={"EstimatedRadiographicMagnificationFactor": 1.25})
     result = run("infer", dicom, "-o", tmp_path / "o", "--engine", bundle, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -129,7 +129,7 @@ def test_huge_pixel_spacing_fails_that_file_before_inference(identity_engine: Pa
     make_dicom(src / "coarse.dcm", image(1, (1024, 1024)), spacing=(9.9, 9.9))
     make_dicom(src / "fine.dcm", image(2, (64, 64)), spacing=(0.2, 0.2))
     engine = dexrt.Engine(identity_engine)
-    outcomes = {o.source.name: o for o in Converter(engine, tmp_path / "out", spacing_mm=1.477).run(
+    outcomes = {o.source.name: o for o in Converter(engine, tmp_path / "out", model_spacing_mm=1.477).run(
         sorted(src.iterdir()))}
     assert "more than the 4096 per side" in outcomes["coarse.dcm"].error
     assert str(src / "coarse.dcm") in outcomes["coarse.dcm"].error
@@ -137,18 +137,22 @@ def test_huge_pixel_spacing_fails_that_file_before_inference(identity_engine: Pa
     assert engine.stats()["requests"] == 1  # only the fine file reached the engine
 
 
-@pytest.mark.parametrize("spacing", ["1e-6", "0", "50"])
-def test_absurd_spacing_option_is_refused(plain_engine_path: Path, tmp_path: Path, spacing: str) -> None:
+@pytest.mark.parametrize("option", ["--model-spacing", "--input-spacing"])
+@pytest.mark.parametrize("spacing", ["1e-6", "0", "50", "nan"])
+def test_absurd_spacing_option_is_refused(plain_engine_path: Path, tmp_path: Path, option: str, spacing: str) -> None:
     write_image(tmp_path / "a.png", image(1))
-    result = run("infer", tmp_path / "a.png", "-o", tmp_path / "o", "--engine", plain_engine_path,
-                 "--spacing", spacing)
-    assert result.exit_code in (1, 2)
-    assert "plausible pixel spacing" in result.output or "not in the range" in result.output
+    result = run("infer", tmp_path / "a.png", "-o", tmp_path / "o", "--engine", plain_engine_path, option, spacing)
+    assert result.exit_code == 2
+    assert "not a radiograph's pixel spacing" in result.output or "must be a positive number" in result.output
     assert not (tmp_path / "o").exists()
 
 
 # -- unsupported DICOM, named before inference ---------------------------------------------------------------------
+MARK = "-7.5E+02"  # a valid DS of 8 bytes that no UID, date or time in the file can contain (they have no '-', 'E')
+
+
 def _patched(path: Path, extra: dict, old: bytes, new: bytes) -> Path:
+    """A DICOM file with `extra` set, then the bytes `old` replaced by `new` (as long): values pydicom won't write."""
     make_dicom(path, image(1), extra=extra)
     data = path.read_bytes()
     assert data.count(old) == 1
@@ -205,10 +209,11 @@ UNSUPPORTED = {
     "ybr": (lambda p: _raw_dicom(p, RGB, "YBR_FULL", 8), "YBR_FULL images with 3 samples per pixel"),
     "rgb": (lambda p: _raw_dicom(p, RGB, "RGB", 8), "RGB images with 3 samples per pixel"),
     "32-bit": (_u32, "32 bits stored in 32 allocated are not supported"),
-    "intercept-xyz": (lambda p: _patched(p, {"RescaleIntercept": "7777"}, b"7777", b"xyz "),
+    "intercept-xyz": (lambda p: _patched(p, {"RescaleIntercept": MARK}, MARK.encode(), b"xyz     "),
                       "RescaleIntercept 'xyz' is not a number"),
-    "slope-nan": (lambda p: _patched(p, {"RescaleSlope": "8888"}, b"8888", b"NaN "), "RescaleSlope nan is not"),
-    "slope-zero": (lambda p: _patched(p, {"RescaleSlope": "8888"}, b"8888", b"0   "), "RescaleSlope 0.0 is not"),
+    "slope-nan": (lambda p: _patched(p, {"RescaleSlope": MARK}, MARK.encode(), b"NaN     "), "RescaleSlope nan is not"),
+    "slope-zero": (lambda p: _patched(p, {"RescaleSlope": MARK}, MARK.encode(), b"0       "),
+                   "RescaleSlope 0.0 is not"),
     "nested-100": (lambda p: _nested(p, 100), "sequences nested more than 16 deep"),
     "too-large": (lambda p: dicom_declaring(p, 46000, 46000), "image too large"),
 }

@@ -66,7 +66,11 @@ def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, t
     assert int8.precision == "int8"
     m = dexrt.bundle.read_manifest(tmp_path / "int8.dexrt")
     q = m["quantization"]
-    assert q["calibration_images"] == 12 and q["calibration_shapes"] == [[128, 128]]
+    # 12 images: every fifth (3) held out to measure INT8 against FP32, 9 calibrate
+    assert q["calibration_images"] == 9 and q["calibration_shapes"] == [[128, 128]]
+    assert q["vs_fp32"]["images"] == 3 and set(q["vs_fp32"]["psnr_db"]) == {"bone", "soft"}
+    assert all(30 < v < 90 for v in q["vs_fp32"]["psnr_db"].values())  # close, and not identical
+    assert q["layers"] == {"convolutions": 1, "int8": 1}
     assert "nncf" in m["libraries"]
     image = radiograph(999, 192)  # not in the calibration set, another size
     for a, b in zip(fp32.infer(image), int8.infer(image)):
@@ -74,6 +78,22 @@ def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, t
         assert diff.mean() < 0.004, diff.mean()  # INT8 is 1/256 of the activation range per step
         assert diff.max() < 0.03, diff.max()
         assert not np.array_equal(a, b)  # it did quantize
+
+
+def test_resize_upsampling_unet_runs_every_convolution_in_int8(calibration_folder: Path, tmp_path: Path) -> None:
+    """With nearest 2x + 3x3 conv upsampling there is no transposed convolution left to stay in f32."""
+    torch = pytest.importorskip("torch")
+    from dexrt_train.export import export_onnx
+    from dexrt_train.networks import GeneratorConfig, define_G
+
+    torch.manual_seed(0)
+    config = GeneratorConfig(ngf=4, depth=6, upsample="resize", dropout=0.0)
+    onnx_path = export_onnx(define_G(config), config, tmp_path / "resize.onnx")
+    code, out = build([str(onnx_path), "--precision", "int8", "--calibration", str(calibration_folder),
+                       "-o", str(tmp_path / "int8.dexrt")])
+    assert code == 0, out
+    layers = dexrt.bundle.read_manifest(tmp_path / "int8.dexrt")["quantization"]["layers"]
+    assert layers["convolutions"] == 12 and layers["int8"] == 12
 
 
 def build_fp32(onnx: Path, folder: Path) -> Path:

@@ -23,6 +23,10 @@ class ModelError(DexrtError):
     """An ONNX model or a checkpoint does not have the shape dexrt expects."""
 
 
+class DomainError(InputError):
+    """An input is not what the model was trained on (not a frontal chest radiograph) and strict mode refuses it."""
+
+
 class ConfigError(DexrtError, ValueError):
     """A configuration file or option is unusable: unknown key, wrong type, missing value, unreadable file."""
 

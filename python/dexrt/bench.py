@@ -27,7 +27,7 @@ import numpy as np
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (N, 1, H, W) f32 in [-1, 1] -> (N, C, H, W) f32 in [-1, 1]
 
-SCHEMA = "dexrt-bench/1"
+SCHEMA = "dexrt-bench/2"  # 2: interleaved rounds, per-round ratios to the reference
 TOLERANCE = 2e-3  # max abs difference to the reference, in the network's [-1, 1] range
 TOLERANCE_FP16 = 5e-2  # the same for engines computing in FP16 (about 8 LSB of a 10-bit image)
 GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-fp16", "dexrt-tensorrt-fp16")
@@ -50,6 +50,9 @@ class Result:
     peak_percent: float | None
     max_abs_error: float
     repeats: int
+    # time of this engine / time of the reference (dexrt) in the same round: median and quartiles over rounds
+    ratio_to_reference: float
+    ratio_quartiles: tuple[float, float]
 
 
 def conv_flops(onnx_path: str | os.PathLike[str], height: int, width: int) -> float:
@@ -216,16 +219,30 @@ def _openvino_runner(onnx_path: Path) -> Runner:
     return run
 
 
-def measure(runner: Runner, x: np.ndarray, *, min_seconds: float, min_repeats: int = 3) -> list[float]:
-    """Wall times in seconds of repeated runs after one warm-up run."""
-    runner(x)
-    times: list[float] = []
+def measure_rounds(runners: dict[str, Runner], x: np.ndarray, *, min_seconds: float, min_rounds: int = 5
+                   ) -> dict[str, list[float]]:
+    """Wall times in seconds per engine, measured in interleaved rounds: each round runs every engine once, in an
+    order rotated from round to round, so a slow phase of a shared machine hits all engines alike. Every engine
+    has had one warm-up run before."""
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        runner(x)
-        times.append(time.perf_counter() - t0)
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(names):
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            runners[name](x)
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
     return times
+
+
+def round_ratios(times: list[float], reference: list[float]) -> tuple[float, tuple[float, float]]:
+    """Median and quartiles of the per-round ratios ``times[i] / reference[i]``."""
+    ratios = np.asarray(times) / np.asarray(reference)
+    q1, median, q3 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+    return median, (q1, q3)
 
 
 def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_module: Any = None,
@@ -240,23 +257,28 @@ def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_mo
         for batch in batches:
             x = rng.uniform(-1, 1, (batch, 1, size, size)).astype(np.float32)
             reference = None
-            for name, runner in runners.items():
-                if progress:
-                    progress(f"{name} {size}x{size} batch {batch}")
+            errors = {}
+            for name, runner in runners.items():  # the check is also each engine's warm-up run
                 out = runner(x)
                 reference = out if reference is None else reference
-                error = float(np.abs(out - reference).max())
-                if error > tolerance(name):
-                    raise AssertionError(f"{name} differs from {next(iter(runners))} by {error:.2e} at "
+                errors[name] = float(np.abs(out - reference).max())
+                if errors[name] > tolerance(name):
+                    raise AssertionError(f"{name} differs from {next(iter(runners))} by {errors[name]:.2e} at "
                                          f"{size}x{size} batch {batch}")
-                times = measure(runner, x, min_seconds=min_seconds)
-                p50 = statistics.median(times)
+            if progress:
+                progress(f"{', '.join(runners)} {size}x{size} batch {batch}, interleaved")
+            times = measure_rounds(runners, x, min_seconds=min_seconds)
+            first = next(iter(runners))
+            for name in runners:
+                p50 = statistics.median(times[name])
                 gflops = flops * batch / p50 / 1e9
+                ratio, quartiles = round_ratios(times[name], times[first])
                 results.append(Result(
                     engine=name, height=size, width=size, batch=batch, p50_ms=p50 * 1e3,
-                    p99_ms=float(np.percentile(times, 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
-                    # the peak estimate is the CPU's
-                    peak_percent=100 * gflops / peak if peak and name not in GPU_ENGINES else None, max_abs_error=error, repeats=len(times)))
+                    p99_ms=float(np.percentile(times[name], 99)) * 1e3, images_per_s=batch / p50, gflops=gflops,
+                    peak_percent=100 * gflops / peak if peak and name not in GPU_ENGINES else None,  # CPU's peak
+                    max_abs_error=errors[name], repeats=len(times[name]), ratio_to_reference=ratio,
+                    ratio_quartiles=quartiles))
     return {
         "schema": SCHEMA,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -289,15 +311,15 @@ def _versions() -> dict[str, str]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    rows = report["results"]
-    base = {(r["height"], r["batch"]): r["p50_ms"] for r in rows if r["engine"] == "dexrt"}
+    """One line per engine and shape; "vs dexrt" is the median per-round time ratio with its quartiles."""
     lines = [f"{'engine':22s} {'size':>9s} {'batch':>5s} {'p50 ms':>9s} {'p99 ms':>9s} {'img/s':>8s} "
-             f"{'GFLOP/s':>8s} {'% peak':>7s} {'vs dexrt':>8s}"]
-    for r in rows:
-        ratio = r["p50_ms"] / base[(r["height"], r["batch"])] if (r["height"], r["batch"]) in base else float("nan")
+             f"{'GFLOP/s':>8s} {'% peak':>7s} {'vs dexrt [quartiles]':>22s}"]
+    for r in report["results"]:
         peak = f"{r['peak_percent']:6.1f}%" if r["peak_percent"] is not None else "    n/a"
+        q1, q3 = r["ratio_quartiles"]
         lines.append(f"{r['engine']:22s} {r['height']:>4d}x{r['width']:<4d} {r['batch']:>5d} {r['p50_ms']:9.2f} "
-                     f"{r['p99_ms']:9.2f} {r['images_per_s']:8.2f} {r['gflops']:8.1f} {peak} {ratio:7.2f}x")
+                     f"{r['p99_ms']:9.2f} {r['images_per_s']:8.2f} {r['gflops']:8.1f} {peak} "
+                     f"{r['ratio_to_reference']:6.2f}x [{q1:.2f}, {q3:.2f}]")
     return "\n".join(lines)
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from dexrt._errors import EngineError, InputError, ModelError
+from dexrt._errors import EngineError, ModelError
 from dexrt.bundle import channel_name_problem, window_problem
 from dexrt.contract import NORMALISATION, OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
-from dexrt.resample import check_spacing_mm
+from dexrt.spacing import check_option
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,10 @@ def _spacing(path: str | os.PathLike[str], value: Any) -> float | None:
     if value is None:
         return None
     try:
-        return check_spacing_mm(value, "pixel_spacing_mm")
-    except InputError as exc:
+        check_option("pixel_spacing_mm", value)
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: {exc}") from None
+    return float(value)
 
 
 def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str]) -> dict[str, Any]:

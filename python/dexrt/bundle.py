@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import struct
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import BundleError, InputError
-from dexrt.resample import check_spacing_mm
+from dexrt._errors import BundleError
+from dexrt.spacing import PLAUSIBLE_MM, plausible
 
 FORMAT = "dexrt-engine"
 FORMAT_VERSION = 1
@@ -304,11 +303,10 @@ def check_manifest(path: Path, m: Any) -> None:
         raise bad("'model' must be an object")
     for where, holder in (("pixel_spacing_mm", m), ("model.pixel_spacing_mm", model),
                           ("model.config.pixel_spacing_mm", model.get("config", {}))):
-        if holder.get("pixel_spacing_mm") is not None:
-            try:
-                check_spacing_mm(holder["pixel_spacing_mm"], f"'{where}'")
-            except InputError as exc:
-                raise bad(str(exc)) from None
+        value = holder.get("pixel_spacing_mm")
+        if value is not None and not _plausible_spacing(value):
+            raise bad(f"'{where}' {value!r} mm is not a plausible pixel spacing (expected {PLAUSIBLE_MM[0]:g} to "
+                      f"{PLAUSIBLE_MM[1]:g} mm)")
 
 
 def _check_payload(payload: Any, expected: frozenset[str], bad: Any) -> None:
@@ -338,11 +336,16 @@ def window_problem(w: Any) -> str | None:
                                                          for v in w)):
         return f"{w!r} is not [lo, hi]"
     lo, hi = w
-    if not all(math.isfinite(v) and abs(v) <= _MAX_WINDOW_VALUE for v in w):
+    if not all(abs(v) <= _MAX_WINDOW_VALUE for v in w):  # False for NaN and inf; no float() of huge integers
         return f"{w!r} has a bound that is not a finite number within +-{_MAX_WINDOW_VALUE:g}"
     if not hi - lo >= max(1e-6, 1e-5 * max(abs(lo), abs(hi))):
         return f"{w!r} is empty, reversed or too narrow (lo < hi by at least 1e-6 and 1e-5 of the bounds)"
     return None
+
+
+def _plausible_spacing(v: Any) -> bool:
+    # abs() first: a JSON integer of hundreds of digits overflows float() (and math.isfinite)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e6 and plausible(float(v))
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

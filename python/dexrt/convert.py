@@ -33,11 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from dexrt._errors import DexrtError, InputError
+from dexrt import domain as _domain
+from dexrt import spacing as _spacing
+from dexrt._errors import DexrtError, DomainError, InputError
+from dexrt.anatomy import measure
 from dexrt.dicom import DICOM_SUFFIXES, write_dicom
 from dexrt.engine import Engine
 from dexrt.images import SUFFIXES, image_kind, read_radiograph, write_image, write_preview, written_by_dexrt
-from dexrt.resample import check_spacing_mm, model_spacing_mm, resample, to_dtype, working_size
+from dexrt.resample import model_spacing_mm, resample, to_dtype, working_size
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ class Outcome:
     skipped: bool = False  # all outputs existed already
     seconds: float = 0.0
     frames: int = 0
-    geometry: dict[str, Any] | None = None
+    geometry: dict[str, Any] | None = None  # sizes, spacings; "input_spacing" says where the spacing came from
+    domain: dict[str, Any] | None = None  # dexrt.domain.DomainReport.as_dict()
+    warnings: list[str] = field(default_factory=list)  # assumptions and doubts, one sentence each, naming the file
 
     @property
     def ok(self) -> bool:
@@ -70,27 +75,28 @@ class Outcome:
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (paths as strings): how an Outcome travels between processes."""
         return {"source": str(self.source), "outputs": [str(p) for p in self.outputs], "error": self.error,
-                "skipped": self.skipped, "seconds": self.seconds, "frames": self.frames, "geometry": self.geometry}
+                "skipped": self.skipped, "seconds": self.seconds, "frames": self.frames, "geometry": self.geometry,
+                "domain": self.domain, "warnings": list(self.warnings)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Outcome:
         return cls(Path(d["source"]), [Path(p) for p in d["outputs"]], d["error"], d["skipped"], d["seconds"],
-                   d["frames"], d["geometry"])
+                   d["frames"], d["geometry"], d.get("domain"), list(d.get("warnings") or []))
 
 
 def resampling_plan(manifest: dict[str, Any], resample: bool = True,
-                    spacing_mm: float | None = None) -> tuple[float | None, str]:
-    """(the model spacing images are resampled to, or None; a one-line note saying which and why)."""
-    if spacing_mm is not None:
-        check_spacing_mm(spacing_mm, "the model pixel spacing (--spacing)")
-    model_mm = (spacing_mm or model_spacing_mm(manifest)) if resample else None
+                    model_mm: float | None = None) -> tuple[float | None, str]:
+    """(the model spacing images are resampled to, or None; a one-line note saying which and why).
+    ``model_mm`` overrides the engine's recorded training spacing."""
+    given = model_mm
+    model_mm = (given or model_spacing_mm(manifest)) if resample else None
     if not resample:
         note = "resampling turned off"
     elif model_mm is None:
         note = "the engine records no training pixel spacing (pixel_spacing_mm); images are not resampled"
     else:
-        note = f"images with a known pixel spacing are resampled to {model_mm} mm" + (
-            " (--spacing)" if spacing_mm else " (from the engine)")
+        note = f"images are resampled to the model's pixel spacing, {model_mm} mm" + (
+            " (--model-spacing)" if given else " (from the engine)")
     return model_mm, note
 
 
@@ -231,24 +237,32 @@ def output_clashes(sources: Sequence[Path], out_dir: Path, channels: Sequence[st
 class Converter:
     """Converts radiograph files with one engine into `out_dir` (see the module docstring).
 
-    ``spacing_mm`` overrides the model's training pixel spacing from the engine manifest; ``resample=False``
-    turns resampling off. ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit, for looking at).
+    ``model_spacing_mm`` overrides the model's training pixel spacing from the engine manifest (``spacing_mm`` is
+    its old, deprecated name); ``resample=False`` turns resampling off. ``input_spacing_mm`` is the spacing of
+    inputs whose files give none (dexrt.spacing has the order; without it such inputs are estimated).
+    ``strict`` refuses inputs that do not look like frontal chest radiographs (dexrt.domain) with a DomainError
+    instead of converting them with a warning. ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit,
+    for looking at).
     """
 
     def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
-                 overwrite: bool = False, resample: bool = True, spacing_mm: float | None = None,
-                 preview: bool = False, jobs: int = DEFAULT_JOBS) -> None:
+                 overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
+                 input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
+                 jobs: int = DEFAULT_JOBS, spacing_mm: float | None = None) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
-        if spacing_mm is not None and not spacing_mm > 0:
-            raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+        model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
+        _spacing.check_option("model_spacing_mm", model_spacing_mm)
+        _spacing.check_option("input_spacing_mm", input_spacing_mm)
+        self.input_spacing_mm = input_spacing_mm
+        self.strict = strict
         self.engine = engine
         self.out_dir = Path(out_dir)
         self.root = Path(root) if root is not None else None
         self.overwrite = overwrite
         self.preview = preview
         self.jobs = jobs
-        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, resample, spacing_mm)
+        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, resample, model_spacing_mm)
         self._protected: set[Path] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -346,10 +360,12 @@ class Converter:
         image = read_radiograph(source)
         frames = image.frames  # (F, H, W)
         outcome.frames = frames.shape[0]
-        size = working_size(frames.shape[1:], image.spacing_mm, self.model_spacing_mm)
+        spacing = self._assess(source, image, outcome)
+        size = working_size(frames.shape[1:], spacing.mm if spacing else None, self.model_spacing_mm)
         outcome.geometry = {
             "size": list(frames.shape[1:]),
-            "spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
+            "spacing_mm": list(spacing.mm) if spacing else None,
+            "input_spacing": spacing.as_dict() if spacing else None,
             "model_spacing_mm": self.model_spacing_mm,
             "resampled": size is not None,
             "working_size": list(size) if size else list(frames.shape[1:]),
@@ -368,7 +384,7 @@ class Converter:
         targets[0].parent.mkdir(parents=True, exist_ok=True)
         for index, (target, channel, stack) in enumerate(zip(targets, channels, outputs)):
             self._remove_stale_temporaries(target)
-            meta = self._provenance(source, channel, outcome.geometry)
+            meta = self._provenance(source, channel, outcome.geometry, outcome.domain)
             if image.dicom is not None:
                 write_dicom(target, image.dicom, stack, channel, index, meta)
             else:
@@ -377,9 +393,39 @@ class Converter:
         if self.preview:
             target = targets[-1]
             self._remove_stale_temporaries(target)
-            write_preview(target, [frames[0], *(s[0] for s in outputs)], self._provenance(source, PREVIEW,
-                                                                                          outcome.geometry))
+            write_preview(target, [frames[0], *(s[0] for s in outputs)],
+                          self._provenance(source, PREVIEW, outcome.geometry, outcome.domain))
             outcome.outputs.append(target)
+
+    def _assess(self, source: Path, image: Any, outcome: Outcome) -> _spacing.InputSpacing | None:
+        """Check the input's domain (refusing it when strict) and resolve its pixel spacing; warnings go into the
+        outcome. The anatomy is measured on the first frame, at most 512 pixels a side (dexrt.anatomy)."""
+        frames = image.frames
+        dataset = image.dicom.dataset if image.dicom is not None else None
+        anatomy = measure(frames[0])
+        report = _domain.check(dataset, anatomy)
+        outcome.domain = report.as_dict()
+        if not report.ok:
+            if self.strict:
+                raise DomainError(f"{source}: refused (strict): {report.summary()}")
+            outcome.warnings.append(f"{source}: {report.summary()}")
+        header = _spacing.header_spacing(dataset, frames.shape[1:]) if dataset is not None else None
+        # A chest's typical width says nothing about an image that is not a frontal chest.
+        chest_like = report.ok
+        spacing = _spacing.resolve(header, anatomy if chest_like else None, frames.shape[1:], self.input_spacing_mm)
+        if spacing is None:
+            if self.model_spacing_mm is not None:
+                outcome.warnings.append(f"{source}: no pixel spacing in the file, none given (--input-spacing) and "
+                                        "none estimated (no chest found): run at its own pixel size, not resampled")
+            log.info("%s: no pixel spacing known", source)
+        else:
+            log.info("%s: %s", source, spacing.describe())
+            if spacing.estimated and self.model_spacing_mm is not None:
+                outcome.warnings.append(f"{source}: {spacing.describe()}")
+            doubt = _spacing.body_width_doubt(spacing, anatomy) if chest_like else None
+            if doubt:
+                outcome.warnings.append(f"{source}: {doubt}")
+        return spacing
 
     def _infer(self, source: Path, work: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
         futures = [self.engine.submit(np.ascontiguousarray(f)) for f in work]
@@ -413,7 +459,8 @@ class Converter:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _provenance(self, source: Path, channel: str, geometry: dict[str, Any] | None) -> dict[str, Any]:
+    def _provenance(self, source: Path, channel: str, geometry: dict[str, Any] | None,
+                    domain: dict[str, Any] | None = None) -> dict[str, Any]:
         from dexrt import __version__
 
         return {
@@ -422,7 +469,21 @@ class Converter:
             "channel": channel,
             "engine": dict(self._engine_info),
             "geometry": geometry,
+            "domain": domain,
         }
+
+
+def deprecated_spacing(model_spacing_mm: float | None, spacing_mm: float | None) -> float | None:
+    """The model spacing from the new keyword or its old name ``spacing_mm`` (with a DeprecationWarning)."""
+    if spacing_mm is None:
+        return model_spacing_mm
+    import warnings
+
+    warnings.warn("spacing_mm is deprecated: it is the model's spacing, now model_spacing_mm (the input's own "
+                  "spacing is input_spacing_mm)", DeprecationWarning, stacklevel=3)
+    if model_spacing_mm is not None and model_spacing_mm != spacing_mm:
+        raise ValueError("spacing_mm (deprecated) and model_spacing_mm disagree; give model_spacing_mm only")
+    return spacing_mm
 
 
 def convert_files(engine: Engine, sources: Iterable[Path], out_dir: str | os.PathLike[str],

@@ -224,23 +224,12 @@ def _check_decoder(path: Path, syntax: Any) -> None:
 
 
 def _spacing(ds: Any) -> tuple[float, float] | None:
-    """Pixel spacing (row, col) in mm at the patient: PixelSpacing if calibrated, else ImagerPixelSpacing
-    (at the detector) divided by the estimated radiographic magnification, if known."""
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(tag)
-        if value is None or len(value) != 2:
-            continue
-        try:
-            row, col = float(value[0]), float(value[1])
-        except (TypeError, ValueError):
-            continue
-        if tag == "ImagerPixelSpacing":
-            magnification = float(ds.get("EstimatedRadiographicMagnificationFactor", 1) or 1)
-            if magnification > 0:
-                row, col = row / magnification, col / magnification
-        if all(math.isfinite(v) and 0.005 < v < 10 for v in (row, col)):
-            return (row, col)
-    return None
+    """Pixel spacing (row, col) in mm at the patient when the header gives a usable one (dexrt.spacing has the
+    rules); None otherwise, and the converter resolves or estimates it."""
+    from dexrt.spacing import header_spacing
+
+    found = header_spacing(ds).spacing
+    return found.mm if found is not None else None
 
 
 _LOSSY = (
@@ -291,9 +280,14 @@ def write_dicom(path: Path, source: DicomSource, images: np.ndarray, channel: st
     ds.SeriesInstanceUID = uid.generate_uid(entropy_srcs=[str(src.get("SeriesInstanceUID", "")), *identity])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.SeriesNumber = int(src.get("SeriesNumber", 0) or 0) + 1000 * (index + 1)
-    ds.SeriesDescription = f"{src.get('SeriesDescription', '') or src.get('Modality', '')} dexrt {channel}".strip()[:64]
+    flag = "" if (provenance.get("domain") or {}).get("in_domain", True) else " [out of domain]"
+    base = f"{src.get('SeriesDescription', '') or src.get('Modality', '')}"[:64 - len(f" dexrt {channel}{flag}")]
+    ds.SeriesDescription = f"{base} dexrt {channel}{flag}".strip()
     ds.ImageType = ["DERIVED", "SECONDARY", channel.upper()]
     ds.DerivationDescription = _derivation(provenance)[:1024]
+    comments = _comments(provenance)
+    if comments:
+        ds.ImageComments = (f"{ds.get('ImageComments', '')} | " if ds.get("ImageComments") else "") + comments
     ref = Dataset()
     ref.ReferencedSOPClassUID = src.SOPClassUID
     ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
@@ -339,6 +333,26 @@ def _derivation(provenance: dict[str, Any]) -> str:
     text = (f"{provenance['software']} dual-energy {provenance['channel']} image from a single-energy radiograph; "
             f"model {model}; engine {e['file']} ({e['backend']}, {e['precision']})")
     geometry = provenance.get("geometry") or {}
+    spacing = geometry.get("input_spacing")
+    if spacing:
+        text += f"; input pixel spacing {spacing['col_mm']:.4g} mm {'ASSUMED, ' if spacing['estimated'] else ''}" \
+                f"from {spacing['detail']}"
     if geometry.get("resampled"):
         text += f"; resampled to {geometry['model_spacing_mm']} mm for inference and back"
+    domain = provenance.get("domain") or {}
+    if domain and not domain.get("in_domain", True):
+        text += "; OUT OF DOMAIN: " + "; ".join(domain.get("reasons", []))
     return text
+
+
+def _comments(provenance: dict[str, Any]) -> str:
+    """ImageComments for a reader who sees only the viewer: what was assumed, what looks wrong (LT, 10240 chars)."""
+    parts = []
+    domain = provenance.get("domain") or {}
+    if domain and not domain.get("in_domain", True):
+        parts.append("dexrt: the input does not look like a frontal chest radiograph, the only input the model was "
+                     "trained on; this image is unreliable (" + "; ".join(domain.get("reasons", [])) + ")")
+    spacing = (provenance.get("geometry") or {}).get("input_spacing") or {}
+    if spacing.get("estimated"):
+        parts.append(f"dexrt: pixel spacing {spacing['col_mm']:.4g} mm was estimated ({spacing['detail']})")
+    return ". ".join(parts)[:10240]

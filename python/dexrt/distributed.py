@@ -36,10 +36,11 @@ import numpy as np
 
 from dexrt._errors import DexrtError, EngineError, require_extra
 from dexrt.bundle import read_bundle, read_manifest
-from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, find_images, inputs_at_risk,
-                           output_clashes, resampling_plan)
+from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, deprecated_spacing, find_images,
+                           inputs_at_risk, output_clashes, resampling_plan)
 from dexrt.signing import check_origin
 from dexrt.models import resolve_engine
+from dexrt.spacing import check_option
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +95,27 @@ class RayConverter:
     job, or a caller that ran ``ray.init``), that session is used and ``address`` is ignored.
 
     ``actors``: the pool size (default: the cluster's CPUs // ``cpus_per_actor`` for a CPU engine, its GPUs for
-    a GPU engine). ``batch_size``: files per actor call. ``jobs``, ``overwrite``, ``resample``, ``spacing_mm``,
-    ``preview``, ``root``: as for :class:`Converter`, applied in every actor. ``require_signed``: every actor's
-    engine must be signed by a trusted key (see :class:`dexrt.Engine`); checked here first.
+    a GPU engine). ``batch_size``: files per actor call. ``jobs``, ``overwrite``, ``resample``,
+    ``model_spacing_mm`` (old name ``spacing_mm``), ``input_spacing_mm``, ``strict``, ``preview``, ``root``: as for
+    :class:`Converter`, applied in every actor. ``require_signed``: every actor's engine must be signed by a
+    trusted key (see :class:`dexrt.Engine`); checked here first.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], *, engine: str | os.PathLike[str] | None = None,
                  device: str = "auto", address: str | None = None, actors: int | None = None,
                  cpus_per_actor: int = 1, batch_size: int = DEFAULT_BATCH, root: str | os.PathLike[str] | None = None,
-                 overwrite: bool = False, resample: bool = True, spacing_mm: float | None = None,
-                 preview: bool = False, jobs: int = DEFAULT_JOBS, progress: bool = False,
+                 overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
+                 input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
+                 jobs: int = DEFAULT_JOBS, progress: bool = False, spacing_mm: float | None = None,
                  require_signed: bool = False) -> None:
         for name, value in (("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size), ("jobs", jobs)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if actors is not None and actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors}")
-        if spacing_mm is not None and not spacing_mm > 0:
-            raise ValueError(f"spacing_mm must be > 0, got {spacing_mm}")
+        model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
+        check_option("model_spacing_mm", model_spacing_mm)
+        check_option("input_spacing_mm", input_spacing_mm)
         # The driver reads only the manifest (checked, so a bad bundle fails here and not in every actor);
         # the actors load the engine. None stays None: each actor finds the bundled engine in its own install.
         self.engine = Path(engine) if engine is not None else None
@@ -122,7 +126,7 @@ class RayConverter:
         manifest = read_manifest(resolve_engine(self.engine))
         self.gpu = manifest["backend"] == "tensorrt"
         self.channels: tuple[str, ...] = tuple(manifest["output"]["channels"])
-        self.model_spacing_mm, self.resampling_note = resampling_plan(manifest, resample, spacing_mm)
+        self.model_spacing_mm, self.resampling_note = resampling_plan(manifest, resample, model_spacing_mm)
         self.out_dir = Path(out_dir)
         self.root = Path(root) if root is not None else None
         self.device = device
@@ -131,7 +135,8 @@ class RayConverter:
         self.cpus_per_actor = cpus_per_actor
         self.batch_size = batch_size
         self.progress = progress
-        self.options = dict(root=self.root, overwrite=overwrite, resample=resample, spacing_mm=spacing_mm,
+        self.options = dict(root=self.root, overwrite=overwrite, resample=resample,
+                            model_spacing_mm=model_spacing_mm, input_spacing_mm=input_spacing_mm, strict=strict,
                             preview=preview, jobs=jobs)
         # Updated as rows arrive: what the actors' engines resolved to, and who converted.
         self.backend: str = manifest["backend"]
@@ -244,7 +249,7 @@ def convert_folder_ray(source: str | os.PathLike[str], output: str | os.PathLike
 
     Inputs are found as `dexrt infer` finds them; ``options`` are those of :class:`RayConverter` (``engine``,
     ``address``, ``actors``, ``cpus_per_actor``, ``batch_size``, ``device``, ``overwrite``, ``resample``,
-    ``spacing_mm``, ``preview``, ``jobs``). Returns the Outcomes in input order.
+    ``model_spacing_mm``, ``input_spacing_mm``, ``strict``, ``preview``, ``jobs``). Returns the Outcomes in input order.
     """
     source, output = Path(source), Path(output)
     engine = options.get("engine")

@@ -58,13 +58,13 @@ class Radiograph:
     path: Path
     kind: str  # "png", "tiff" or "dicom"
     frames: np.ndarray  # (F, H, W) uint16 or float32, bright = attenuating
-    spacing_mm: tuple[float, float] | None = None  # (row, col) at the patient, when the file records it
+    spacing_mm: tuple[float, float] | None = None  # (row, col) at the patient, when the header gives a usable one
     dicom: DicomSource | None = None  # the header to mirror in DICOM outputs
 
 
 def read_radiograph(path: str | os.PathLike[str]) -> Radiograph:
     """Read a PNG, TIFF or DICOM radiograph. PNG and TIFF carry no trusted pixel spacing (their resolution tags
-    are display settings more often than not), so only DICOM files are resampled."""
+    are display settings more often than not): their spacing comes from the user or an estimate (dexrt.spacing)."""
     path = Path(path)
     kind = image_kind(path)
     if kind == "dicom":

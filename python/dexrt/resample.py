@@ -20,22 +20,10 @@ from dexrt._errors import InputError
 # Below this relative change the resampling is skipped: a 1% scale change is within the spread of the
 # training data, and an exact identity keeps pixel values bit-for-bit.
 TOLERANCE = 0.01
-# Plausible pixel spacings (mm) for a model's training images or a --spacing override: radiographs run from
-# about 0.05 mm (mammography) to a few mm (heavily binned previews). Outside this a value is a typo or an attack
-# (1e-6 mm asked for a network of billions of pixels).
-SPACING_RANGE_MM = (0.01, 10.0)
 # The largest side an image may have after resampling to the model's spacing (docs/infer.md). A 43 cm detector at
 # the default model's 1.477 mm is 291 pixels; 4096 leaves room for fine-spacing models while keeping one U-Net
 # pass within a few GB (a 9.9 mm PixelSpacing on a 1024-pixel image asked for 6912 pixels and std::bad_alloc).
 MAX_WORKING_SIDE = 4096
-
-
-def check_spacing_mm(value: Any, what: str) -> float:
-    """`value` as a pixel spacing in mm within SPACING_RANGE_MM; InputError naming `what` otherwise."""
-    lo, hi = SPACING_RANGE_MM
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise InputError(f"{what} {value!r} mm is not a plausible pixel spacing (expected {lo} to {hi} mm)")
-    return float(value)
 
 
 def model_spacing_mm(manifest: dict[str, Any]) -> float | None:

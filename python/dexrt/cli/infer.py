@@ -34,6 +34,16 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    from dexrt.spacing import check_option
+
+    try:
+        check_option(f"--{param.name.replace('_', '-')}" if param.name != "old_spacing" else "--spacing", value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
 @click.command()
 @click.argument("source", metavar="SOURCE", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -46,9 +56,17 @@ def _sigterm_raises() -> Iterator[None]:
               help="Only files matching GLOB (a name, or a path relative to SOURCE if it has a '/'). Repeatable.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB. Repeatable.")
 @click.option("--overwrite", is_flag=True, help="Convert again files whose outputs exist (default: skip them).")
-@click.option("--spacing", type=click.FloatRange(min=0, min_open=True), metavar="MM",
-              help="The model's training pixel spacing in mm (default: from the engine, if recorded).")
+@click.option("--input-spacing", type=float, metavar="MM", callback=_spacing_option,
+              help="Pixel spacing (mm, at the patient) of inputs whose files give none: PNG, TIFF, DICOM without a "
+                   "usable spacing (default: estimated, and reported).")
+@click.option("--model-spacing", type=float, metavar="MM", callback=_spacing_option,
+              help="The MODEL's training pixel spacing in mm that images are resampled to (default: from the "
+                   "engine, if recorded).")
+@click.option("--spacing", "old_spacing", type=float, metavar="MM", hidden=True, callback=_spacing_option,
+              help="Deprecated: --model-spacing.")
 @click.option("--no-resample", is_flag=True, help="Never resample to the training pixel spacing.")
+@click.option("--strict", is_flag=True,
+              help="Refuse inputs that do not look like frontal chest radiographs (default: convert with a warning).")
 @click.option("--preview", is_flag=True, help="Also write NAME_preview.png (SE | bone | soft, 8-bit).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Files in flight at once (decoding, waiting for the engine, writing).")
@@ -63,21 +81,32 @@ def _sigterm_raises() -> Iterator[None]:
 @click.option("--ray-actors", type=click.IntRange(min=1), metavar="N",
               help="Engines (Ray actors) in the pool (default: one per CPU, or per GPU for a GPU engine).")
 def infer(source: Path, output: Path, engine_path: Path, device: str, recursive: bool, include: tuple[str, ...],
-          exclude: tuple[str, ...], overwrite: bool, spacing: float | None, no_resample: bool, preview: bool,
-          jobs: int, require_signed: bool, as_json: bool, ray_address: str | None, ray_actors: int | None) -> None:
+          exclude: tuple[str, ...], overwrite: bool, input_spacing: float | None, model_spacing: float | None,
+          old_spacing: float | None, no_resample: bool, strict: bool, preview: bool, jobs: int, require_signed: bool,
+          as_json: bool, ray_address: str | None, ray_actors: int | None) -> None:
     """Convert the DICOM, PNG (8/16-bit) and TIFF radiographs in SOURCE (a folder or one file).
 
     Each NAME.ext gives NAME_bone.ext and NAME_soft.ext in the output folder, in the input's format, value
     convention and size. Files whose outputs already exist are skipped, so an interrupted run can simply be
     run again. A file that cannot be converted is reported and the others go on; the exit code is 1 if any
     failed. With --ray the files are converted by a pool of engines on a Ray cluster (docs/distributed.md).
+
+    Each image is resampled to the model's pixel spacing. An input's own spacing comes from its DICOM header,
+    else --input-spacing, else an estimate; every assumption is reported (stderr and --json). Inputs that do not
+    look like frontal chest radiographs are converted with a warning, or refused with --strict (docs/infer.md).
     """
     from dexrt.bundle import read_manifest
     from dexrt.convert import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
-    if spacing is not None and no_resample:
-        raise click.UsageError("--spacing and --no-resample contradict each other; give one")
+    if old_spacing is not None:
+        click.echo("Warning: --spacing is deprecated and means the MODEL's spacing: use --model-spacing (an input's "
+                   "own spacing is --input-spacing)", err=True)
+        if model_spacing is not None and model_spacing != old_spacing:
+            raise click.UsageError("--spacing (deprecated) and --model-spacing disagree; give --model-spacing only")
+        model_spacing = old_spacing
+    if model_spacing is not None and no_resample:
+        raise click.UsageError("--model-spacing and --no-resample contradict each other; give one")
     if ray_actors is not None and ray_address is None:
         raise click.UsageError("--ray-actors needs --ray ADDRESS")
     given_engine = engine_path
@@ -89,8 +118,8 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     channels = read_manifest(engine_path)["output"]["channels"]  # checked; names the outputs not to take as inputs
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output,
                           channels=channels)
-    options = dict(root=root, overwrite=overwrite, resample=not no_resample, spacing_mm=spacing, preview=preview,
-                   jobs=jobs)
+    options = dict(root=root, overwrite=overwrite, resample=not no_resample, model_spacing_mm=model_spacing,
+                   input_spacing_mm=input_spacing, strict=strict, preview=preview, jobs=jobs)
     show_progress = sys.stderr.isatty() and not as_json
     if ray_address is None:
         run = _run(sources, engine_path, device, output, options, show_progress=show_progress, note=not no_resample,
@@ -100,6 +129,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
                        show_progress=show_progress, note=not no_resample, require_signed=require_signed)
     outcomes = run["outcomes"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("converted", "skipped", "failed")}
+    warned = sum(bool(o.warnings) for o in outcomes)
     if as_json:
         summary = {
             "engine": str(engine_path),
@@ -113,9 +143,11 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
             "seconds": round(run["seconds"], 3),
             "resampling": run["resampling"],
             "model_spacing_mm": run["model_spacing_mm"],
+            "warned": warned,
             "files": [
                 {"source": str(o.source), "status": o.status, "outputs": [str(p) for p in o.outputs],
-                 "error": o.error, "frames": o.frames, "seconds": round(o.seconds, 4), "geometry": o.geometry}
+                 "error": o.error, "frames": o.frames, "seconds": round(o.seconds, 4), "geometry": o.geometry,
+                 "spacing": (o.geometry or {}).get("input_spacing"), "domain": o.domain, "warnings": o.warnings}
                 for o in outcomes
             ],
         }
@@ -125,6 +157,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
             f"Converted {counts['converted']} of {len(sources)} images"
             + (f" ({counts['failed']} failed)" if counts["failed"] else "")
             + (f", skipped {counts['skipped']} already converted" if counts["skipped"] else "")
+            + (f", {warned} with warnings" if warned else "")
             + f" in {run['seconds']:.1f} s with {engine_path.name} ({run['backend']} {run['device']}"
             + (f", {run['ray']['actors']} Ray actors" if "ray" in run else "") + f") -> {output}"
         )
@@ -195,6 +228,8 @@ def _drive(open_run: Any, sources: list[Path], show_progress: bool) -> dict[str,
             with open_run() as results:  # closing(): an interrupt stops the workers
                 for outcome in results:  # as files finish
                     outcomes.append(outcome)
+                    for warning in outcome.warnings:
+                        tqdm.write(f"Warning: {warning}", file=sys.stderr)
                     if not outcome.ok:
                         tqdm.write(f"Error: {outcome.error}", file=sys.stderr)
                     bar.update()
