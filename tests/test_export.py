@@ -82,7 +82,8 @@ def test_metadata_round_trip(tmp_path: Path) -> None:
         "size_multiple": 64,
         "model_hash": "sha256:" + "ab" * 32,
         "model": {"in_channels": 1, "out_channels": 2, "ngf": 4, "depth": 6, "norm": "batch", "dropout": 0.5,
-                  "dropout_blocks": 3, "init_gain": 0.02, "seed": 0},
+                  "dropout_blocks": 3, "init_gain": 0.02, "seed": 0, "upsample": "transpose",
+                  "soft_from_se": False, "soft_offset": 0.0},
     }
     # without an explicit hash: the hash of the safetensors bytes a checkpoint would hold
     export_onnx(g, config, tmp_path / "h.onnx")

@@ -481,7 +481,9 @@ def test_forwarding_to_dcmtk_storescp(make_node: Callable[..., Node], tmp_path: 
         node = make_node(f"ARCHIVE@{LOOPBACK}:{port}")
         sources = [radiograph(64, CR, 1), radiograph(64, DX, 2)]
         assert send(sources, node.port) == [0x0000, 0x0000]
-        wait_until(lambda: len(list(received.iterdir())) == 4, TIMEOUT, "four files written by storescp")
+        # storescp answers Success only once a file is written: wait for the answers, not for the files to appear
+        wait_until(lambda: node.stats["forwarded"] == 4, TIMEOUT, "four instances accepted by storescp")
+        assert len(list(received.iterdir())) == 4
         got = [dcmread(p) for p in received.iterdir()]
         assert {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) for d in got} == {
             str(s.SOPInstanceUID) for s in sources}

@@ -8,6 +8,9 @@ from typing import cast
 
 import click
 
+from dexrt.cli._synth_chain import build as build_chain
+from dexrt.cli._synth_chain import chain_options
+
 
 def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
     try:
@@ -61,14 +64,19 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="Projector threads (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@chain_options
 def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size: int, image_format: str,
           sid_mm: float, sdd_mm: float, detector_mm: float | None, bin_: str | None, se_kvp: float, low_kvp: float,
           high_kvp: float, al_mm: float, se_cu_mm: float, high_cu_mm: float, se_ugy: float, low_ugy: float,
           high_ugy: float, noise: bool, ideal: bool, lesion_prob: float, lesion_mm: str, max_lesions: int,
           tilt_jitter: float, couch_jitter: float, split_text: str, sectors: int, guard_deg: float,
           lung_labels: str | None, blood_labels: str | None, soft_labels: str | None, bone_labels: str | None,
-          keep_outside_body: bool, seed: int, threads: int, as_json: bool) -> None:
-    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUTPUT."""
+          keep_outside_body: bool, seed: int, threads: int, as_json: bool, **chain_kw) -> None:
+    """Render a dual-energy DRR dataset (SE | bone | soft, 16-bit) from a CT into a new folder OUTPUT.
+
+    With --chain, each view's SE goes through a randomised imaging chain (kVp, dose, scatter, blur, processing,
+    ...; docs/synth.md); with --pool N, a train-only pool of N views at random train angles (chain and anatomy
+    variation on unless --no-chain / --no-anatomy)."""
     from dexrt._errors import require_extra
 
     require_extra("synth", "`dexrt synth`", "nibabel", "xraydb", "spekpy", "scipy")
@@ -82,6 +90,8 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
     from dexrt.synth.volume import EXAMPLE_RULES, LabelRules, parse_ids
 
     try:
+        chain, anatomy, pool, ap_pa_prob = build_chain(chain_kw)
+        views = pool if pool is not None else views
         provenance: dict = {}
         rules = LabelRules()
         if ct_path == "example":
@@ -111,7 +121,8 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
                                 splits=SplitPlan(fractions=fractions, sectors=sectors, guard_deg=guard_deg),
                                 tilt_jitter_deg=tilt_jitter, couch_jitter_deg=couch_jitter, seed=seed,
                                 lesion_prob=lesion_prob, max_lesions=max_lesions, lesion_diameter_mm=(lo_mm, hi_mm),
-                                ideal=ideal)
+                                ideal=ideal, chain=chain, anatomy=anatomy, pool=pool is not None,
+                                ap_pa_prob=ap_pa_prob)
         dataset.validate()
         imaging.validate()
         ct = load_ct(ct_path, labels_path)

@@ -223,6 +223,8 @@ class Node:
                       kept=str(failed))
                 return
             outputs, seconds = outcome.outputs, outcome.seconds
+            for warning in outcome.warnings:  # assumed spacing, out-of-domain content: also in the derived DICOM
+                event("convert_warning", logging.WARNING, sop_instance_uid=uid, reason=warning)
         self.spool.deliver(path, outputs, self.config.output)
         for forwarder in self.forwarders:
             forwarder.notify()

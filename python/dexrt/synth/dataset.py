@@ -12,30 +12,26 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
+from dexrt.contract import QUANTITIES, fixed_encoding
+from dexrt.synth.anatomy import AnatomyConfig, draw_anatomy
+from dexrt.synth.chain import ChainConfig, draw_chain
+from dexrt.synth.pool import pool_angles
 from dexrt.synth.render import Renderer, View
 from dexrt.synth.splits import SPLITS, SplitPlan
 
 FORMAT_VERSION = 1
 CHANNELS = ("se", "bone", "soft")
 IDEAL = ("bone_ideal", "soft_ideal")
-QUANTITY = {
-    "se": "attenuation -ln(I/I0) of the single-energy protocol (dimensionless)",
-    "bone": "dual-energy bone image: bone-equivalent areal density, g/cm^2 of ICRU-44 cortical bone",
-    "soft": "dual-energy soft-tissue image: water-equivalent areal density, g/cm^2",
-    "bone_ideal": "ideal material image: cortical-bone basis areal density along the ray, g/cm^2",
-    "soft_ideal": "ideal material image: adipose + soft-tissue basis areal density along the ray, g/cm^2",
-}
-_PRE_PASS_VIEWS = 8
-_MARGIN = 0.1  # fraction of the pre-pass range added on each side of the encoding window
+RAW = "se_raw"  # with a chain: the SE attenuation before post-processing
 
 
 @dataclass
@@ -51,6 +47,10 @@ class DatasetConfig:
     lesion_diameter_mm: tuple[float, float] = (5.0, 30.0)
     ideal: bool = False
     contact_views: int = 4
+    chain: ChainConfig | None = None  # None: the fixed protocol, as the options state it
+    anatomy: AnatomyConfig | None = None  # None: the CT as it is
+    pool: bool = False  # train-only views at random angles inside the train ranges (dexrt.synth.pool)
+    ap_pa_prob: float = 0.3  # pool: share of frontal (AP/PA) views
 
     def validate(self) -> None:
         if self.views < 1 or self.views > 1_000_000:
@@ -62,13 +62,24 @@ class DatasetConfig:
         if not (0.0 <= self.lesion_prob <= 1.0) or self.max_lesions < 1:
             raise ValueError("lesion probability must be in [0, 1] and max lesions >= 1")
         self.splits.validate()
+        if self.chain is not None:
+            self.chain.validate()
+        if self.anatomy is not None:
+            self.anatomy.validate()
+        if not 0.0 <= self.ap_pa_prob <= 1.0:
+            raise ValueError(f"the AP/PA share must be in [0, 1], got {self.ap_pa_prob}")
 
 
 def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list[str]]:
     """Views (angles, jitter, noise seeds, lesions) and their splits, all drawn from `cfg.seed`."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
-    angles = cfg.splits.angles(cfg.views)
+    if cfg.pool:  # its own stream: the jitter, seeds and lesions below are drawn as for a plain dataset
+        angles = [(a, "train") for a in pool_angles(cfg.splits, cfg.views, np.random.default_rng([cfg.seed, 0x9001]),
+                                                    cfg.ap_pa_prob)]
+    else:
+        angles = cfg.splits.angles(cfg.views)
+    se, p = renderer.config.physics.se, renderer.config
     sampler = None
     if cfg.lesion_prob > 0:
         sampler = renderer.lesion_sampler(cfg.lesion_diameter_mm)
@@ -85,34 +96,39 @@ def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list
             lrng = np.random.default_rng(seed + 1)
             lesions = [sampler.sample(lrng) for _ in range(int(lrng.integers(1, cfg.max_lesions + 1)))]
         noise_seed = seed if renderer.config.physics.noise else None
-        views.append(View(f"view_{i:05d}", round(gantry, 6), round(couch, 6), round(tilt, 6), noise_seed, lesions))
+        chain = None if cfg.chain is None else draw_chain(cfg.chain, se, p.sid_mm, p.sdd_mm, renderer.body_radius_mm,
+                                                          seed)
+        anatomy = None
+        if cfg.anatomy is not None:  # one synthetic patient per group of consecutive views
+            anatomy = draw_anatomy(cfg.anatomy, i // cfg.anatomy.views_per_anatomy, cfg.seed, renderer.iso)
+        views.append(View(f"view_{i:05d}", round(gantry, 6), round(couch, 6), round(tilt, 6), noise_seed, lesions,
+                          chain, anatomy))
         splits.append(split)
     return views, splits
 
 
-def _encoding(renderer: Renderer, views: list[View], channels: tuple[str, ...]) -> dict[str, dict]:
-    """One uint16 scaling per channel for the whole dataset, from a pre-pass over a few views."""
-    picks = np.unique(np.linspace(0, len(views) - 1, min(_PRE_PASS_VIEWS, len(views))).round().astype(int))
-    lo = {c: np.inf for c in channels}
-    hi = {c: -np.inf for c in channels}
-    for i in picks:
-        im = renderer.render(views[int(i)])
-        for c in channels:
-            lo[c] = min(lo[c], float(im[c].min()))
-            hi[c] = max(hi[c], float(im[c].max()))
+def iter_views(renderer: Renderer, cfg: DatasetConfig) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """Render the views of `cfg` one at a time without writing them (on-the-fly training data): each is its
+    manifest record (no files) and its images in physical units ("se", "bone", "soft", "mask", ...; "se_raw"
+    with a chain). With `cfg.pool`, every view is a train view outside the held-out angle ranges."""
+    views, splits = plan_views(renderer, cfg)
+    for view, split in zip(views, splits):
+        images = renderer.render(view)
+        yield _view_record(renderer, view, split, {}, None), images
+
+
+def quantity_of(channel: str) -> str:
+    """The contract quantity a channel stores (`se_raw` is the unprocessed SE: attenuation, like `se` unprocessed)."""
+    return "se" if channel == "se_raw" else channel
+
+
+def _encoding(channels: tuple[str, ...]) -> dict[str, dict]:
+    """The fixed encoding of each channel's quantity (dexrt.contract): the same for every CT, seed and view count."""
     enc = {}
     for c in channels:
-        span = max(hi[c] - lo[c], 1e-3)
-        a = 0.0 if c in IDEAL else lo[c] - _MARGIN * span  # ideal images are never negative
-        b = hi[c] + _MARGIN * span
-        enc[c] = {"offset": float(f"{a:.6g}"), "scale": float(f"{(b - a) / 65535.0:.6g}"), "quantity": QUANTITY[c]}
+        q = QUANTITIES[quantity_of(c)]
+        enc[c] = {**fixed_encoding(q.name).as_manifest(), "quantity": q.name, "unit": q.unit, "meaning": q.meaning}
     return enc
-
-
-def _to_u16(x: np.ndarray, e: dict) -> tuple[np.ndarray, int]:
-    q = np.rint((x - e["offset"]) / e["scale"])
-    clipped = int(np.count_nonzero((q < 0) | (q > 65535)))
-    return np.clip(q, 0, 65535).astype(np.uint16), clipped
 
 
 def _write_image(path: Path, img: np.ndarray, fmt: str) -> None:
@@ -168,8 +184,8 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
     t0 = time.perf_counter()
     out = Path(out_dir)
     views, splits = plan_views(renderer, cfg)
-    channels = CHANNELS + (IDEAL if cfg.ideal else ())
-    encoding = _encoding(renderer, views, channels)
+    channels = CHANNELS + ((RAW,) if cfg.chain is not None else ()) + (IDEAL if cfg.ideal else ())
+    encoding = _encoding(channels)
     tmp = _prepare_output(out)
     try:
         for c in channels:
@@ -188,7 +204,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
                 im = renderer.render(view)
                 files, jobs = {}, []
                 for c in channels:
-                    u16, n = _to_u16(im[c], encoding[c])
+                    u16, n = fixed_encoding(quantity_of(c)).stored(im[c])
                     clipped[c] += n
                     files[c] = f"{c}/{view.id}.{ext}"
                     jobs.append((tmp / files[c], u16, cfg.image_format))
@@ -206,7 +222,8 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
                     progress(1)
             while pending:
                 pending.popleft().result()
-        contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
+        if sheet_rows:
+            contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
         n_pix = len(views) * renderer.config.size[0] * renderer.config.size[1]
         for c in channels:
             encoding[c]["clipped_fraction"] = clipped[c] / n_pix
@@ -238,16 +255,26 @@ def _sheet_views(views: list[View], n: int) -> set[int]:
 def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: str | None) -> dict:
     cfg = renderer.config
     p = cfg.physics
-    return {
-        "id": view.id, "split": split, "files": files, "mask": mask,
-        "geometry": {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
-                     "sid_mm": cfg.sid_mm, "sdd_mm": cfg.sdd_mm, "rows": cfg.size[0], "cols": cfg.size[1],
-                     "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()},
-        "protocol": {"se_kvp": p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
-                     "kerma_ugy": {"se": p.se.kerma_ugy, "low": p.low.kerma_ugy, "high": p.high.kerma_ugy}},
+    ch = view.chain
+    geometry = {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
+                "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
+                "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()}
+    if ch is not None:  # a drawn magnification changes the scale of the anatomy in the image
+        geometry["offset_mm"] = list(ch.offset_mm)
+        geometry["pixel_at_iso_mm"] = round(renderer.pixel_mm * ch.sid_mm / ch.sdd_mm, 5)
+    rec: dict = {
+        "id": view.id, "split": split, "files": files, "mask": mask, "geometry": geometry,
+        "protocol": {"se_kvp": ch.kvp if ch else p.se.kvp, "low_kvp": p.low.kvp, "high_kvp": p.high.kvp,
+                     "kerma_ugy": {"se": ch.dose_ugy if ch else p.se.kerma_ugy, "low": p.low.kerma_ugy,
+                                   "high": p.high.kerma_ugy}},
         "noise_seed": view.noise_seed,
         "lesions": [les.describe() for les in view.lesions],
     }
+    if ch is not None:
+        rec["chain"] = ch.record()
+    if view.anatomy is not None:
+        rec["anatomy"] = view.anatomy.record()
+    return rec
 
 
 def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...], encoding: dict, records: list,
@@ -277,6 +304,10 @@ def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...],
                     "model": "ellipsoids (axis ratios 0.75-1) inside the lung mask, projected analytically, "
                              "replacing the mean lung tissue they occupy; mask = rays that cross a lesion"},
         "generator": {"dexrt": __version__, "seed": cfg.seed, "views": cfg.views,
-                      "tilt_jitter_deg": cfg.tilt_jitter_deg, "couch_jitter_deg": cfg.couch_jitter_deg},
+                      "tilt_jitter_deg": cfg.tilt_jitter_deg, "couch_jitter_deg": cfg.couch_jitter_deg,
+                      "pool": ({"ap_pa_prob": cfg.ap_pa_prob, "angles": "uniform in the train ranges"}
+                               if cfg.pool else None),
+                      "chain": asdict(cfg.chain) if cfg.chain is not None else None,
+                      "anatomy": asdict(cfg.anatomy) if cfg.anatomy is not None else None},
         "views": records,
     }

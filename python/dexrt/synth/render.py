@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,10 @@ from dexrt.synth.lesions import Lesion, LesionSampler, project_lesions
 from dexrt.synth.materials import MaterialModel
 from dexrt.synth.physics import Physics, PhysicsConfig
 from dexrt.synth.volume import LabelRules, MaterialVolume, axial_axis, body_mask, build_volume
+
+if TYPE_CHECKING:
+    from dexrt.synth.anatomy import Anatomy
+    from dexrt.synth.chain import ViewChain
 
 
 @dataclass
@@ -46,6 +51,9 @@ class View:
     tilt_deg: float = 0.0
     noise_seed: int | None = None
     lesions: list[Lesion] = field(default_factory=list)
+    # Imaging-chain randomisation (dexrt.synth.chain, dexrt.synth.anatomy); None: the fixed protocol and CT.
+    chain: ViewChain | None = None
+    anatomy: Anatomy | None = None
 
 
 class Renderer:
@@ -74,12 +82,38 @@ class Renderer:
             self.iso = (blo + bhi) / 2.0
         self.physics = Physics(config.physics, config.sid_mm, config.sdd_mm, self.pixel_mm**2, config.threads)
         self._sampler: LesionSampler | None = None
+        self._anatomy: tuple[Anatomy, MaterialVolume] | None = None  # the last deformed volume and its anatomy
+        blo, bhi = self.volume.body_bounds()
+        # Radius of the sphere about the isocentre that holds the body's box: the chain keeps it between the
+        # source and the detector when it draws a magnification.
+        corners = np.array([[a, b, c] for a in (blo[0], bhi[0]) for b in (blo[1], bhi[1]) for c in (blo[2], bhi[2])])
+        self.body_radius_mm = float(np.max(np.linalg.norm(corners - self.iso, axis=1)))
 
     def cone_beam(self, view: View) -> _core.ConeBeam:
         rows, cols = self.config.size
-        return _core.ConeBeam(sid_mm=self.config.sid_mm, sdd_mm=self.config.sdd_mm, rows=rows, cols=cols,
-                              pixel_row_mm=self.pixel_mm, pixel_col_mm=self.pixel_mm, gantry_deg=view.gantry_deg,
-                              couch_deg=view.couch_deg, tilt_deg=view.tilt_deg, iso_mm=self.iso.tolist())
+        sid, sdd, iso = self.config.sid_mm, self.config.sdd_mm, self.iso
+        ch = view.chain
+        if ch is not None:
+            sid, sdd = ch.sid_mm, ch.sdd_mm
+            if any(ch.offset_mm):  # aim the central ray off the body centre, along the detector's rows and columns
+                f = _core.ConeBeam(sid_mm=sid, sdd_mm=sdd, rows=rows, cols=cols, pixel_row_mm=self.pixel_mm,
+                                   pixel_col_mm=self.pixel_mm, gantry_deg=view.gantry_deg, couch_deg=view.couch_deg,
+                                   tilt_deg=view.tilt_deg, iso_mm=iso.tolist()).frame()
+                unit = [np.asarray(f[k], float) / np.linalg.norm(f[k]) for k in ("row_step", "col_step")]
+                iso = iso + ch.offset_mm[0] * unit[0] + ch.offset_mm[1] * unit[1]
+        return _core.ConeBeam(sid_mm=sid, sdd_mm=sdd, rows=rows, cols=cols, pixel_row_mm=self.pixel_mm,
+                              pixel_col_mm=self.pixel_mm, gantry_deg=view.gantry_deg, couch_deg=view.couch_deg,
+                              tilt_deg=view.tilt_deg, iso_mm=list(iso))
+
+    def volume_for(self, view: View) -> MaterialVolume:
+        """The material volume of the view's anatomy (built once per anatomy, kept for the next view)."""
+        if view.anatomy is None:
+            return self.volume
+        if self._anatomy is None or self._anatomy[0] != view.anatomy:
+            from dexrt.synth.anatomy import deform
+
+            self._anatomy = (view.anatomy, deform(self.volume, view.anatomy))
+        return self._anatomy[1]
 
     def lesion_sampler(self, diameter_mm: tuple[float, float]) -> LesionSampler:
         if self._sampler is None or self._sampler.diameter_mm != diameter_mm:
@@ -89,20 +123,33 @@ class Renderer:
     def line_integrals(self, view: View) -> tuple[np.ndarray, np.ndarray]:
         """(3, H, W) areal densities (g/cm^2) of adipose, soft, bone with lesions, and the (H, W) lesion mask."""
         cb = self.cone_beam(view)
-        line = self.volume.line_integrals([cb], self.config.threads)[0]
-        delta, mask = project_lesions(view.lesions, cb.frame(), cb.rows, cb.cols)
-        if view.lesions:
+        line = self.volume_for(view).line_integrals([cb], self.config.threads)[0]
+        lesions = view.lesions
+        if view.anatomy is not None:
+            line[2] *= np.float32(view.anatomy.bone_density)
+            lesions = [view.anatomy.move_lesion(les) for les in lesions]
+        delta, mask = project_lesions(lesions, cb.frame(), cb.rows, cb.cols)
+        if lesions:
             line = np.maximum(line + delta, 0.0)
         return line, mask
 
     def render(self, view: View, noise: bool | None = None) -> dict[str, np.ndarray]:
-        """{"se", "bone", "soft", "bone_ideal", "soft_ideal", "mask"} for one view (H, W)."""
+        """{"se", "bone", "soft", "bone_ideal", "soft_ideal", "mask"} for one view (H, W); with a chain also
+        "se_raw" (the SE attenuation before post-processing), and the DE pair is noise-free."""
         line, mask = self.line_integrals(view)
         use_noise = self.config.physics.noise if noise is None else noise
         rng = np.random.default_rng(view.noise_seed) if use_noise and view.noise_seed is not None else None
         if use_noise and rng is None:
             raise ValueError(f"{view.id}: noise is on but the view has no noise seed")
-        out = self.physics.images(line, rng)
+        if view.chain is not None:
+            from dexrt.synth.chain import se_image
+
+            # The DE targets stay ideal: no noise, scatter or processing; only the SE goes through the chain.
+            out = self.physics.images(line, None)
+            out.update(se_image(line, view.chain, self.config.physics.detector, self.pixel_mm, rng,
+                                self.config.threads))
+        else:
+            out = self.physics.images(line, rng)
         out["bone_ideal"] = line[2].astype(np.float32)  # g/cm^2 cortical bone
         out["soft_ideal"] = (line[0] + line[1]).astype(np.float32)  # g/cm^2 adipose + soft tissue
         out["mask"] = mask

@@ -55,11 +55,19 @@ def energy_grid(kvp_max: float) -> np.ndarray:
     return np.arange(1, int(np.ceil(kvp_max))) + 0.5
 
 
-@lru_cache(maxsize=16)
-def _spek(kvp: float, al_mm: float, cu_mm: float) -> tuple[np.ndarray, np.ndarray, float]:
+@lru_cache(maxsize=256)
+def _spek_tube(kvp: float):
+    """The unfiltered tube output at `kvp` (building it is the slow part of spekpy, ~0.5 s; filters are cheap)."""
     import spekpy
 
-    s = spekpy.Spek(kvp=kvp, th=ANODE_ANGLE_DEG, dk=1.0, z=_SPEK_Z_CM)
+    return spekpy.Spek(kvp=kvp, th=ANODE_ANGLE_DEG, dk=1.0, z=_SPEK_Z_CM)
+
+
+@lru_cache(maxsize=2048)
+def _spek(kvp: float, al_mm: float, cu_mm: float) -> tuple[np.ndarray, np.ndarray, float]:
+    import copy
+
+    s = copy.deepcopy(_spek_tube(kvp))  # filtering changes the object in place
     filters = [("Al", al_mm)] + ([("Cu", cu_mm)] if cu_mm > 0 else [])
     s.multi_filter(filters)
     k, phi = s.get_spectrum()  # keV bin centres; photons / cm^2 / mAs / keV at z
