@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,41 @@ def chest_phantom(shape: tuple[int, int] = (200, 240), body_px: float = 180.0, s
 def to_stored(image: np.ndarray, high: int = 4095, low_fraction: float = 0.05) -> np.ndarray:
     """A 0..1 attenuation picture as stored MONOCHROME2 values (air at `low_fraction` of the range)."""
     return np.rint((low_fraction + (1 - low_fraction) * image) * high).astype(np.int64)
+
+
+# Files whose headers declare any size over a few bytes of pixel data: decompression bombs when the size is huge.
+def png_declaring(path: Path, height: int, width: int) -> Path:
+    """A tiny PNG whose IHDR declares height x width 16-bit pixels; its IDAT holds (at most) one row."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(bytes(min(2 * width + 1, 1 << 16)))) + chunk(b"IEND", b""))
+    return path
+
+
+def tiff_declaring(path: Path, height: int, width: int) -> Path:
+    """A tiny zlib-compressed TIFF whose tags declare height x width uint16 in one strip of a few bytes."""
+    strip = zlib.compress(bytes(64))
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 16), (259, 3, 8), (262, 3, 1), (273, 4, 0),
+            (277, 3, 1), (278, 4, height), (279, 4, len(strip))]
+    ifd_offset = 8 + len(strip)
+    entries = b"".join(struct.pack("<HHII", tag, kind, 1, value if tag != 273 else 8) for tag, kind, value in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", ifd_offset) + strip + struct.pack("<H", len(tags)) + entries
+                     + struct.pack("<I", 0))
+    return path
+
+
+def dicom_declaring(path: Path, height: int, width: int) -> Path:
+    """An RLE DICOM whose header declares height x width (the pixel data is a few bytes)."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    make_dicom(path, np.zeros((8, 8), np.uint16), syntax=RLELossless)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = height, width
+    ds.save_as(path)
+    return path
+
+
+DECLARING = {"png": png_declaring, "tiff": tiff_declaring, "dicom": dicom_declaring}

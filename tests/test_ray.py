@@ -138,6 +138,23 @@ def test_an_output_never_overwrites_an_input_of_another_batch(plain_engine_path:
     np.testing.assert_array_equal(read_image(src / "y_bone.png").shape, (16, 16))
 
 
+def test_outputs_claimed_twice_fail_before_the_actors_and_reruns_in_place_resume(plain_engine_path: Path,
+                                                                                 tmp_path: Path) -> None:
+    """a.png and a.tiff both claim a_preview.png; in different actors' batches the driver still fails the later
+    one, and a rerun into the same folder never takes the first run's outputs as inputs."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", np.full((16, 16), 1000, np.uint16))
+    write_image(src / "a.tiff", np.full((16, 16), 2000, np.uint16))
+    for attempt in ("first", "rerun"):
+        outcomes = convert_folder_ray(src, src, engine=plain_engine_path, actors=2, batch_size=1, preview=True)
+        status = {o.source.name: (o.status, o.error) for o in outcomes}
+        assert set(status) == {"a.png", "a.tiff"}, attempt
+        assert status["a.png"][0] == ("converted" if attempt == "first" else "skipped")
+        assert status["a.tiff"][0] == "failed" and str(src / "a.png") in status["a.tiff"][1]
+    assert sorted(p.name for p in src.iterdir()) == ["a.png", "a.tiff", "a_bone.png", "a_preview.png", "a_soft.png"]
+
+
 def test_options_are_checked_before_ray_starts(plain_engine_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         RayConverter(tmp_path, engine=plain_engine_path, batch_size=0)

@@ -27,7 +27,15 @@ Batcher::Batcher(std::shared_ptr<const Engine> engine, std::shared_ptr<StatsReco
   if (options_.max_delay_us < 0) throw Error(ErrorKind::Engine, "max_delay_us must not be negative");
   if (options_.workers < 1) throw Error(ErrorKind::Engine, "workers must be at least 1");
   workers_.reserve(static_cast<size_t>(options_.workers));
-  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  worker_ids_.reserve(static_cast<size_t>(options_.workers));
+  {
+    // Workers wait on the mutex before looking at anything, so they never see worker_ids_ half written.
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < options_.workers; ++i) {
+      workers_.emplace_back([this] { worker_loop(); });
+      worker_ids_.push_back(workers_.back().get_id());
+    }
+  }
 }
 
 Batcher::~Batcher() { close(false); }
@@ -42,8 +50,15 @@ void Batcher::submit(std::unique_ptr<Request> request) {
   wake_.notify_all();
 }
 
+bool Batcher::on_worker_thread() const {
+  const auto self = std::this_thread::get_id();
+  return std::find(worker_ids_.begin(), worker_ids_.end(), self) != worker_ids_.end();
+}
+
 void Batcher::close(bool cancel) {
   std::vector<std::unique_ptr<Request>> cancelled;
+  const bool on_worker = on_worker_thread();
+  bool joiner = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     closing_ = true;
@@ -51,12 +66,24 @@ void Batcher::close(bool cancel) {
       for (auto& r : queue_) cancelled.push_back(std::move(r));
       queue_.clear();
     }
+    if (!on_worker && !joining_) joining_ = joiner = true;
   }
   wake_.notify_all();
-  if (!cancelled.empty()) completion_(cancelled, Outcome::Cancelled, nullptr);
-  for (auto& t : workers_) {
-    if (t.joinable()) t.join();
+  // The joiner joins before it completes the cancelled requests: their completion runs Python callbacks, which
+  // may call close() again on this thread, and that nested call must find the join done instead of waiting
+  // for itself.
+  if (joiner) {
+    for (auto& t : workers_) t.join();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      joined_ = true;
+    }
+    joined_cv_.notify_all();
   }
+  if (!cancelled.empty()) completion_(cancelled, Outcome::Cancelled, nullptr);
+  if (on_worker || joiner) return;  // a worker cannot wait for its own thread; it ends once the queue is drained
+  std::unique_lock<std::mutex> lock(mutex_);
+  joined_cv_.wait(lock, [&] { return joined_; });
 }
 
 int64_t Batcher::pending() const {

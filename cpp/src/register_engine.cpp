@@ -141,11 +141,13 @@ void Runtime::complete(std::vector<std::unique_ptr<Request>>& batch, Outcome out
     // Each future is resolved on its own: one that its caller cancelled meanwhile must not stop the others.
     try {
       py::object future = *static_cast<py::object*>(r->tag.get());
-      if (future.attr("done")().cast<bool>()) continue;
-      if (outcome == Outcome::Cancelled) {
-        future.attr("cancel")();
-        continue;
-      }
+      if (outcome == Outcome::Cancelled) future.attr("cancel")();
+      if (future.attr("done")().cast<bool>() && !future.attr("cancelled")().cast<bool>()) continue;
+      // The executor protocol: a pending future becomes RUNNING, while a cancelled one (by close(cancel) just
+      // above, or by its caller while it was queued) has its waiters notified and returns False. Future.cancel()
+      // alone wakes result() but not concurrent.futures.wait/as_completed, which would then wait forever.
+      // Each request passes here exactly once, so a cancelled future is never notified twice.
+      if (!future.attr("set_running_or_notify_cancel")().cast<bool>()) continue;
       if (outcome == Outcome::Failed) {
         future.attr("set_exception")(exception);
         continue;

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from dexrt._errors import EngineError, ModelError
+from dexrt.bundle import channel_name_problem, window_problem
 from dexrt.contract import NORMALISATION, OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
+from dexrt.spacing import check_option
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,14 @@ def read_onnx_contract(
     resolved_out = tuple(tuple(w) for w in (output_windows or meta_out.get("windows") or [DEFAULT_WINDOW] * n_out))
     if len(resolved_out) != n_out:
         raise ModelError(f"{path}: the output has {n_out} channels but {len(resolved_out)} output windows")
+    for name in resolved_channels:
+        if channel_name_problem(name):
+            raise ModelError(f"{path}: {channel_name_problem(name)}")
+    if len({c.lower() for c in resolved_channels}) != n_out:
+        raise ModelError(f"{path}: the channel names {', '.join(resolved_channels)} are not unique")
     for w in (resolved_in, *resolved_out):
-        if len(w) != 2 or not float(w[0]) < float(w[1]):
-            raise ModelError(f"{path}: a window must be (lo, hi) with lo < hi, got {w}")
+        if window_problem(list(w)):
+            raise ModelError(f"{path}: window {window_problem(list(w))}")
     multiple = int(size_multiple or meta.get("size_multiple") or DEFAULT_SIZE_MULTIPLE)
     if not 1 <= multiple <= 4096:
         raise ModelError(f"{path}: size multiple must be in [1, 4096], got {multiple}")
@@ -159,8 +166,10 @@ def _encodings(path: Path, inp: Any, out: Any, n_out: int) -> tuple[Encoding, ..
 def _spacing(path: str | os.PathLike[str], value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ModelError(f"{path}: pixel_spacing_mm must be a positive number, got {value!r}")
+    try:
+        check_option("pixel_spacing_mm", value)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: {exc}") from None
     return float(value)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
+from dexrt._limits import check_image_size
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # Projection radiographs; a CT or MR slice is not what the generator was trained on.
 MODALITIES = ("CR", "DX", "RF", "XA", "MG", "PX", "IO", "OT")
 _INSTALL_CODECS = "pip install 'dexrt[dicom]'"
+MAX_SEQUENCE_DEPTH = 16  # radiograph headers nest 3 or 4 levels; 100 levels broke copying the header
 
 
 def _pydicom() -> Any:
@@ -48,6 +51,16 @@ def is_dicom_file(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:] == b"DICM"
+
+
+def written_by_dexrt(path: Path) -> bool:
+    """True for a DICOM file dexrt wrote (its SoftwareVersions names dexrt and it is DERIVED); header only."""
+    try:
+        ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=["SoftwareVersions", "ImageType"])
+        software, image_type = str(ds.get("SoftwareVersions", "")), list(ds.get("ImageType", []) or [])
+    except Exception:  # noqa: BLE001 - any unreadable header is simply not one of dexrt's outputs
+        return False
+    return software.startswith("dexrt ") and image_type[:1] == ["DERIVED"]
 
 
 @dataclass
@@ -99,6 +112,8 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
 
     try:
         return _read_dicom(pydicom, path)
+    except InputError:  # a valid file dexrt does not support, already named for what it is (a ValueError too)
+        raise
     except InvalidDicomError as exc:
         raise InputError(f"{path}: not a DICOM file ({exc})") from exc
     except (BytesLengthException, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
@@ -164,6 +179,37 @@ def _check_header(path: Path, ds: Any) -> None:
         raise InputError(f"{path}: DICOM without SOP Instance/Class UID; outputs could not reference it")
     if "ModalityLUTSequence" in ds:
         raise InputError(f"{path}: a non-linear Modality LUT (ModalityLUTSequence) is not supported")
+    # The header's claims, checked before any pixel is decoded or the network runs (docs/infer.md).
+    check_image_size(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
+                     int(ds.get("NumberOfFrames", 1) or 1))
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        value = ds.get(keyword)
+        try:
+            number = default if value is None or value == "" else float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: {keyword} {str(value)!r} is not a number") from None
+        if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+            raise InputError(f"{path}: {keyword} {number!r} is not a usable "
+                             + ("(finite, non-zero) slope" if keyword == "RescaleSlope" else "finite intercept"))
+    depth = _sequence_depth(ds)
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise InputError(f"{path}: sequences nested more than {MAX_SEQUENCE_DEPTH} deep; no radiograph header "
+                         "needs that (a hostile or broken file)")
+
+
+def _sequence_depth(ds: Any) -> int:
+    """How deep sequences nest in `ds`, walked iteratively (copying or writing a deeply nested header recurses
+    once per level in pydicom and Python's copy), stopping one past the limit."""
+    deepest, stack = 0, [(ds, 0)]
+    while stack:
+        dataset, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_SEQUENCE_DEPTH:
+            break
+        for element in dataset:
+            if element.VR == "SQ":
+                stack.extend((item, depth + 1) for item in element.value)
+    return deepest
 
 
 def _check_decoder(path: Path, syntax: Any) -> None:

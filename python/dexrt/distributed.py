@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from dexrt._errors import DexrtError, EngineError, require_extra
-from dexrt.bundle import read_manifest
+from dexrt.bundle import read_bundle, read_manifest
 from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, deprecated_spacing, find_images,
-                           inputs_at_risk, resampling_plan)
+                           inputs_at_risk, output_clashes, resampling_plan)
+from dexrt.signing import check_origin
 from dexrt.models import resolve_engine
 from dexrt.spacing import check_option
 
@@ -62,11 +63,12 @@ class _ConvertActor:
     """
 
     def __init__(self, engine: str | None, device: str, num_threads: int, out_dir: str,
-                 options: dict[str, Any], protect: list[str]) -> None:
+                 options: dict[str, Any], protect: list[str], require_signed: bool = False) -> None:
         from dexrt.engine import Engine
 
         path = resolve_engine(Path(engine) if engine is not None else None)
-        self.engine = Engine(path, device=device, num_threads=num_threads, **FOLDER_ENGINE_OPTIONS)
+        self.engine = Engine(path, device=device, num_threads=num_threads, require_signed=require_signed,
+                             **FOLDER_ENGINE_OPTIONS)
         self.converter = Converter(self.engine, out_dir, **options)
         self.protect = [Path(p) for p in protect]
         self.worker = {"backend": self.engine.backend, "device": self.engine.device,
@@ -95,7 +97,8 @@ class RayConverter:
     ``actors``: the pool size (default: the cluster's CPUs // ``cpus_per_actor`` for a CPU engine, its GPUs for
     a GPU engine). ``batch_size``: files per actor call. ``jobs``, ``overwrite``, ``resample``,
     ``model_spacing_mm`` (old name ``spacing_mm``), ``input_spacing_mm``, ``strict``, ``preview``, ``root``: as for
-    :class:`Converter`, applied in every actor.
+    :class:`Converter`, applied in every actor. ``require_signed``: every actor's engine must be signed by a
+    trusted key (see :class:`dexrt.Engine`); checked here first.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], *, engine: str | os.PathLike[str] | None = None,
@@ -103,7 +106,8 @@ class RayConverter:
                  cpus_per_actor: int = 1, batch_size: int = DEFAULT_BATCH, root: str | os.PathLike[str] | None = None,
                  overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
                  input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
-                 jobs: int = DEFAULT_JOBS, progress: bool = False, spacing_mm: float | None = None) -> None:
+                 jobs: int = DEFAULT_JOBS, progress: bool = False, spacing_mm: float | None = None,
+                 require_signed: bool = False) -> None:
         for name, value in (("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size), ("jobs", jobs)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -115,6 +119,10 @@ class RayConverter:
         # The driver reads only the manifest (checked, so a bad bundle fails here and not in every actor);
         # the actors load the engine. None stays None: each actor finds the bundled engine in its own install.
         self.engine = Path(engine) if engine is not None else None
+        self.require_signed = require_signed
+        if require_signed:  # refused here once, not in every actor (which check again: the file may change)
+            bundle = read_bundle(resolve_engine(self.engine))
+            check_origin(bundle.path, bundle.manifest_bytes, bundle.signature, trusted_keys=None, require_signed=True)
         manifest = read_manifest(resolve_engine(self.engine))
         self.gpu = manifest["backend"] == "tensorrt"
         self.channels: tuple[str, ...] = tuple(manifest["output"]["channels"])
@@ -168,7 +176,15 @@ class RayConverter:
         given = {p.absolute(): p for p in sources}
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
-        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=bool(self.options["preview"]))
+        preview = bool(self.options["preview"])
+        protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=preview)
+        # Files of different actors' batches may claim one output: the later ones fail here, before any actor.
+        clashes = output_clashes(list(given), out_abs, self.channels, root=root, preview=preview)
+        for path, error in clashes.items():
+            yield Outcome(given[path], error=error.replace(str(path), str(given[path])))
+        given = {p: q for p, q in given.items() if p not in clashes}
+        if not given:
+            return
         context = DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, self.progress
         options = {**self.options, "root": str(root) if root is not None else None}
@@ -179,7 +195,8 @@ class RayConverter:
             compute=ActorPoolStrategy(size=actors),
             fn_constructor_kwargs=dict(engine=str(self.engine.absolute()) if self.engine else None,
                                        device=self.device, num_threads=0 if self.gpu else self.cpus_per_actor,
-                                       out_dir=str(out_abs), options=options, protect=[str(p) for p in protect]),
+                                       out_dir=str(out_abs), options=options, protect=[str(p) for p in protect],
+                                       require_signed=self.require_signed),
             num_cpus=self.cpus_per_actor,
             num_gpus=1 if self.gpu else None,
             batch_format="numpy",
@@ -235,7 +252,10 @@ def convert_folder_ray(source: str | os.PathLike[str], output: str | os.PathLike
     ``model_spacing_mm``, ``input_spacing_mm``, ``strict``, ``preview``, ``jobs``). Returns the Outcomes in input order.
     """
     source, output = Path(source), Path(output)
-    sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
+    engine = options.get("engine")
+    channels = read_manifest(resolve_engine(Path(engine) if engine is not None else None))["output"]["channels"]
+    sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output,
+                          channels=channels)
     converter = RayConverter(output, root=source if source.is_dir() else source.parent, **options)
     order = {p: i for i, p in enumerate(sources)}
     return sorted(converter.run(sources), key=lambda o: order[o.source])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ import numpy as np
 
 from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
+from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.bundle import read_bundle
 from dexrt.contract import NORMALISATION, Encoding, denormalise, normalise
+from dexrt.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -26,7 +29,6 @@ def _close_live_engines() -> None:
     for engine in list(_LIVE):
         engine.close()
 
-_MAX_SIDE = 16384  # larger images are refused before anything is allocated
 
 
 class Engine:
@@ -36,6 +38,11 @@ class Engine:
     ``device="auto"`` runs the bundle on the device it was built for. The resolved backend and device are
     visible as ``engine.backend`` and ``engine.device``. Instances are thread-safe: several threads may call
     :meth:`infer` at once, and the GIL is released while the network runs.
+
+    Origin: a bundle signed by a trusted key (``trusted_keys``, default: the project's key and the user's
+    trusted-keys files, see :mod:`dexrt.signing`) loads silently and names its key in ``engine.signer``. An
+    unsigned or otherwise signed bundle loads with a logged warning, or, with ``require_signed=True``, raises
+    :class:`BundleError`.
 
     Example::
 
@@ -56,6 +63,8 @@ class Engine:
         cuda_device: int = 0,
         contexts: int = 2,
         cuda_graphs: bool = False,
+        trusted_keys: Iterable[Any] | None = None,
+        require_signed: bool = False,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -72,6 +81,9 @@ class Engine:
         m = bundle.manifest
         self._path = Path(path)
         self._manifest = m
+        verdict = check_origin(self._path, bundle.manifest_bytes, bundle.signature, trusted_keys=trusted_keys,
+                               require_signed=require_signed)
+        self._signer = verdict.signer
         if m["backend"] == "tensorrt":
             backend = self._tensorrt_args(bundle.payload, device, cuda_device, contexts, cuda_graphs)
         elif m["backend"] == "openvino":
@@ -143,15 +155,25 @@ class Engine:
             manifest["output"]["windows"] = [[-1.0, 1.0]] * len(manifest["output"]["channels"])
             for fields, key in ((manifest["input"], "encoding"), (manifest["output"], "encodings")):
                 fields.pop(key, None)  # network values have no physical meaning
+        # The parts come from this process, not from a file of unknown origin: they are signed with a throwaway
+        # key that only this load trusts, so the origin check passes without a warning about an unsigned engine.
+        from dexrt.signing import ephemeral_key, public_key_of
+
+        key = ephemeral_key()
         with tempfile.TemporaryDirectory(prefix="dexrt-engine-") as tmp:
             path = Path(tmp, "engine.dexrt")
-            write_bundle(path, manifest, payload)
-            return cls(path, **options)  # the payload is in memory once loaded; the file may go
+            write_bundle(path, manifest, payload, signing_key=key)
+            return cls(path, **{**options, "trusted_keys": [public_key_of(key)]})  # the file may go once loaded
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def signer(self) -> PublicKey | None:
+        """The trusted key that signed this engine's manifest, or None (unsigned, or not by a trusted key)."""
+        return self._signer
 
     @property
     def backend(self) -> str:
@@ -273,8 +295,8 @@ class Engine:
         if len(shape) not in (2, 3) or 0 in shape:
             raise InputError(f"device images must be (H, W) or (N, H, W) and not empty, got shape {shape}")
         n, h, w = (1, *shape) if len(shape) == 2 else shape
-        if h > _MAX_SIDE or w > _MAX_SIDE:
-            raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+        if h > MAX_SIDE or w > MAX_SIDE:
+            raise InputError(f"images must be at most {MAX_SIDE} pixels a side, got {h}x{w}")
         item = np.dtype(dtype).itemsize
         strides = cai.get("strides")
         if strides is not None and tuple(strides) != tuple(item * p for p in (h * w, w, 1)[-len(shape):]):
@@ -319,7 +341,12 @@ class Engine:
         return future
 
     def close(self, cancel: bool = False) -> None:
-        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them)."""
+        """Stop accepting work and wait for queued requests to finish (or, with ``cancel``, cancel them).
+
+        Every submitted future ends done, cancelled ones included, so ``concurrent.futures.wait`` and
+        ``as_completed`` see them finish. Idempotent and safe from any number of threads at once; from a
+        future's done-callback it stops the engine without waiting (the callback runs on a worker it would
+        otherwise wait for)."""
         self._core.close(cancel)
 
     def __enter__(self) -> Engine:
@@ -377,7 +404,7 @@ def _check(images: object, ndims: tuple[int, ...]) -> None:
     if 0 in images.shape:
         raise InputError(f"images must not be empty, got shape {images.shape}")
     h, w = images.shape[-2:]
-    if h > _MAX_SIDE or w > _MAX_SIDE:
-        raise InputError(f"images must be at most {_MAX_SIDE} pixels a side, got {h}x{w}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise InputError(f"images must be at most {MAX_SIDE} pixels a side, got {h}x{w}")
     if images.dtype == np.float32 and not np.isfinite(images).all():
         raise InputError("images contain NaN or infinite values")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ import numpy as np
 from dexrt._atomic import atomic_write
 from dexrt._png import encode_png16
 from dexrt._errors import InputError
+from dexrt._limits import check_image_size
 from dexrt.dicom import DICOM_SUFFIXES, DicomSource, is_dicom_file, read_dicom
+from dexrt.dicom import written_by_dexrt as dicom_written_by_dexrt
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -87,9 +90,25 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return image
 
 
+def _png_header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, which the format puts first; None if the file is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc})") from exc
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return height, width
+
+
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    size = _png_header_size(path)
+    if size is not None:
+        check_image_size(path, *size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -101,7 +120,9 @@ def _read_png(path: Path) -> np.ndarray:
                 array = np.array(img)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{path}: image too large for the PNG decoder ({exc})") from exc
+    except UnidentifiedImageError as exc:
         raise InputError(f"{path}: not a readable PNG image ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InputError(f"{path}: corrupt or truncated PNG ({exc})") from exc
@@ -124,17 +145,18 @@ def _read_tiff(path: Path) -> np.ndarray:
             if len(tif.series) != 1 or len(tif.series[0].shape) > 3:
                 raise InputError(f"{path}: TIFF with {len(tif.series)} image series; expected one grayscale image")
             series = tif.series[0]
-            if series.get_shape(squeeze=True) and len(series.get_shape(squeeze=True)) != 2:
+            shape = series.get_shape(squeeze=True)
+            if shape and len(shape) != 2:
                 raise InputError(
                     f"{path}: TIFF image of shape {series.shape} ({series.axes}); expected one grayscale plane "
                     "(colour and multi-page TIFF are not supported)"
                 )
-            array = series.asarray()
+            check_image_size(path, *(shape or (1, 1)))  # from the tags, nothing decoded yet; () is a 1x1 image
+            array = series.asarray().reshape(shape or (1, 1))  # squeezed, but a 1x1 image stays 2-D
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a hostile file drives tifffile's parser into any error (TypeError, struct.error, ...)
         raise InputError(f"{path}: corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from exc
-    array = np.squeeze(array)
     if array.dtype == np.uint16:
         return array
     if array.dtype == np.uint8:
@@ -166,6 +188,31 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[
             tifffile.imwrite(f, image, photometric="minisblack", description=text, metadata=None)
     else:
         raise ValueError(f"{path}: unsupported output type (use .png, .tif or .tiff)")
+
+
+def written_by_dexrt(path: str | os.PathLike[str]) -> bool:
+    """True for a file dexrt wrote (an output of `dexrt infer`): its provenance names dexrt. Reads headers only."""
+    path = Path(path)
+    kind = image_kind(path)
+    if kind == "dicom":
+        return dicom_written_by_dexrt(path)
+    if kind is None:
+        return False
+    try:
+        if kind == "png":  # dexrt writes its iTXt chunk before the pixels: Image.open reads it without decoding
+            from PIL import Image
+
+            with Image.open(path) as img:
+                text = img.info.get(METADATA_KEY)
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                text = tif.pages.first.description
+        software = json.loads(text).get("software", "") if text else ""
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file is not one of dexrt's outputs
+        return False
+    return isinstance(software, str) and software.startswith("dexrt ")
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:

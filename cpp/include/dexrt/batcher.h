@@ -60,7 +60,11 @@ class Batcher {
   void submit(std::unique_ptr<Request> request);
 
   // Stops accepting requests; with cancel, queued (not yet running) requests complete as Cancelled, otherwise
-  // they all run. Returns when every worker has finished. Idempotent.
+  // they all run. Returns when every worker has finished and the requests this call cancelled are completed.
+  // Idempotent and safe from any number of threads at once: one caller joins the workers, the others wait for
+  // that join. Called on a worker thread (from a completion, e.g. a future's done-callback) it cannot wait for
+  // its own thread, so it stops the batcher and returns at once; a later close from outside, or the
+  // destructor, joins. A completion may call close again (re-entrantly) without deadlock.
   void close(bool cancel);
 
   int64_t pending() const;
@@ -77,11 +81,19 @@ class Batcher {
   BatcherOptions options_;
   Completion completion_;
 
+  bool on_worker_thread() const;
+
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Request>> queue_;
   bool closing_ = false;
+  // The join protocol of close(): std::thread::join from two threads at once is undefined (one of them blocked
+  // forever in practice), so exactly one caller joins and the others wait on `joined_cv_`.
+  bool joining_ = false;
+  bool joined_ = false;
+  std::condition_variable joined_cv_;
   std::vector<std::thread> workers_;
+  std::vector<std::thread::id> worker_ids_;  // written before any close; read without touching workers_
 };
 
 }  // namespace dexrt

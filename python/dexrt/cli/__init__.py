@@ -21,6 +21,8 @@ _COMMANDS = {
     "train": "dexrt.cli.train:train",
     "bench": "dexrt.cli.bench:bench",
     "eval": "dexrt.cli.eval:eval_",
+    "keygen": "dexrt.cli.keygen:keygen",
+    "sign": "dexrt.cli.sign:sign",
     "serve": "dexrt.cli.serve:serve",
 }
 

@@ -31,6 +31,8 @@ from dexrt._errors import InputError
 @click.option("--channels", default=None, help="Comma-separated output channel names (default: bone,soft).")
 @click.option("--size-multiple", type=click.IntRange(1, 4096), default=None,
               help="Images are padded to a multiple of this (default: the model's metadata, else 256).")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="KEY",
+              help="Sign the bundle's manifest with this Ed25519 private key (from `dexrt keygen`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def build_engine(
     onnx_path: Path,
@@ -43,6 +45,7 @@ def build_engine(
     output_windows: tuple[tuple[float, float], ...],
     channels: str | None,
     size_multiple: int | None,
+    sign_key: Path | None,
     as_json: bool,
 ) -> None:
     """Build an engine bundle from an ONNX generator (one input (N,1,H,W), one output (N,C,H,W), range [-1, 1])."""
@@ -57,6 +60,11 @@ def build_engine(
         raise InputError(f"{output}: refusing to overwrite the input model")
     if not output.parent.is_dir():
         raise InputError(f"{output.parent}: output folder does not exist")
+    signing_key = None
+    if sign_key is not None:  # a bad key is reported before minutes of building, not after
+        from dexrt.signing import load_private_key
+
+        signing_key = load_private_key(sign_key)
     contract = read_onnx_contract(
         onnx_path,
         input_window=input_window,
@@ -75,15 +83,18 @@ def build_engine(
         manifest, payload = quantize_openvino(contract, onnx_path, calibration, images=calibration_images)
     else:
         manifest, payload = build_openvino(contract, onnx_path, precision=precision or "fp32")
-    write_bundle(output, manifest, payload)
+    write_bundle(output, manifest, payload, signing_key=signing_key)
     size_mb = output.stat().st_size / 1e6
     if as_json:
         from dexrt.bundle import read_manifest
 
         click.echo(json.dumps(read_manifest(output), indent=2, sort_keys=True))
     else:
+        from dexrt.signing import public_key_of
+
         click.echo(
             f"Wrote {output} ({manifest['backend']} {manifest['device']} {manifest['precision']}, {size_mb:.1f} MB; "
             f"outputs {', '.join(contract.channels)}; input window {list(contract.input_window)}; "
-            f"size multiple {contract.size_multiple})"
+            f"size multiple {contract.size_multiple}"
+            + (f"; signed by key {public_key_of(signing_key).key_id}" if signing_key is not None else "") + ")"
         )

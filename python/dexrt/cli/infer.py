@@ -70,6 +70,9 @@ def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | N
 @click.option("--preview", is_flag=True, help="Also write NAME_preview.png (SE | bone | soft, 8-bit).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Files in flight at once (decoding, waiting for the engine, writing).")
+@click.option("--require-signed", is_flag=True,
+              help="Refuse an engine not signed by a trusted key (the project's key, or those in the files named "
+                   "by DEXRT_TRUSTED_KEYS; see docs/runtime.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout instead of text.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
               help="Convert on a Ray cluster: 'auto' (the cluster this machine belongs to), 'local' (a Ray "
@@ -79,8 +82,8 @@ def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | N
               help="Engines (Ray actors) in the pool (default: one per CPU, or per GPU for a GPU engine).")
 def infer(source: Path, output: Path, engine_path: Path, device: str, recursive: bool, include: tuple[str, ...],
           exclude: tuple[str, ...], overwrite: bool, input_spacing: float | None, model_spacing: float | None,
-          old_spacing: float | None, no_resample: bool, strict: bool, preview: bool, jobs: int, as_json: bool,
-          ray_address: str | None, ray_actors: int | None) -> None:
+          old_spacing: float | None, no_resample: bool, strict: bool, preview: bool, jobs: int, require_signed: bool,
+          as_json: bool, ray_address: str | None, ray_actors: int | None) -> None:
     """Convert the DICOM, PNG (8/16-bit) and TIFF radiographs in SOURCE (a folder or one file).
 
     Each NAME.ext gives NAME_bone.ext and NAME_soft.ext in the output folder, in the input's format, value
@@ -92,6 +95,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     else --input-spacing, else an estimate; every assumption is reported (stderr and --json). Inputs that do not
     look like frontal chest radiographs are converted with a warning, or refused with --strict (docs/infer.md).
     """
+    from dexrt.bundle import read_manifest
     from dexrt.convert import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
@@ -111,15 +115,18 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
         which = "the bundled default model" if engine_path == DEFAULT_ENGINE else "engine"
         click.echo(f"Using {which} {engine_path}" + (f" on Ray ({ray_address})" if ray_address else ""), err=True)
     root = source if source.is_dir() else source.parent
-    sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output)
+    channels = read_manifest(engine_path)["output"]["channels"]  # checked; names the outputs not to take as inputs
+    sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output,
+                          channels=channels)
     options = dict(root=root, overwrite=overwrite, resample=not no_resample, model_spacing_mm=model_spacing,
                    input_spacing_mm=input_spacing, strict=strict, preview=preview, jobs=jobs)
     show_progress = sys.stderr.isatty() and not as_json
     if ray_address is None:
-        run = _run(sources, engine_path, device, output, options, show_progress=show_progress, note=not no_resample)
+        run = _run(sources, engine_path, device, output, options, show_progress=show_progress, note=not no_resample,
+                   require_signed=require_signed)
     else:
         run = _run_ray(sources, given_engine, device, output, options, address=ray_address, actors=ray_actors,
-                       show_progress=show_progress, note=not no_resample)
+                       show_progress=show_progress, note=not no_resample, require_signed=require_signed)
     outcomes = run["outcomes"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("converted", "skipped", "failed")}
     warned = sum(bool(o.warnings) for o in outcomes)
@@ -166,7 +173,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
 
 
 def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: dict[str, Any], *,
-         show_progress: bool, note: bool) -> dict[str, Any]:
+         show_progress: bool, note: bool, require_signed: bool) -> dict[str, Any]:
     """Convert `sources` in this process; returns plain results (outcomes in input order, engine facts, timing,
     interruption).
 
@@ -176,7 +183,7 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
     from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
     from dexrt.engine import Engine
 
-    engine = Engine(engine_path, device=device, **FOLDER_ENGINE_OPTIONS)
+    engine = Engine(engine_path, device=device, require_signed=require_signed, **FOLDER_ENGINE_OPTIONS)
     try:
         converter = Converter(engine, output, **options)
         if converter.model_spacing_mm is None and note:
@@ -189,7 +196,8 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
 
 
 def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output: Path, options: dict[str, Any], *,
-             address: str, actors: int | None, show_progress: bool, note: bool) -> dict[str, Any]:
+             address: str, actors: int | None, show_progress: bool, note: bool, require_signed: bool
+             ) -> dict[str, Any]:
     """Convert `sources` on a Ray cluster (dexrt.distributed); the same results as `_run`, plus the pool's."""
     from dexrt.distributed import RayConverter, import_ray
 
@@ -197,7 +205,7 @@ def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output:
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # without -v, Ray Data's execution log is noise
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     converter = RayConverter(output, engine=engine_path, device=device, address=address, actors=actors,
-                             **options)
+                             require_signed=require_signed, **options)
     if converter.model_spacing_mm is None and note:
         click.echo(f"Note: {converter.resampling_note}", err=True)
     run = _drive(lambda: closing(converter.run(sources)), sources, show_progress)
