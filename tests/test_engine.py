@@ -203,3 +203,17 @@ def test_uint16_output_is_the_float_output_rounded_half_to_even(plain_engine_pat
     as_uint16 = engine.infer(images)
     for f, u in zip(as_float, as_uint16):
         np.testing.assert_array_equal(np.clip(np.rint(f), 0, 65535).astype(np.uint16), u)
+
+
+def test_model_cache_keeps_compiled_shapes_on_disk(plain_engine_path: Path, tmp_path: Path) -> None:
+    """With cache_dir, OpenVINO writes a compiled blob per shape; a second engine reads it and computes the same."""
+    cache = tmp_path / "cache"
+    images = random_images((1, 100, 120), np.uint16)
+    with dexrt.Engine(plain_engine_path, cache_dir=cache) as first:
+        expected = first.infer(images)
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert blobs, "no compiled model was cached"
+    with dexrt.Engine(plain_engine_path, cache_dir=cache) as second:
+        for a, b in zip(second.infer(images), expected):
+            np.testing.assert_array_equal(a, b)
+    assert sorted(p.name for p in cache.iterdir()) == blobs  # the same shape: read, not compiled again

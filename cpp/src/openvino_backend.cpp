@@ -109,6 +109,8 @@ std::shared_ptr<OpenVinoBackend::Compiled> OpenVinoBackend::compiled_for(const B
     // 8-bit mantissa moves outputs by hundreds of uint16 steps; an engine's precision is the bundle's, not the CPU's.
     ov::AnyMap properties{{"PERFORMANCE_HINT", options_.performance_hint}, {"INFERENCE_PRECISION_HINT", "f32"}};
     if (options_.num_threads > 0) properties.emplace("INFERENCE_NUM_THREADS", options_.num_threads);
+    // A compiled blob per (model, shape, properties) on disk: a new process skips compiling a shape seen before.
+    if (!options_.cache_dir.empty()) properties.emplace("CACHE_DIR", options_.cache_dir);
     compiled->model = core_.compile_model(fixed, options_.device, properties);
   } catch (const ov::Exception& e) {
     throw Error(ErrorKind::Engine, "OpenVINO could not compile the network for input (" + std::to_string(shape.n) +

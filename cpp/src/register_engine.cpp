@@ -172,7 +172,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
                                       const std::vector<WindowPair>& output_windows, int64_t size_multiple,
                                       const std::string& performance_hint, int num_threads, int64_t max_batch,
                                       int64_t max_delay_us, int workers, int cuda_device, int contexts,
-                                      bool cuda_graphs) {
+                                      bool cuda_graphs, const std::string& cache_dir) {
   if (max_batch < 1 || max_delay_us < 0 || workers < 1) {
     throw py::value_error("max_batch and workers must be at least 1, max_delay_us at least 0");
   }
@@ -203,6 +203,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
   options.device = device;
   options.performance_hint = performance_hint;
   options.num_threads = num_threads;
+  options.cache_dir = cache_dir;
   std::string xml = model;  // copies out of the Python objects while the GIL is held
   std::string bin = weights;
   py::gil_scoped_release release;
@@ -329,7 +330,7 @@ void register_engine(py::module_& m) {
            py::arg("weights"), py::arg("input_window"), py::arg("output_windows"), py::arg("size_multiple"),
            py::arg("performance_hint") = "LATENCY", py::arg("num_threads") = 0, py::arg("max_batch") = 8,
            py::arg("max_delay_us") = 1000, py::arg("workers") = 2, py::arg("cuda_device") = 0,
-           py::arg("contexts") = 2, py::arg("cuda_graphs") = false)
+           py::arg("contexts") = 2, py::arg("cuda_graphs") = false, py::arg("cache_dir") = "")
       .def_property_readonly("backend", [](const Runtime& r) { return r.engine().backend().name(); })
       .def_property_readonly("device", [](const Runtime& r) { return r.engine().backend().device(); })
       .def_property_readonly("output_channels", [](const Runtime& r) { return r.engine().output_channels(); })

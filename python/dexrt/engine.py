@@ -44,6 +44,9 @@ class Engine:
     unsigned or otherwise signed bundle loads with a logged warning, or, with ``require_signed=True``, raises
     :class:`BundleError`.
 
+    ``cache_dir`` (CPU engines) keeps OpenVINO's compiled model per input shape on disk, so a new process skips
+    compiling shapes seen before: its first call is then about as fast as the next ones (docs/runtime.md).
+
     Example::
 
         engine = dexrt.Engine("model.dexrt")
@@ -57,6 +60,7 @@ class Engine:
         *,
         performance_hint: str = "latency",
         num_threads: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
         max_batch: int = 8,
         max_delay_us: int = 1000,
         workers: int = 2,
@@ -95,7 +99,8 @@ class Engine:
             except KeyError as exc:
                 raise EngineError(f"{path}: an OpenVINO bundle must hold model.xml and model.bin") from exc
             backend = dict(backend="openvino", device="CPU", model=model, weights=weights,
-                           performance_hint=performance_hint.upper(), num_threads=num_threads)
+                           performance_hint=performance_hint.upper(), num_threads=num_threads,
+                           cache_dir=str(cache_dir) if cache_dir is not None else "")
         else:
             raise EngineError(f"{path}: backend {m['backend']!r} is not available in this build of dexrt")
         self._core = _core.Engine(

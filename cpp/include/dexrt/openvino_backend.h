@@ -21,6 +21,7 @@ struct OpenVinoOptions {
   std::string device = "CPU";
   std::string performance_hint = "LATENCY";  // LATENCY or THROUGHPUT
   int num_threads = 0;                        // 0: OpenVINO's choice
+  std::string cache_dir;                      // OpenVINO's model cache (compiled blobs on disk); empty: none
   size_t max_cached_shapes = 8;
 };
 
