@@ -146,3 +146,21 @@ def dicom_declaring(path: Path, height: int, width: int) -> Path:
 
 
 DECLARING = {"png": png_declaring, "tiff": tiff_declaring, "dicom": dicom_declaring}
+
+
+def raw_dicom(path: Path, pixels: np.ndarray, photometric: str, bits: int, **extra) -> Path:
+    """A DX instance holding `pixels` as they are, in any photometric interpretation (colour ones included)."""
+    from pydicom import uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid.DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    ds.Modality = "DX"
+    ds.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path

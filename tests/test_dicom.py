@@ -15,7 +15,7 @@ from dexrt.convert import Converter, find_images
 from dexrt.images import read_radiograph
 from dexrt.resample import model_spacing_mm, working_size
 from helpers import build_bundle
-from infer_helpers import make_dicom, make_identity_onnx, marked_image
+from infer_helpers import make_dicom, make_identity_onnx, marked_image, raw_dicom
 
 SHAPE = (45, 70)  # not a multiple of the engine's 64: padding and cropping back are exercised
 
@@ -171,17 +171,7 @@ def retag(path: Path, **values) -> Path:
 
 
 def rgb_dicom(path: Path) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-    ds.Modality = "OT"
-    ds.set_pixel_data(np.zeros((8, 8, 3), np.uint8), "RGB", 8)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return raw_dicom(path, np.zeros((8, 8, 3), np.uint8), "RGB", 8)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,15 @@ from dexrt.cli import cli
 from dexrt.convert import Converter, output_paths
 from dexrt.images import read_metadata, read_radiograph, write_image
 from dexrt.resample import MAX_WORKING_SIDE, working_size
-from infer_helpers import DECLARING, dicom_declaring, make_dicom, make_identity_onnx, png_declaring, tiff_declaring
+from infer_helpers import (
+    DECLARING,
+    dicom_declaring,
+    make_dicom,
+    make_identity_onnx,
+    png_declaring,
+    raw_dicom,
+    tiff_declaring,
+)
 
 
 def run(*args: object):
@@ -160,23 +168,6 @@ def _patched(path: Path, extra: dict, old: bytes, new: bytes) -> Path:
     return path
 
 
-def _raw_dicom(path: Path, pixels: np.ndarray, photometric: str, bits: int, **extra) -> Path:
-    from pydicom import uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid.DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-    ds.Modality = "DX"
-    ds.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _nested(path: Path, depth: int) -> Path:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
@@ -205,9 +196,9 @@ RGB = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
 LUT = {f"{c}PaletteColorLookupTable{k}": v for c in ("Red", "Green", "Blue")
        for k, v in (("Descriptor", [256, 0, 16]), ("Data", bytes(512)))}
 UNSUPPORTED = {
-    "palette": (lambda p: _raw_dicom(p, RGB[..., 0], "PALETTE COLOR", 8, **LUT), "PALETTE COLOR images"),
-    "ybr": (lambda p: _raw_dicom(p, RGB, "YBR_FULL", 8), "YBR_FULL images with 3 samples per pixel"),
-    "rgb": (lambda p: _raw_dicom(p, RGB, "RGB", 8), "RGB images with 3 samples per pixel"),
+    "palette": (lambda p: raw_dicom(p, RGB[..., 0], "PALETTE COLOR", 8, **LUT), "PALETTE COLOR images"),
+    "ybr": (lambda p: raw_dicom(p, RGB, "YBR_FULL", 8), "YBR_FULL images with 3 samples per pixel"),
+    "rgb": (lambda p: raw_dicom(p, RGB, "RGB", 8), "RGB images with 3 samples per pixel"),
     "32-bit": (_u32, "32 bits stored in 32 allocated are not supported"),
     "intercept-xyz": (lambda p: _patched(p, {"RescaleIntercept": MARK}, MARK.encode(), b"xyz     "),
                       "RescaleIntercept 'xyz' is not a number"),
