@@ -80,3 +80,27 @@ def test_a_normalisation_this_dexrt_does_not_apply_is_refused(tmp_path: Path) ->
     onnx_path = make_plain_onnx(tmp_path / "x.onnx", metadata=meta)
     with pytest.raises(dexrt.ModelError, match="normalisation"):
         build_bundle(onnx_path, tmp_path / "x.dexrt", size_multiple=64)
+
+
+def test_soft_keeps_the_inputs_resolution_when_resampled(tmp_path: Path) -> None:
+    """A fine image runs at the model's scale; its soft image is the input minus the upsampled bone image, so
+    the input's fine detail stays in the soft image."""
+    from dexrt.convert import Converter
+    from dexrt.images import read_image, write_image
+
+    meta = json.dumps({"input": {"window": list(NORMALISED_WINDOW), "quantity": "se", "normalisation": NORMALISATION},
+                       "output": {"windows": [list(NORMALISED_WINDOW)] * 2}, "pixel_spacing_mm": 1.5})
+    onnx_path = make_plain_onnx(tmp_path / "n.onnx", metadata=meta)
+    engine = dexrt.Engine(build_bundle(onnx_path, tmp_path / "n.dexrt", size_multiple=64))
+    image = np.clip(chest_like(384) * 8000, 0, 65535).astype(np.uint16)
+    image[::2, ::2] += 300  # detail finer than the model's pixels
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "fine.png", image)
+    [outcome] = Converter(engine, tmp_path / "out", input_spacing_mm=0.5).run([tmp_path / "in" / "fine.png"])
+    assert outcome.ok, outcome.error
+    assert outcome.geometry["resampled"] and outcome.geometry["working_size"] == [128, 128]
+    bone, soft = read_image(tmp_path / "out" / "fine_bone.png"), read_image(tmp_path / "out" / "fine_soft.png")
+    assert bone.shape == soft.shape == image.shape
+    np.testing.assert_array_equal(soft.astype(np.int64), np.clip(image.astype(np.int64) - bone, 0, 65535))
+    checker = soft[::2, ::2].astype(np.int64).mean() - soft[1::2, 1::2].astype(np.int64).mean()
+    assert checker > 200  # the 2-pixel pattern survived in the soft image

@@ -379,6 +379,12 @@ class Converter:
             if size:
                 stack = np.stack([to_dtype(resample(f, frames.shape[1:]), frames.dtype) for f in stack])
             outputs.append(stack)
+        if size and self.engine.normalised and channels == ("bone", "soft"):
+            # A normalised engine's parts add up to its input: the soft image at the input's own resolution is the
+            # input minus the upsampled bone image, so it keeps the input's fine detail (docs/infer.md).
+            outputs[1] = np.stack([to_dtype(f.astype(np.float64) - b.astype(np.float64), frames.dtype)
+                                   for f, b in zip(frames, outputs[0])])
+            outcome.geometry["soft"] = "input - bone at the input's resolution"
         if self._stop.is_set():
             raise Interrupted(f"{source}: interrupted before writing")
         targets[0].parent.mkdir(parents=True, exist_ok=True)
