@@ -14,7 +14,8 @@ correctly.
 
 The network sees a **window** per channel: ``lo -> -1``, ``hi -> +1`` (the C++ runtime applies the same map,
 cpp/include/dexrt/prepost.h). Metrics are computed on physical values divided by a fixed per-quantity
-**metric range** (`Quantity.metric_range`), so scores from different datasets and engines are comparable.
+**metric window** (`Quantity.metric_window`, mapped onto [0, 1]), so scores from different datasets and engines
+are comparable.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class Quantity:
     unit: str
     meaning: str
     window: tuple[float, float]  # physical values stored as 0..65535 by the fixed encoding
-    metric_range: float  # PSNR/SSIM data range, in the quantity's unit
+    # PSNR/SSIM see (value - lo) / (hi - lo), data range 1. The offset matters to SSIM (its luminance term), so the
+    # window keeps one: a bone image with no bone sits at 0.25, not 0.
+    metric_window: tuple[float, float]
 
     @property
     def encoding(self) -> Encoding:
@@ -50,21 +53,22 @@ class Quantity:
 
 
 # Storage windows hold every chest view of 70-140 kVp with margin (SE of the example CT spans 0.1-8; bone images
-# dip to -1.5 g/cm^2 in noisy views; lateral soft tissue reaches 41 g/cm^2). Metric ranges are the spans the
-# per-dataset windows used to have (bone ~10, soft ~45), so PSNR figures stay comparable with earlier ones.
+# dip to -1.5 g/cm^2 in noisy views; lateral soft tissue reaches 41 g/cm^2). Metric windows are close to the
+# per-dataset windows the default protocol used to get (SE -0.76..8.4, bone -2.3..7.6, soft -3.6..41), so PSNR
+# and SSIM figures stay comparable with earlier ones.
 QUANTITIES: dict[str, Quantity] = {
     q.name: q
     for q in (
         Quantity("se", "1", "attenuation -ln(I/I0) of the single-energy protocol (dimensionless)",
-                 (-1.0, 15.0), 10.0),
+                 (-1.0, 15.0), (-1.0, 9.0)),
         Quantity("bone", "g/cm^2", "dual-energy bone image: bone-equivalent areal density, g/cm^2 of ICRU-44 "
-                 "cortical bone", (-4.0, 12.0), 10.0),
+                 "cortical bone", (-4.0, 12.0), (-2.5, 7.5)),
         Quantity("soft", "g/cm^2", "dual-energy soft-tissue image: water-equivalent areal density, g/cm^2",
-                 (-8.0, 56.0), 45.0),
+                 (-8.0, 56.0), (-4.0, 41.0)),
         Quantity("bone_ideal", "g/cm^2", "ideal material image: cortical-bone basis areal density along the ray, "
-                 "g/cm^2", (0.0, 16.0), 10.0),
+                 "g/cm^2", (0.0, 16.0), (-2.5, 7.5)),
         Quantity("soft_ideal", "g/cm^2", "ideal material image: adipose + soft-tissue basis areal density along "
-                 "the ray, g/cm^2", (0.0, 64.0), 45.0),
+                 "the ray, g/cm^2", (0.0, 64.0), (-4.0, 41.0)),
     )
 }
 
@@ -148,8 +152,9 @@ def unit_to_window(unit: np.ndarray, window: Sequence[float]) -> np.ndarray:
 
 
 def metric_unit(physical: np.ndarray, channel: str) -> np.ndarray:
-    """Physical values divided by the channel's metric range: PSNR and SSIM then use data range 1."""
-    return np.asarray(physical, np.float64) / QUANTITIES[channel].metric_range
+    """Physical values through the channel's metric window onto [0, 1]: PSNR and SSIM then use data range 1."""
+    lo, hi = QUANTITIES[channel].metric_window
+    return (np.asarray(physical, np.float64) - lo) / (hi - lo)
 
 
 # -- padding: the runtime's own geometry, so Python never re-derives it -------------------------------------------

@@ -3,7 +3,7 @@
 The dataset's stored images are converted to physical values through the dataset's own encoding, fed to the
 engine in the engine's stored convention (its recorded encoding), and its outputs converted back to physical
 values. The same views stored in two uint16 windows therefore score the same. Metrics use each quantity's fixed
-metric range (`dexrt.contract.QUANTITIES`), as in the trainer's validation (docs/training.md).
+metric window (`dexrt.contract.QUANTITIES`), as in the trainer's validation (docs/training.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Image-quality metrics and panels for SE -> (bone, soft): numpy only, shared by `dexrt eval`, the trainer's
 validation and the TensorRT accuracy check.
 
-Images are scored in physical units divided by each quantity's fixed metric range
+Images are scored in physical units through each quantity's fixed metric window onto [0, 1]
 (`dexrt.contract.metric_unit`), so ``data_range = 1`` and scores of different datasets and engines compare.
 Definitions are in docs/training.md.
 """
