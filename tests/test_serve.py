@@ -490,3 +490,36 @@ def test_forwarding_to_dcmtk_storescp(make_node: Callable[..., Node], tmp_path: 
     finally:
         scp.terminate()
         scp.wait(TIMEOUT)
+
+
+def test_a_node_that_requires_signed_engines_refuses_an_unsigned_one(tmp_path: Path, plain_engine_path: Path
+                                                                     ) -> None:
+    """`--require-signed` (or `require_signed = true`): --check reports it, and the node does not start."""
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    base = ["serve", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"), "--output", str(tmp_path / "o"),
+            "--engine", str(plain_engine_path), "--require-signed", "--host", LOOPBACK, "--port", "0"]
+    checked = CliRunner().invoke(cli, [*base, "--check", "--json"])
+    assert checked.exit_code == 1
+    engine_check = json.loads(checked.stdout)["checks"][0]
+    assert engine_check["check"] == "engine" and not engine_check["ok"]
+    assert "a signed engine is required" in engine_check["detail"]
+    started = CliRunner().invoke(cli, base)
+    assert started.exit_code == 1 and "a signed engine is required" in started.output
+    signed_default = CliRunner().invoke(cli, [a for a in base if a != str(plain_engine_path) and a != "--engine"]
+                                        + ["--check", "--json"])
+    assert signed_default.exit_code == 0, signed_default.output  # the bundled model is signed by the project key
+
+
+def test_strict_and_input_spacing_reach_the_conversion(tmp_path: Path, plain_engine_path: Path) -> None:
+    from dexrt.serve.config import build_config
+
+    config = build_config(spool=tmp_path / "spool", output=tmp_path / "out", allow=(parse_allow("MODALITY"),),
+                          strict=True, input_spacing_mm=0.2, engine=plain_engine_path)
+    node = Node(config, dexrt.Engine(plain_engine_path))
+    assert node.converter.strict and node.converter.input_spacing_mm == 0.2
+    with pytest.raises(ConfigError, match="input_spacing_mm"):
+        build_config(spool=tmp_path / "spool", output=tmp_path / "out", allow=(parse_allow("MODALITY"),),
+                     input_spacing_mm=-1.0)

@@ -35,6 +35,12 @@ def _parsed(values: tuple[str, ...], parse: Any) -> tuple[Any, ...] | None:
               help="Engine bundle (.dexrt) (default: dexrt's bundled model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Engine device (default auto).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Instances converted at once (default 8).")
+@click.option("--require-signed", is_flag=True, default=None,
+              help="Refuse an engine that is not signed by a trusted key (docs/runtime.md).")
+@click.option("--strict", is_flag=True, default=None,
+              help="Set aside inputs that are not frontal chest radiographs instead of converting them with a warning.")
+@click.option("--input-spacing", "input_spacing_mm", type=float, metavar="MM",
+              help="Pixel spacing of received images that carry none usable (else estimated, see docs/infer.md).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM).")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path),
@@ -44,8 +50,9 @@ def _parsed(values: tuple[str, ...], parse: Any) -> tuple[Any, ...] | None:
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: str | None, ae_title: str | None,
           allow_ae: tuple[str, ...], forward: tuple[str, ...], spool: Path | None, output: Path | None,
-          engine: Path | None, device: str | None, jobs: int | None, tls_cert: Path | None, tls_key: Path | None,
-          tls_ca: Path | None, as_json: bool, check: bool) -> None:
+          engine: Path | None, device: str | None, jobs: int | None, require_signed: bool | None, strict: bool | None,
+          input_spacing_mm: float | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+          as_json: bool, check: bool) -> None:
     """Receive radiographs (C-STORE), convert them, send the bone and soft images on.
 
     Accepts CR, DX and X-ray angiographic/RF instances from the allowed calling AE titles, acknowledges each
@@ -60,7 +67,8 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
     from dexrt.serve.logs import configure
 
     config = build_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, output=output,
-                          engine=engine, device=device, jobs=jobs, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                          engine=engine, device=device, jobs=jobs, require_signed=require_signed, strict=strict,
+                          input_spacing_mm=input_spacing_mm, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                           allow=_parsed(allow_ae, parse_allow), forward=_parsed(forward, parse_forward))
     verbose = (ctx.parent.params.get("verbose") or 0) if ctx.parent else 0
     configure(as_json, verbose)
@@ -74,6 +82,7 @@ def _check(config: Any, as_json: bool) -> None:
     """Everything a start would need, without taking the spool or the port: exit code 1 if anything fails."""
     from dexrt._errors import DexrtError
     from dexrt.bundle import read_bundle
+    from dexrt.signing import check_origin
     from dexrt.models import resolve_engine
     from dexrt.serve.contexts import client_tls, server_tls
     from dexrt.serve.forward import echo
@@ -85,7 +94,10 @@ def _check(config: Any, as_json: bool) -> None:
 
     try:
         path = resolve_engine(config.engine)
-        manifest = read_bundle(path).manifest
+        bundle = read_bundle(path)
+        manifest = bundle.manifest
+        if config.require_signed:  # the same policy as loading it
+            check_origin(path, bundle.manifest_bytes, bundle.signature, trusted_keys=None, require_signed=True)
         item("engine", True, f"{path} ({manifest['backend']}, {manifest['precision']})")
     except DexrtError as exc:
         item("engine", False, str(exc))
@@ -135,7 +147,8 @@ def _run(config: Any) -> None:
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    engine = Engine(resolve_engine(config.engine), config.device, **FOLDER_ENGINE_OPTIONS)
+    engine = Engine(resolve_engine(config.engine), config.device, require_signed=config.require_signed,
+                    **FOLDER_ENGINE_OPTIONS)
     try:
         node = Node(config, engine)
         try:

@@ -8,6 +8,9 @@
     engine = "/opt/dexrt/model.dexrt"  # optional: default is the bundled model
     device = "auto"
     jobs = 8                      # instances being converted at once
+    require_signed = false        # optional: refuse an engine not signed by a trusted key (docs/runtime.md)
+    strict = false                # optional: refuse (DIMSE-accept, then set aside) inputs that are not chest PA/AP
+    input_spacing_mm = 0.2        # optional: pixel spacing of senders' images that carry none usable
     max_associations = 16
     timeout_s = 30                # ACSE/DIMSE/network timeout, each way
     [[allow]]                     # who may send (at least one entry)
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dexrt._errors import ConfigError
+from dexrt.spacing import check_option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -113,6 +117,9 @@ class ServeConfig:
     tls_ca: Path | None = None
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
+    require_signed: bool = False
+    strict: bool = False
+    input_spacing_mm: float | None = None
     source: Path | None = field(default=None, compare=False)  # the TOML file, if any
 
 
@@ -196,7 +203,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     top = _Table(data, str(path), base)
     out: dict[str, Any] = {"source": path}
     for key, kind in (("ae_title", str), ("host", str), ("device", str), ("port", int), ("jobs", int),
-                      ("max_associations", int), ("timeout_s", (int, float))):
+                      ("max_associations", int), ("timeout_s", (int, float)), ("require_signed", bool),
+                      ("strict", bool), ("input_spacing_mm", (int, float))):
         value = top.take(key, kind)
         if value is not None:
             out[key] = value
@@ -270,6 +278,10 @@ def check(config: ServeConfig, where: str) -> ServeConfig:
             raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(config, key)}")
     if not config.timeout_s > 0 or not 0 < config.retry_initial_s <= config.retry_max_s:
         raise ConfigError(f"{where}: timeout_s must be > 0 and 0 < retry initial_s <= max_s")
+    try:
+        check_option("input_spacing_mm", config.input_spacing_mm)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError(f"{where}: TLS needs both a certificate and a key (tls cert and key)")
     if config.tls_ca is not None and config.tls_cert is None:

@@ -51,7 +51,8 @@ class Node:
         self.config = config
         self.engine = engine
         self.spool = Spool(config.spool, [d.key for d in config.forward])
-        self.converter = Converter(engine, self.spool.work, jobs=config.jobs)
+        self.converter = Converter(engine, self.spool.work, jobs=config.jobs, strict=config.strict,
+                                   input_spacing_mm=config.input_spacing_mm)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self.forwarders = [Forwarder(config, d, self.spool, self._count) for d in config.forward]
