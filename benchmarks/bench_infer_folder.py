@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import dexrt
-from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
+from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
+from dexrt.layout import find_images
 from dexrt.images import read_image
 
 N_FILES = 32

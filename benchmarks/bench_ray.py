@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import dexrt
-from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter, find_images
+from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
+from dexrt.layout import find_images
 from dexrt.distributed import DEFAULT_BATCH, RayConverter
 from dexrt.models import DEFAULT_ENGINE
 

@@ -11,7 +11,8 @@ import pytest
 from pydicom import uid
 
 from dexrt import Engine, InputError
-from dexrt.convert import Converter, find_images
+from dexrt.convert import Converter
+from dexrt.layout import find_images
 from dexrt.images import read_radiograph
 from dexrt.resample import model_spacing_mm, working_size
 from helpers import build_bundle

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import dexrt
 from dexrt._limits import MAX_SIDE
 from dexrt.bundle import BACKEND_MEMBERS, FORMAT_VERSION, MANIFEST_NAME, read_manifest
-from dexrt.convert import output_paths
+from dexrt.layout import output_paths
 from dexrt.images import read_radiograph
 from infer_helpers import DECLARING
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import dexrt
 from dexrt._limits import MAX_SIDE
 from dexrt.cli import cli
-from dexrt.convert import Converter, output_paths
+from dexrt.convert import Converter
+from dexrt.layout import output_paths
 from dexrt.images import read_metadata, read_radiograph, write_image
 from dexrt.resample import MAX_WORKING_SIDE, working_size
 from infer_helpers import (

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'dexrt[ray]')")
 
 from dexrt.cli import cli  # noqa: E402
-from dexrt.convert import find_images  # noqa: E402
+from dexrt.layout import find_images  # noqa: E402
 from dexrt.distributed import RayConverter, convert_folder_ray  # noqa: E402
 from dexrt.images import read_image, write_image  # noqa: E402
 from infer_helpers import make_dicom, marked_image  # noqa: E402

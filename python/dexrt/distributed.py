@@ -3,7 +3,7 @@
     from dexrt.distributed import convert_folder_ray
     outcomes = convert_folder_ray("/archive/in", "/archive/out", address="auto", recursive=True)
 
-The driver lists the inputs exactly as `dexrt infer` does (:func:`dexrt.convert.find_images`), makes a Ray
+The driver lists the inputs exactly as `dexrt infer` does (:func:`dexrt.layout.find_images`), makes a Ray
 Dataset of their paths and maps it, in batches, over a fixed pool of actors (``map_batches`` with
 ``ActorPoolStrategy(size=actors)``). Each actor loads one :class:`dexrt.Engine` once and converts its batches
 with the same :class:`dexrt.convert.Converter` as `dexrt infer`: same output names, formats, provenance, atomic
@@ -36,8 +36,8 @@ import numpy as np
 
 from dexrt._errors import DexrtError, EngineError, require_extra
 from dexrt.bundle import read_bundle, read_manifest
-from dexrt.convert import (DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, deprecated_spacing, find_images,
-                           inputs_at_risk, output_clashes, resampling_plan)
+from dexrt.convert import DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, deprecated_spacing, resampling_plan
+from dexrt.layout import find_images, inputs_at_risk, output_clashes
 from dexrt.signing import check_origin
 from dexrt.models import resolve_engine
 from dexrt.spacing import check_option

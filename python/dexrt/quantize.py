@@ -29,7 +29,7 @@ def calibration_files(source: str | os.PathLike[str], limit: int = DEFAULT_CALIB
 
     At most ``limit`` files, spread evenly over the sorted list so every gantry range is represented.
     """
-    from dexrt.convert import find_images
+    from dexrt.layout import find_images
     from dexrt.dataset import is_dataset, open_dataset
 
     source = Path(source)

@@ -96,7 +96,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     look like frontal chest radiographs are converted with a warning, or refused with --strict (docs/infer.md).
     """
     from dexrt.bundle import read_manifest
-    from dexrt.convert import find_images
+    from dexrt.layout import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
     if old_spacing is not None:
