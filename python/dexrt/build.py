@@ -21,7 +21,14 @@ import numpy as np
 
 from dexrt._errors import EngineError, ModelError
 from dexrt.bundle import channel_name_problem, window_problem
-from dexrt.contract import NORMALISATION, OUTPUT_CHANNELS, STORED_WINDOW, Encoding, read_onnx_metadata
+from dexrt.contract import (
+    NORMALISATION,
+    OUTPUT_CHANNELS,
+    STORED_WINDOW,
+    Encoding,
+    read_onnx_metadata,
+    recorded_encodings,
+)
 from dexrt.spacing import check_option
 
 log = logging.getLogger(__name__)
@@ -153,12 +160,8 @@ def _normalisation(path: Path, value: Any) -> dict[str, Any] | None:
 
 
 def _encodings(path: Path, inp: Any, out: Any, n_out: int) -> tuple[Encoding, ...] | None:
-    if inp is None and out is None:
-        return None
     try:
-        if not isinstance(out, list) or len(out) != n_out:
-            raise ValueError(f"'output.encodings' must give {n_out} encodings")
-        return tuple(Encoding.from_manifest(e) for e in (inp, *out))
+        return recorded_encodings(inp, out, n_out)
     except ValueError as exc:
         raise ModelError(f"{path}: invalid encodings in the 'dexrt' metadata: {exc}") from exc
 

@@ -125,6 +125,16 @@ def _is_number(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def recorded_encodings(inp: Any, out: Any, n_out: int) -> tuple[Encoding, ...] | None:
+    """The input's and outputs' encodings as a manifest or ONNX metadata records them (``input.encoding``,
+    ``output.encodings``): all of them (input first), or None when neither is recorded; ValueError otherwise."""
+    if inp is None and out is None:
+        return None
+    if not isinstance(out, list) or len(out) != n_out:
+        raise ValueError(f"'output.encodings' must give one encoding per output channel ({n_out})")
+    return tuple(Encoding.from_manifest(e) for e in (inp, *out))
+
+
 def fixed_encoding(channel: str) -> Encoding:
     return QUANTITIES[channel].encoding
 

@@ -16,7 +16,7 @@ from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.bundle import read_bundle
-from dexrt.contract import NORMALISATION, Encoding, denormalise, normalise
+from dexrt.contract import NORMALISATION, Encoding, denormalise, normalise, recorded_encodings
 from dexrt.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
@@ -206,11 +206,6 @@ class Engine:
         return tuple((lo, hi) for lo, hi in self._manifest["output"]["windows"])
 
     @property
-    def quantities(self) -> tuple[str | None, tuple[str, ...]]:
-        """Physical quantities of the input and outputs (``"se"``, ``("bone", "soft")``); None when unrecorded."""
-        return self._manifest["input"].get("quantity"), tuple(self.channels)
-
-    @property
     def input_encoding(self) -> Encoding | None:
         """What a stored input value means physically (``physical = offset + scale * stored``), when recorded."""
         return self._encodings[0]
@@ -386,15 +381,12 @@ class Engine:
 
 def _encodings(m: dict[str, Any], path: Path) -> tuple[Encoding | None, tuple[Encoding, ...]]:
     """The input's and outputs' recorded encodings: all of them, or none (an engine of stored values only)."""
-    raw_in, raw_out = m["input"].get("encoding"), m["output"].get("encodings")
-    if raw_in is None and raw_out is None:
-        return None, ()
     try:
-        if not isinstance(raw_out, list) or len(raw_out) != len(m["output"]["channels"]):
-            raise ValueError("'output.encodings' must give one encoding per output channel")
-        return Encoding.from_manifest(raw_in), tuple(Encoding.from_manifest(e) for e in raw_out)
+        found = recorded_encodings(m["input"].get("encoding"), m["output"].get("encodings"),
+                                   len(m["output"]["channels"]))
     except ValueError as exc:
         raise BundleError(f"{path}: invalid manifest: {exc}") from None
+    return (None, ()) if found is None else (found[0], found[1:])
 
 
 def _check(images: object, ndims: tuple[int, ...]) -> None:
