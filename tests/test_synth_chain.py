@@ -327,6 +327,7 @@ def test_cli_pool_and_fixed_encoding(tmp_path: Path) -> None:
         pytest.param(["--chain", "--chain-dose-ugy", "a,b"], "LO,HI or off", id="not-a-range"),
         pytest.param(["--chain", "--chain-spr", "2,1"], "LO <= HI", id="reversed"),
         pytest.param(["--chain", "--chain-grid-prob", "1.5"], "grid prob", id="probability"),
+        pytest.param(["--chain", "--chain-prob", "-0.1"], "chain prob must", id="chain-share"),
         pytest.param(["--chain", "--chain-gamma", "off"], "needs LO,HI", id="gamma-off"),
         pytest.param(["--pool", "0"], "at least 1 view", id="empty-pool"),
         pytest.param(["--anatomy", "--anatomy-scale", "3,4"], "anatomy scale", id="scale"),
@@ -375,6 +376,28 @@ def test_chain_leaves_the_plain_plan_alone() -> None:
         assert (a.gantry_deg, a.tilt_deg, a.couch_deg, a.noise_seed) == (b.gantry_deg, b.tilt_deg, b.couch_deg,
                                                                          b.noise_seed)
         assert a.chain is None and b.chain is not None and b.chain.seed == b.noise_seed
+
+
+def test_chain_on_a_share_of_the_views() -> None:
+    """--chain-prob P: about P of the views go through the chain, drawn per view from its own seed; the others are
+    the plain plan's views and render as the fixed protocol, with se_raw the same image as se."""
+    from dexrt.synth.dataset import DatasetConfig, plan_views
+
+    r = Renderer(phantom(lungs=True), _imaging(size=32, noise=True))
+    plain, _ = plan_views(r, DatasetConfig(views=200, seed=3))
+    full, _ = plan_views(r, DatasetConfig(views=200, seed=3, chain=ChainConfig()))
+    part, _ = plan_views(r, DatasetConfig(views=200, seed=3, chain=ChainConfig(prob=0.3)))
+    chained = [v.chain is not None for v in part]
+    assert 0.2 < np.mean(chained) < 0.4
+    for a, f, b in zip(plain, full, part):
+        assert (a.gantry_deg, a.tilt_deg, a.noise_seed) == (b.gantry_deg, b.tilt_deg, b.noise_seed)
+        assert b.chain is None or b.chain == f.chain  # a chained view draws the chain a full chain would
+    unchained = next(i for i, c in enumerate(chained) if not c)
+    im, ref = r.render(part[unchained]), r.render(plain[unchained])
+    np.testing.assert_array_equal(im["se"], ref["se"])
+    np.testing.assert_array_equal(im["se_raw"], im["se"])
+    assert [v.chain is not None for v in plan_views(r, DatasetConfig(views=200, seed=3,
+                                                                     chain=ChainConfig(prob=0.3)))[0]] == chained
 
 
 def test_elastic_displacement_has_the_asked_size() -> None:

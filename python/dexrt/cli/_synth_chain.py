@@ -47,6 +47,7 @@ _RANGES = [
     ("--chain-sdd", "sdd_mm", "Source-detector distance with --chain-mag, mm."),
 ]
 _PROBS = [
+    ("--chain-prob", "prob", "Share of the views that go through the chain; the others keep the fixed protocol."),
     ("--chain-grid-prob", "grid_prob", "Chance of an anti-scatter grid (10:1; Tp 0.7, Ts 0.1)."),
     ("--chain-collimation-prob", "collimation_prob", "Chance of visible collimator edges."),
     ("--chain-marker-prob", "marker_prob", "Chance of a lead L/R marker."),

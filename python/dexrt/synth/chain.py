@@ -44,7 +44,10 @@ ANNOTATION_CHARS = "ABCDEFGHKLMPRST0123456789"
 @dataclass(frozen=True)
 class ChainConfig:
     """Ranges the per-view chain is drawn from; a range of None switches that randomisation off (the fixed
-    protocol's value is used). Probabilities are per view."""
+    protocol's value is used). Probabilities are per view; `prob` is the share of views that go through the
+    chain at all (the others are rendered with the fixed protocol, as without a chain)."""
+
+    prob: float = 1.0
 
     kvp: Range | None = (70.0, 140.0)
     cu_mm: Range | None = (0.0, 0.3)  # added copper of the SE protocol (aluminium stays the protocol's)
@@ -82,7 +85,7 @@ class ChainConfig:
         rng_ok("gamma", self.gamma, 0.1, 10.0)
         rng_ok("magnification", self.magnification, 1.0, 5.0)
         rng_ok("SDD (mm)", self.sdd_mm, 100.0, 10000.0)
-        for name in ("grid_prob", "collimation_prob", "marker_prob", "annotation_prob", "processing_prob"):
+        for name in ("prob", "grid_prob", "collimation_prob", "marker_prob", "annotation_prob", "processing_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"chain {name.replace('_', ' ')} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.offset_mm <= 500.0:

@@ -96,8 +96,12 @@ def plan_views(renderer: Renderer, cfg: DatasetConfig) -> tuple[list[View], list
             lrng = np.random.default_rng(seed + 1)
             lesions = [sampler.sample(lrng) for _ in range(int(lrng.integers(1, cfg.max_lesions + 1)))]
         noise_seed = seed if renderer.config.physics.noise else None
-        chain = None if cfg.chain is None else draw_chain(cfg.chain, se, p.sid_mm, p.sdd_mm, renderer.body_radius_mm,
-                                                          seed)
+        chain = None
+        # Whether a view is chained is drawn from its own seed (a stream of its own), so the plan of the other
+        # views, and every view of a plain chain (prob 1), stay as they are.
+        if cfg.chain is not None and (cfg.chain.prob >= 1.0
+                                      or np.random.default_rng([seed, 0xC4A1]).uniform() < cfg.chain.prob):
+            chain = draw_chain(cfg.chain, se, p.sid_mm, p.sdd_mm, renderer.body_radius_mm, seed)
         anatomy = None
         if cfg.anatomy is not None:  # one synthetic patient per group of consecutive views
             anatomy = draw_anatomy(cfg.anatomy, i // cfg.anatomy.views_per_anatomy, cfg.seed, renderer.iso)

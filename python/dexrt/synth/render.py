@@ -134,8 +134,9 @@ class Renderer:
         return line, mask
 
     def render(self, view: View, noise: bool | None = None) -> dict[str, np.ndarray]:
-        """{"se", "bone", "soft", "bone_ideal", "soft_ideal", "mask"} for one view (H, W); with a chain also
-        "se_raw" (the SE attenuation before post-processing), and the DE pair is noise-free."""
+        """{"se", "se_raw", "bone", "soft", "bone_ideal", "soft_ideal", "mask"} for one view (H, W). "se_raw" is
+        the SE attenuation before post-processing (the same image as "se" without a chain); with a chain the DE
+        pair is noise-free."""
         line, mask = self.line_integrals(view)
         use_noise = self.config.physics.noise if noise is None else noise
         rng = np.random.default_rng(view.noise_seed) if use_noise and view.noise_seed is not None else None
@@ -150,6 +151,7 @@ class Renderer:
                                 self.config.threads))
         else:
             out = self.physics.images(line, rng)
+            out["se_raw"] = out["se"]
         out["bone_ideal"] = line[2].astype(np.float32)  # g/cm^2 cortical bone
         out["soft_ideal"] = (line[0] + line[1]).astype(np.float32)  # g/cm^2 adipose + soft tissue
         out["mask"] = mask
