@@ -71,6 +71,7 @@ def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, t
     assert q["vs_fp32"]["images"] == 3 and set(q["vs_fp32"]["psnr_db"]) == {"bone", "soft"}
     assert all(30 < v < 90 for v in q["vs_fp32"]["psnr_db"].values())  # close, and not identical
     assert q["layers"] == {"convolutions": 1, "int8": 1}
+    assert q["accuracy_control"] is None  # plain images: no truth to measure the loss against
     assert "nncf" in m["libraries"]
     image = radiograph(999, 192)  # not in the calibration set, another size
     for a, b in zip(fp32.infer(image), int8.infer(image)):
@@ -78,6 +79,51 @@ def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, t
         assert diff.mean() < 0.004, diff.mean()  # INT8 is 1/256 of the activation range per step
         assert diff.max() < 0.03, diff.max()
         assert not np.array_equal(a, b)  # it did quantize
+
+
+@pytest.fixture(scope="module")
+def truth_dataset(plain_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset whose bone and soft images are the FP32 engine's own outputs: FP32 is then almost exact, and any
+    INT8 error shows as a large loss against the truth."""
+    root = tmp_path_factory.mktemp("truth")
+    fp32 = dexrt.Engine(build_fp32(plain_onnx, root))
+    views = []
+    for i in range(10):
+        se = radiograph(200 + i)
+        files = {"se": f"se/v{i}.png", "bone": f"bone/v{i}.png", "soft": f"soft/v{i}.png"}
+        for c, image in zip(files, (se, *fp32.infer(se))):
+            (root / c).mkdir(exist_ok=True)
+            write_image(root / files[c], image)
+        views.append({"id": f"v{i}", "split": "train", "files": files})
+    identity = {"offset": 0.0, "scale": 1.0}
+    (root / "manifest.json").write_text(json.dumps({
+        "format": "dexrt-dataset", "format_version": 1, "views": views,
+        "encoding": {c: identity for c in ("se", "bone", "soft")}}))
+    return root
+
+
+def test_accuracy_control_gives_layers_back_to_float(plain_onnx: Path, truth_dataset: Path,
+                                                    tmp_path: Path) -> None:
+    """Over budget, the one convolution goes back to float and the engine is the FP32 engine again; within
+    budget it stays INT8. Either way the manifest says what was measured and chosen."""
+    fp32 = dexrt.Engine(truth_dataset / "fp32.dexrt")
+    image = radiograph(999, 192)
+    for budget, floated in (("0.3", True), ("1000", False)):
+        out = tmp_path / f"int8-{budget}.dexrt"
+        code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
+                            "--size-multiple", "64", "--max-loss-db", budget, "-o", str(out)])
+        assert code == 0, text
+        q = dexrt.bundle.read_manifest(out)["quantization"]
+        acc = q["accuracy_control"]
+        assert "no bias correction" in q["method"] and acc["views"] == 2 and acc["max_loss_db"] == float(budget)
+        assert min(acc["ptq_loss_db"].values()) > 3.0  # INT8 against a truth FP32 meets to the LSB
+        assert acc["candidates"] == 1 and len(acc["float_layers"]) == int(floated)
+        assert q["layers"] == {"convolutions": 1, "int8": int(not floated)}
+        same = [np.array_equal(a, b) for a, b in zip(fp32.infer(image), dexrt.Engine(out).infer(image))]
+        if floated:
+            assert acc["loss_db"] == {"bone": 0.0, "soft": 0.0} and all(same)
+        else:
+            assert acc["loss_db"] == acc["ptq_loss_db"] and not any(same)
 
 
 def test_resize_upsampling_unet_runs_every_convolution_in_int8(calibration_folder: Path, tmp_path: Path) -> None:
