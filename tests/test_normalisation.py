@@ -75,6 +75,21 @@ def test_normalised_engine_uint16_and_submit(normalised_engine: dexrt.Engine) ->
     np.testing.assert_array_equal(submitted[1], soft)
 
 
+def test_network_io_leaves_the_normalisation_to_the_caller(normalised_engine: dexrt.Engine) -> None:
+    """Benchmarks and accuracy checks feed network values, which are normalised already: the network-io engine
+    must not normalise them again (it then agrees with the ONNX model run directly)."""
+    import onnxruntime as ort
+
+    raw = dexrt.Engine.from_parts(normalised_engine.manifest, dexrt.bundle.read_bundle(normalised_engine.path).payload,
+                                  network_io=True)
+    assert not raw.normalised
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 64, 64)).astype(np.float32)
+    onnx_path = normalised_engine.path.with_suffix(".onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x[:, None]})[0][0]
+    np.testing.assert_allclose(np.stack(raw.infer(x[0])), want, atol=2e-5)
+
+
 def test_a_normalisation_this_dexrt_does_not_apply_is_refused(tmp_path: Path) -> None:
     meta = json.dumps({"input": {"normalisation": {"method": "histogram-equalise"}}})
     onnx_path = make_plain_onnx(tmp_path / "x.onnx", metadata=meta)

@@ -1,11 +1,15 @@
 """`dexrt bench`: latency and throughput of dexrt's engine against peers on the same ONNX generator.
 
-Peers, each run only where its package is installed: OpenVINO's own Python API, ONNX Runtime (CPU), and, when
+Peers, each run only where its package is installed: OpenVINO's own Python API (FP32: ``INFERENCE_PRECISION_HINT``
+f32, as dexrt compiles; and its default settings, bf16 on CPUs with AMX), ONNX Runtime (CPU), and, when
 the generator's PyTorch module is at hand, torch eager FP32 (NCHW and channels_last). On a machine with a CUDA
 GPU: torch eager FP16 and FP32 on the GPU, and dexrt's TensorRT FP16 engine when this build has the TensorRT
 backend. Every measurement is checked against the first engine (dexrt on the CPU) on the same input before it is
 reported; FP16 engines get the looser ``TOLERANCE_FP16``. GPU figures are host to host (numpy in, numpy out, as
-``Engine.infer`` is called), so they include the PCIe copies. Results are a JSON document
+``Engine.infer`` is called), so they include the PCIe copies. With a calibration dataset (``calibration``), dexrt's
+INT8 engine (`dexrt build-engine --precision int8`, accuracy-controlled) and OpenVINO's own INT8 of the same ONNX
+(NNCF post-training quantization with its defaults, used from Python) join, and every engine is fed a real SE image
+of that dataset instead of noise. Results are a JSON document
 (`schema: dexrt-bench/1`) that two runs can be compared with, a printed table and a latency-vs-size plot.
 """
 
@@ -29,12 +33,15 @@ Runner = Callable[[np.ndarray], np.ndarray]  # (N, 1, H, W) f32 in [-1, 1] -> (N
 
 SCHEMA = "dexrt-bench/2"  # 2: interleaved rounds, per-round ratios to the reference
 TOLERANCE = 2e-3  # max abs difference to the reference, in the network's [-1, 1] range
-TOLERANCE_FP16 = 5e-2  # the same for engines computing in FP16 (about 8 LSB of a 10-bit image)
+TOLERANCE_FP16 = 5e-2  # the same for engines computing in FP16 or bf16 (about 8 LSB of a 10-bit image)
+TOLERANCE_INT8 = 0.15  # INT8 engines on a real image: a sanity bound (their quality is measured by `dexrt eval`)
 GPU_ENGINES = ("torch-cuda-fp32", "torch-cuda-fp16", "dexrt-tensorrt-fp16")
 
 
 def tolerance(engine: str) -> float:
-    return TOLERANCE_FP16 if engine.endswith("fp16") else TOLERANCE
+    if engine.endswith("int8"):
+        return TOLERANCE_INT8
+    return TOLERANCE_FP16 if engine.endswith(("fp16", "default")) else TOLERANCE
 
 
 @dataclass
@@ -101,10 +108,11 @@ def cpu_peak_gflops() -> float | None:
 
 
 def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] | None = None, *,
-                 max_side: int = 1024, max_batch: int = 8) -> dict[str, Runner]:
+                 max_side: int = 1024, max_batch: int = 8, calibration: Path | None = None) -> dict[str, Runner]:
     """The engines to compare, each taking and returning network-range tensors.
 
     ``max_side`` and ``max_batch`` bound the inputs the TensorRT engine is built for (its optimization profile).
+    ``calibration`` (a dataset or folder of SE images) adds the INT8 engines.
     """
     import importlib.util
 
@@ -117,7 +125,14 @@ def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] |
     if want("dexrt"):
         runners["dexrt"] = _dexrt_runner(onnx_path)
     if want("openvino-python"):
-        runners["openvino-python"] = _openvino_runner(onnx_path)
+        runners["openvino-python"] = _openvino_runner(onnx_path, {"INFERENCE_PRECISION_HINT": "f32"})
+    if want("openvino-python-default"):
+        runners["openvino-python-default"] = _openvino_runner(onnx_path, {})
+    if calibration is not None and want("dexrt-int8"):
+        runners["dexrt-int8"] = _dexrt_runner(onnx_path, calibration)
+    if calibration is not None and want("openvino-python-int8"):
+        runners["openvino-python-int8"] = _openvino_runner(onnx_path, {"INFERENCE_PRECISION_HINT": "f32"},
+                                                           calibration)
     if want("onnxruntime") and importlib.util.find_spec("onnxruntime"):
         import onnxruntime as ort
 
@@ -172,12 +187,19 @@ def _torch_run(module: Any, x: np.ndarray, *, channels_last: bool) -> np.ndarray
         return module(t).contiguous().numpy()
 
 
-def _dexrt_runner(onnx_path: Path) -> Runner:
-    """dexrt's engine with identity windows ([-1, 1] <-> [-1, 1]), so it consumes network-range input directly."""
+def _dexrt_runner(onnx_path: Path, calibration: Path | None = None) -> Runner:
+    """dexrt's engine (INT8 with ``calibration``) with identity windows ([-1, 1] <-> [-1, 1]), so it consumes
+    network-range input directly."""
     from dexrt.build import build_openvino, read_onnx_contract
     from dexrt.engine import Engine
 
-    manifest, payload = build_openvino(read_onnx_contract(onnx_path), onnx_path)
+    contract = read_onnx_contract(onnx_path)
+    if calibration is None:
+        manifest, payload = build_openvino(contract, onnx_path)
+    else:
+        from dexrt.quantize import quantize_openvino
+
+        manifest, payload = quantize_openvino(contract, onnx_path, calibration)
     engine = Engine.from_parts(manifest, payload, network_io=True)  # the public Engine users call
     return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
@@ -199,24 +221,50 @@ def _tensorrt_runner(onnx_path: Path, max_side: int, max_batch: int) -> Runner:
     return lambda x: np.stack(engine.infer(x[:, 0]), axis=1)  # (N, 1, H, W) -> (N, C, H, W)
 
 
-def _openvino_runner(onnx_path: Path) -> Runner:
-    """OpenVINO's own Python API, compiled per input shape like dexrt does (static shapes, latency hint)."""
+def _openvino_runner(onnx_path: Path, config: dict[str, str], calibration: Path | None = None) -> Runner:
+    """OpenVINO's own Python API, compiled per input shape like dexrt does (static shapes, latency hint, and
+    `config`); with ``calibration``, the model NNCF's post-training quantization makes with its defaults."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(onnx_path))
+    if calibration is not None:
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset(_calibration_inputs(onnx_path, calibration)))
     compiled: dict[tuple[int, ...], Any] = {}
 
     def run(x: np.ndarray) -> np.ndarray:
         if x.shape not in compiled:
             m = model.clone()
             m.reshape(list(x.shape))
-            compiled[x.shape] = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+            compiled[x.shape] = core.compile_model(m, "CPU", {"PERFORMANCE_HINT": "LATENCY", **config}
+                                                   ).create_infer_request()
         request = compiled[x.shape]
         request.infer({0: x})
         return request.get_output_tensor(0).data.copy()
 
     return run
+
+
+def _calibration_inputs(onnx_path: Path, calibration: Path, size: int | None = None,
+                        limit: int = 300) -> list[np.ndarray]:
+    """SE images of `calibration` as network inputs (1, 1, H, W), as dexrt pre-processes them; resized to
+    `size` a side first when given."""
+    from dexrt.build import read_onnx_contract
+    from dexrt.images import read_radiograph
+    from dexrt.quantize import calibration_files, network_input
+
+    contract = read_onnx_contract(onnx_path)
+    out = []
+    for path in calibration_files(calibration, limit):
+        image = read_radiograph(path).frames[0]
+        if size is not None:
+            rows = np.arange(size) * image.shape[0] // size
+            cols = np.arange(size) * image.shape[1] // size
+            image = image[rows][:, cols]
+        out.append(network_input(image, contract))
+    return out
 
 
 def measure_rounds(runners: dict[str, Runner], x: np.ndarray, *, min_seconds: float, min_rounds: int = 5
@@ -246,16 +294,20 @@ def round_ratios(times: list[float], reference: list[float]) -> tuple[float, tup
 
 
 def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_module: Any = None,
-              engines: list[str] | None = None, min_seconds: float = 2.0,
+              engines: list[str] | None = None, min_seconds: float = 2.0, calibration: Path | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    runners = make_runners(onnx_path, torch_module, engines, max_side=max(sizes), max_batch=max(batches))
+    runners = make_runners(onnx_path, torch_module, engines, max_side=max(sizes), max_batch=max(batches),
+                           calibration=calibration)
     peak = cpu_peak_gflops()
     results: list[Result] = []
     rng = np.random.default_rng(0)
     for size in sizes:
         flops = conv_flops(onnx_path, size, size)
         for batch in batches:
-            x = rng.uniform(-1, 1, (batch, 1, size, size)).astype(np.float32)
+            if calibration is None:
+                x = rng.uniform(-1, 1, (batch, 1, size, size)).astype(np.float32)
+            else:  # a real image: INT8 ranges were calibrated on images, not on noise
+                x = np.repeat(_calibration_inputs(onnx_path, calibration, size, limit=1)[0], batch, axis=0)
             reference = None
             errors = {}
             for name, runner in runners.items():  # the check is also each engine's warm-up run
@@ -285,7 +337,8 @@ def run_suite(onnx_path: Path, *, sizes: list[int], batches: list[int], torch_mo
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": len(os.sched_getaffinity(0)),
                     "peak_gflops_estimate": peak},
         "libraries": _versions(),
-        "model": {"onnx": str(onnx_path), "reference": next(iter(runners))},
+        "model": {"onnx": str(onnx_path), "reference": next(iter(runners)),
+                  "calibration": None if calibration is None else str(calibration)},
         "results": [asdict(r) for r in results],
     }
 

@@ -158,8 +158,10 @@ class Engine:
             manifest["size_multiple"] = 1
             manifest["input"]["window"] = [-1.0, 1.0]
             manifest["output"]["windows"] = [[-1.0, 1.0]] * len(manifest["output"]["channels"])
-            for fields, key in ((manifest["input"], "encoding"), (manifest["output"], "encodings")):
-                fields.pop(key, None)  # network values have no physical meaning
+            # network values have no physical meaning, and are already normalised
+            for fields, key in ((manifest["input"], "encoding"), (manifest["output"], "encodings"),
+                                (manifest["input"], "normalisation")):
+                fields.pop(key, None)
         # The parts come from this process, not from a file of unknown origin: they are signed with a throwaway
         # key that only this load trusts, so the origin check passes without a warning about an unsigned engine.
         from dexrt.signing import ephemeral_key, public_key_of

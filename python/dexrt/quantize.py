@@ -64,20 +64,22 @@ def _spread(items: list[Any], limit: int) -> list[Any]:
     return items
 
 
-def calibration_inputs(files: list[Path], input_window: tuple[float, float], size_multiple: int, *,
-                       normalised: bool = False) -> list[np.ndarray]:
-    """Each file as the (1, 1, Hp, Wp) float32 network input the runtime would feed (normalised first for an
-    engine that records the robust normalisation, as `dexrt.Engine` does)."""
+def network_input(image: np.ndarray, contract: Any) -> np.ndarray:
+    """One (H, W) SE image as the (1, 1, Hp, Wp) float32 network input the runtime would feed (normalised first
+    for an engine that records the robust normalisation, as `dexrt.Engine` does)."""
     from dexrt import _core
     from dexrt.contract import normalise
+
+    if contract.normalisation is not None:
+        image = normalise(image)[0]
+    return _core.prepost.preprocess(np.asarray(image)[np.newaxis], contract.input_window, contract.size_multiple)
+
+
+def calibration_inputs(files: list[Path], contract: Any) -> list[np.ndarray]:
+    """Every frame of `files` as a network input (`network_input`)."""
     from dexrt.images import read_radiograph
 
-    inputs = []
-    for path in files:
-        frames = read_radiograph(path).frames  # (F, H, W)
-        for frame in frames:
-            image = normalise(frame)[0] if normalised else frame
-            inputs.append(_core.prepost.preprocess(image[np.newaxis], input_window, size_multiple))
+    inputs = [network_input(frame, contract) for path in files for frame in read_radiograph(path).frames]
     shapes = {x.shape for x in inputs}
     if len(shapes) > 1:
         log.warning("calibration images have %d different padded shapes %s; the ranges mix resolutions",
@@ -133,7 +135,6 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
     """`views` of a dataset as the engine sees them, with the outputs it should give: for a normalised engine the
     SE image's bone and soft parts (`dexrt.contract.attenuation_targets`, as the trainer makes them), otherwise
     each output in the engine's recorded encoding (the dataset's when it records none)."""
-    from dexrt import _core
     from dexrt.contract import attenuation_targets, decomposition, mirror_pad, normalise, window_to_unit
     from dexrt.dataset import open_dataset
 
@@ -143,15 +144,15 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
     for view in views:
         true = {c: ds.physical(view, c) for c in ("se", *contract.channels)}
         if contract.normalisation is not None:
-            image, lo, span = normalise(true["se"])
+            image = true["se"].astype(np.float32)
+            _, lo, span = normalise(image)
             bone, soft = attenuation_targets(true["bone"], true["soft"],
                                              decomposition(true["se"], true["bone"], true["soft"]))
             values = {"bone": bone / span, "soft": (soft - lo) / span}
         else:
             image = encodings[0].stored_float(true["se"])
             values = {c: e.stored_float(true[c]) for c, e in zip(contract.channels, encodings[1:])}
-        ref.inputs.append(_core.prepost.preprocess(image[np.newaxis].astype(np.float32), contract.input_window,
-                                                   contract.size_multiple))
+        ref.inputs.append(network_input(image, contract))
         ref.targets.append(np.stack([window_to_unit(values[c], w)
                                      for c, w in zip(contract.channels, contract.output_windows)]))
         ref.crops.append(mirror_pad(image, contract.size_multiple)[1])
@@ -169,42 +170,46 @@ def _mse(model: Any, ref: Reference) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Unit:
-    """What can be given back to floating point: one convolution (its weights and the quantizer of its input)
-    or one quantizer elsewhere (on the input or on the output arithmetic)."""
+    """What can be given back to floating point: one convolution (its weights and the quantizer of its input), or
+    one other op's quantized input (the quantizer stays for its other consumers: the SE input feeds both the
+    first convolution and ``soft = SE - bone + correction``, and only the latter needs it in float)."""
 
     label: str
-    quantizers: frozenset[str]
-    convolution: str | None = None
+    consumer: str  # the op whose quantized input goes back to float
+    convolution: bool = False
+
+
+def _quantized_inputs(op: Any) -> list[int]:
+    return [i for i in range(op.get_input_size())
+            if op.input_value(i).get_node().get_type_name() == "FakeQuantize"]
 
 
 def _units(quantized: Any) -> list[_Unit]:
-    units, claimed = [], set()
+    units = []
     for op in quantized.get_ops():
-        if op.get_type_name() == "Convolution":
-            source = op.input_value(0).get_node()
-            fq = (frozenset({source.get_friendly_name()}) if source.get_type_name() == "FakeQuantize"
-                  and len(source.output(0).get_target_inputs()) == 1 else frozenset())
-            claimed |= fq
-            units.append(_Unit(op.get_friendly_name(), fq, op.get_friendly_name()))
-    units += [_Unit(op.get_friendly_name(), frozenset({op.get_friendly_name()})) for op in quantized.get_ops()
-              if op.get_type_name() == "FakeQuantize" and op.get_friendly_name() not in claimed]
+        name, kind = op.get_friendly_name(), op.get_type_name()
+        if kind == "Convolution":
+            units.append(_Unit(name, name, convolution=True))
+        elif kind != "FakeQuantize" and _quantized_inputs(op):
+            units.append(_Unit(f"input of {name}", name))
     return units
 
 
 def _in_float(quantized: Any, units: list[_Unit], weights: dict[str, np.ndarray]) -> Any:
-    """A copy of a quantized model with `units` back in floating point: their quantizers taken out and their
-    convolutions given the FP32 model's weights."""
+    """A copy of a quantized model with `units` back in floating point: their inputs taken from before the
+    quantizer, and their convolutions given the FP32 model's weights."""
     import openvino as ov
 
-    quantizers = set().union(*(u.quantizers for u in units)) if units else set()
-    convolutions = {u.convolution for u in units if u.convolution is not None}
+    chosen = {u.consumer: u for u in units}
     copy = quantized.clone()
     for op in copy.get_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "FakeQuantize" and name in quantizers:
-            op.output(0).replace(op.input_value(0))
-        elif op.get_type_name() == "Convolution" and name in convolutions:
-            op.input(1).replace_source_output(ov.op.Constant(weights[name]).output(0))
+        unit = chosen.get(op.get_friendly_name())
+        if unit is None:
+            continue
+        for i in _quantized_inputs(op):
+            op.input(i).replace_source_output(op.input_value(i).get_node().input_value(0))
+        if unit.convolution:
+            op.input(1).replace_source_output(ov.op.Constant(weights[unit.consumer]).output(0))
     return copy
 
 
@@ -234,7 +239,7 @@ def restore_precision(fp32: Any, quantized: Any, ref: Reference, channels: tuple
         "criterion": "per channel 10 log10(MSE_int8 / MSE_fp32) against the true outputs of held-out views",
         "views": len(ref.inputs), "max_loss_db": max_loss_db,
         "ptq_loss_db": {c: round(float(v), 3) for c, v in zip(channels, first)}}
-    units = [u for u in _units(quantized) if u.convolution is None or u.convolution in weights]
+    units = [u for u in _units(quantized) if not u.convolution or u.consumer in weights]
     chosen: list[_Unit] = []
     now, model = first, quantized
     if first.max() > max_loss_db:
@@ -265,8 +270,7 @@ def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibrat
     from dexrt.dataset import is_dataset
 
     files = calibration_files(calibration, images)
-    inputs = calibration_inputs(files, contract.input_window, contract.size_multiple,
-                                normalised=contract.normalisation is not None)
+    inputs = calibration_inputs(files, contract)
     # Every fifth image is held out to measure the INT8 engine against FP32 (all of them when there are few).
     held = slice(None, None, 5) if len(inputs) >= 10 else slice(None)
     held_out = inputs[held]

@@ -21,18 +21,27 @@ from dexrt._errors import DexrtError, require_extra
 @click.option("--sizes", default=None, help="Comma-separated image sizes (default 256,512,1024; quick: 256).")
 @click.option("--batches", default=None, help="Comma-separated batch sizes (default 1,4,8; quick: 1,4).")
 @click.option("--engines", default=None,
-              help="Comma-separated subset of: dexrt, openvino-python, onnxruntime, torch-eager, torch-channels-last; "
+              help="Comma-separated subset of: dexrt, openvino-python, openvino-python-default, onnxruntime, "
+                   "torch-eager, torch-channels-last; with --calibration also dexrt-int8, openvino-python-int8; "
                    "on a CUDA GPU also torch-cuda-fp32, torch-cuda-fp16, dexrt-tensorrt-fp16.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A `dexrt synth` dataset (or folder of SE images): adds dexrt's INT8 engine and OpenVINO's own "
+                   "INT8 (NNCF PTQ) of the same ONNX, and feeds every engine a real image of it (needs the "
+                   "quantize extra).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("dexrt-bench.json"),
               show_default=True, help="Results file (JSON, schema dexrt-bench/1).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Latency-vs-size plot (PNG; default: next to the results file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout instead of a table.")
 def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batches: str | None,
-          engines: str | None, output: Path, plot_path: Path | None, as_json: bool) -> None:
+          engines: str | None, calibration: Path | None, output: Path, plot_path: Path | None,
+          as_json: bool) -> None:
     """Benchmark dexrt against OpenVINO's Python API, ONNX Runtime and torch eager on the same weights
     (and, on a CUDA GPU, torch eager FP16/FP32 there and dexrt's TensorRT engine)."""
     from dexrt.bench import format_table, plot, run_suite, save
+
+    if calibration is not None:
+        require_extra("quantize", "INT8 benchmarks (--calibration)", "nncf")
 
     size_list = _ints(sizes) if sizes else ([256] if quick else [256, 512, 1024])
     batch_list = _ints(batches) if batches else ([1, 4] if quick else [1, 4, 8])
@@ -42,6 +51,7 @@ def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batc
             module, onnx_path = _random_unet(ngf, Path(tmp))
         report = run_suite(onnx_path, sizes=size_list, batches=batch_list, torch_module=module,
                            engines=engines.split(",") if engines else None, min_seconds=0.5 if quick else 2.0,
+                           calibration=calibration,
                            progress=lambda s: click.echo(f"  {s}", err=True))
     report["model"]["ngf"] = ngf if module is not None else None
     save(report, output)
