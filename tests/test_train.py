@@ -200,6 +200,29 @@ def test_resume_refuses_changed_options(dataset: Path, tmp_path: Path) -> None:
         train(TrainConfig(steps=4, **FAST), dataset, tmp_path / "other", resume=True)
 
 
+def test_init_fine_tunes_from_a_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    """--init starts from another run's generator (recorded in the new checkpoints); a checkpoint of another
+    architecture is refused with what differs, and --init cannot be combined with --resume."""
+    from safetensors.torch import load as st_load
+
+    train(TrainConfig(steps=3, **FAST), dataset, tmp_path / "base")
+    base = tmp_path / "base" / "last"
+    tuned = TrainConfig(steps=1, **{**FAST, "lr": 0.0})  # a zero learning rate keeps the start's weights
+    train(tuned, dataset, tmp_path / "tuned", init=base)
+    a = st_load((base / "model.safetensors").read_bytes())
+    b = st_load((tmp_path / "tuned" / "last" / "model.safetensors").read_bytes())
+    for k in a:
+        if "running" not in k and "num_batches" not in k:  # batch-norm statistics move in train mode
+            assert torch.equal(a[k], b[k]), k
+    config = json.loads((tmp_path / "tuned" / "last" / "config.json").read_text())
+    assert config["init"]["checkpoint"] == str(base) and config["init"]["model_hash"].startswith("sha256:")
+    with pytest.raises(ValueError, match=r"ngf 4 \(this run: 8\)"):
+        train(TrainConfig(steps=1, **{**FAST, "ngf": 8}), dataset, tmp_path / "wide", init=base)
+    result = CliRunner().invoke(cli, ["train", str(dataset), "-o", str(tmp_path / "base"), "--resume", "--init",
+                                      str(base)])
+    assert result.exit_code == 2 and "--init starts a new run" in result.output
+
+
 def test_without_val_split_only_last_is_written(tmp_path: Path) -> None:
     data = write_manifest_dataset(tmp_path / "ds", counts=(("train", 2),))
     summary = train(TrainConfig(steps=2, **FAST), data, tmp_path / "run")

@@ -207,13 +207,37 @@ def _saved_train_config(folder: Path, raw: dict[str, Any]) -> TrainConfig:
         raise ModelError(f"{folder}/config.json: no usable training config ({exc})") from None
 
 
+# Generator options that shape the weights or their meaning: a fine-tuning run must share them with its start.
+_ARCHITECTURE = ("in_channels", "out_channels", "ngf", "depth", "norm", "upsample", "soft_from_se", "soft_offset")
+
+
+def _load_init(G: nn.Module, gcfg: GeneratorConfig, config: TrainConfig, folder: Path) -> dict[str, str]:
+    """Fine-tuning: `folder`'s generator weights into `G`, when its architecture and value contract are this
+    run's; returns where they came from (recorded in the run's checkpoints)."""
+    from dexrt_train.checkpoint import load_checkpoint
+
+    start = load_checkpoint(folder)
+    differ = [f"{k} {getattr(start.config, k)!r} (this run: {getattr(gcfg, k)!r})" for k in _ARCHITECTURE
+              if getattr(start.config, k) != getattr(gcfg, k)]
+    normalised = start.raw_config.get("normalisation") is not None
+    if normalised != (config.normalisation == "robust"):
+        differ.append(f"normalisation {'robust' if normalised else 'window'} (this run: {config.normalisation})")
+    if differ:
+        raise InputError(f"{folder}: its generator does not match this run's options: {', '.join(differ)}")
+    G.load_state_dict(start.generator.state_dict(), strict=True)
+    return {"checkpoint": str(folder), "model_hash": start.model_hash}
+
+
 def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DDP) else net
 
 
 def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.PathLike[str], *,
-          resume: bool = False, stop_at: int = 0, val_dataset: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+          resume: bool = False, stop_at: int = 0, val_dataset: str | os.PathLike[str] | None = None,
+          init: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) a run; returns a summary. See docs/training.md.
+
+    `init` (a checkpoint folder) fine-tunes: the generator starts from its weights instead of random ones.
 
     `val_dataset` takes the validation views from another dataset's val split: a `dexrt synth --pool` holds
     training views only.
@@ -290,6 +314,9 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     opt_D = torch.optim.Adam(D.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step, best = 0, None
+    started_from = None
+    if init is not None and not resume:
+        started_from = _load_init(_unwrap(G), gcfg, config, Path(init))
     if resume:
         state = load_training(last, G, D, {"G": opt_G, "D": opt_D})
         step, best = state.step, state.best
@@ -322,6 +349,8 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
                  "storage": ({c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as and not robust
                              else None),
                  "normalisation": NORMALISATION if robust else None}
+        if started_from is not None:
+            extra["init"] = started_from
         if val is not None and val_ds is not None:
             value = score(val, config.best_metric)
             if best is None or value < best["score"]:

@@ -30,6 +30,9 @@ _FIELDS = {
 @click.option("--steps", type=click.IntRange(min=1), help="Total optimiser steps.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs over the train split (instead of --steps).")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN from RUN/last/ (its options are kept).")
+@click.option("--init", "init", type=str, default=None, metavar="CHECKPOINT",
+              help="Fine-tune: start from this checkpoint folder's generator ('default': the shipped model's); "
+                   "the generator options must match it (docs/training.md).")
 @click.option("--stop-at", type=click.IntRange(min=1), default=None,
               help="End this invocation after step N (checkpointed); continue later with --resume.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Views per step and process [1].")
@@ -70,7 +73,7 @@ _FIELDS = {
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress: bool, as_json: bool,
-          val_data: Path | None, **options: Any) -> None:
+          val_data: Path | None, init: str | None, **options: Any) -> None:
     """Train the SE -> (bone, soft) generator on DATASET (a `dexrt synth` dataset or paired folders).
 
     Runs on one process, or on several under torchrun without change:
@@ -81,6 +84,15 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
     from dexrt_train.train import train as run_training
 
     given = {_FIELDS[k]: v for k, v in options.items() if v is not None}
+    if init is not None and resume:
+        raise click.UsageError("--init starts a new run; --resume continues one from its own weights")
+    start = None
+    if init is not None:
+        from dexrt.models import DEFAULT_CHECKPOINT
+
+        start = DEFAULT_CHECKPOINT if init == "default" else Path(init)
+        if not start.is_dir():
+            raise click.BadParameter(f"{start}: not a checkpoint folder", param_hint="--init")
     try:
         if resume:
             config = run_config(run, progress=progress, **given)
@@ -94,6 +106,7 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
         if isinstance(exc, DexrtError):
             raise
         raise click.UsageError(str(exc)) from None
-    summary = run_training(config, dataset, run, resume=resume, stop_at=stop_at or 0, val_dataset=val_data)
+    summary = run_training(config, dataset, run, resume=resume, stop_at=stop_at or 0, val_dataset=val_data,
+                           init=start)
     if summary.get("rank", 0) == 0:
         click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else summary_line(summary))

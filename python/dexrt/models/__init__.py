@@ -8,6 +8,8 @@ from pathlib import Path
 from dexrt._errors import EngineError
 
 DEFAULT_ENGINE = Path(__file__).with_name("default.dexrt")
+# its generator's weights and config (a `dexrt train` checkpoint): fine-tune with `dexrt train --init default`
+DEFAULT_CHECKPOINT = Path(__file__).with_name("default-checkpoint")
 
 
 def resolve_engine(path: Path | None) -> Path:
