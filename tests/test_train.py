@@ -365,6 +365,23 @@ def test_bone_suppression() -> None:
     assert metrics.bone_suppression(half, se, bone, soft) == pytest.approx(0.5, abs=0.01)
 
 
+def test_bone_suppression_ratio() -> None:
+    """1 - |S_pred - S|^2 / |B|^2 in SE units: 1 for the true soft image, 0 for one that keeps all the bone (the
+    SE image less the soft part's offset), 0.75 when half the bone is left; the unit of the images does not matter."""
+    rng = np.random.default_rng(5)
+    bone = np.clip(rng.normal(1.0, 1.0, (64, 64)), 0, None)
+    soft = 20 + 5 * rng.random((64, 64))
+    se = 0.05 + 0.29 * bone + 0.2 * soft
+    assert metrics.bone_suppression_ratio(soft, se, bone, soft) == pytest.approx(1.0)
+    keeps_bone = soft + 0.29 / 0.2 * bone
+    assert metrics.bone_suppression_ratio(keeps_bone, se, bone, soft) == pytest.approx(0.0, abs=1e-9)
+    half = soft + 0.5 * 0.29 / 0.2 * bone
+    assert metrics.bone_suppression_ratio(half, se, bone, soft) == pytest.approx(0.75, abs=1e-9)
+    windowed = [(x - lo) / (hi - lo) for x, (lo, hi) in ((half, (-4, 41)), (se, (-1, 9)), (bone, (-2.5, 7.5)),
+                                                         (soft, (-4, 41)))]
+    assert metrics.bone_suppression_ratio(*windowed, no_bone=0.25) == pytest.approx(0.75, abs=1e-9)
+
+
 def test_predict_pads_like_the_runtime() -> None:
     from dexrt_train.networks import GeneratorConfig, define_G
     from dexrt_train.validate import predict

@@ -104,6 +104,26 @@ def bone_suppression(pred_soft: np.ndarray, se: np.ndarray, true_bone: np.ndarra
     return 1.0 - abs(bone_content(pred_soft, true_bone, true_soft)) / abs(ref)
 
 
+def bone_suppression_ratio(pred_soft: np.ndarray, se: np.ndarray, true_bone: np.ndarray, true_soft: np.ndarray,
+                           no_bone: float = 0.0) -> float:
+    """The bone suppression ratio of the bone-suppression literature (Yang et al. 2017 and later):
+    ``1 - sum((S_pred - S)^2) / sum(B^2)``, with the soft error and the bone image B both in the SE image's units,
+    as they are in a radiograph that is the sum of its soft-tissue and bone images.
+
+    Here the SE image is ``a + kb * bone + ks * soft`` (fitted per view, `dexrt.contract.decomposition`), so the
+    soft error counts as ``ks * (S_pred - S)`` and the bone image as ``kb * (bone - no_bone)``, where `no_bone` is
+    the value of an image without bone (0 g/cm^2 in the images' units). NaN without bone signal.
+    """
+    from dexrt.contract import decomposition
+
+    _, kb, ks = decomposition(se, true_bone, true_soft)
+    signal = float(np.sum((kb * (np.asarray(true_bone, np.float64) - no_bone)) ** 2))
+    if signal < 1e-20:
+        return math.nan
+    residual = float(np.sum((ks * (np.asarray(pred_soft, np.float64) - true_soft)) ** 2))
+    return 1.0 - residual / signal
+
+
 def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     """Binary dilation by a (2*steps+1)^2 square: chessboard distance <= steps."""
     out = mask.copy()
@@ -157,6 +177,9 @@ def view_metrics(se: np.ndarray, true: np.ndarray, pred: np.ndarray, mask: np.nd
     if "bone" in channels and "soft" in channels:
         b, s = channels.index("bone"), channels.index("soft")
         out["bone_suppression"] = bone_suppression(pred[s], se, true[b], true[s])
+        # 0 g/cm^2 of bone in the metric units the images are in
+        out["bone_suppression_ratio"] = bone_suppression_ratio(pred[s], se, true[b], true[s],
+                                                               float(metric_unit(np.zeros(1), "bone")[0]))
         if mask is not None and np.any(mask):
             out["cnr/se"] = cnr(se, mask)
             out["cnr/soft_true"] = cnr(true[s], mask)
