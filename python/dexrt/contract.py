@@ -223,7 +223,7 @@ _PERCENTILES, _CENTRAL = (1.0, 99.0), 0.8
 NORMALISATION: dict[str, Any] = {"method": "robust-percentile", "percentiles": list(_PERCENTILES),
                                  "central_fraction": _CENTRAL}
 NORMALISED_WINDOW = (-0.25, 1.25)  # network window of every normalised channel: room beyond lo..hi, no Tanh saturation
-_MAX_SAMPLES = 1 << 18  # percentiles from at most this many pixels (a regular subsample): exact enough, fast
+_MAX_SAMPLES = 1 << 16  # percentiles from at most this many pixels (a regular subsample): exact enough, fast
 
 
 def robust_range(image: np.ndarray) -> tuple[float, float]:
@@ -267,7 +267,9 @@ def areal_densities(bone_att: np.ndarray, soft_att: np.ndarray, coefficients: tu
 def normalise(image: np.ndarray) -> tuple[np.ndarray, float, float]:
     """One (H, W) SE image -> (its normalised float32 image, lo, span) by `NORMALISATION`."""
     lo, hi = robust_range(image)
-    return ((np.asarray(image, np.float64) - lo) / (hi - lo)).astype(np.float32), lo, hi - lo
+    x = np.asarray(image, np.float32) - np.float32(lo)  # float32 throughout: this runs on every frame
+    x *= np.float32(1.0 / (hi - lo))
+    return x, lo, hi - lo
 
 
 def denormalise(outputs: Iterable[np.ndarray], channels: Sequence[str], lo: float, span: float,
@@ -276,7 +278,12 @@ def denormalise(outputs: Iterable[np.ndarray], channels: Sequence[str], lo: floa
     signal), every other part carries the input's ``lo``. uint16 is rounded half to even and clipped."""
     out = []
     for values, channel in zip(outputs, channels):
-        v = np.asarray(values, np.float64) * span + (0.0 if channel == "bone" else lo)
-        out.append(np.clip(np.rint(v), 0, STORED_MAX).astype(np.uint16) if dtype == np.uint16
-                   else v.astype(np.float32))
+        v = np.asarray(values, np.float32) * np.float32(span)  # float32 in place: this runs on every frame
+        if channel != "bone":
+            v += np.float32(lo)
+        if dtype == np.uint16:
+            np.rint(v, out=v)
+            np.clip(v, 0, STORED_MAX, out=v)
+            v = v.astype(np.uint16)
+        out.append(v)
     return out
