@@ -126,6 +126,18 @@ def test_accuracy_control_gives_layers_back_to_float(plain_onnx: Path, truth_dat
             assert acc["loss_db"] == acc["ptq_loss_db"] and not any(same)
 
 
+def test_accuracy_control_off_is_plain_ptq(plain_onnx: Path, truth_dataset: Path, tmp_path: Path) -> None:
+    code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
+                        "--size-multiple", "64", "--max-loss-db", "off", "-o", str(tmp_path / "ptq.dexrt")])
+    assert code == 0, text
+    q = dexrt.bundle.read_manifest(tmp_path / "ptq.dexrt")["quantization"]
+    assert q["accuracy_control"] is None and "fast bias correction" in q["method"]
+    for bad in ("-1", "nan", "lots"):
+        code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
+                            "--max-loss-db", bad, "-o", str(tmp_path / "bad.dexrt")])
+        assert code == 2 and "--max-loss-db" in text and not (tmp_path / "bad.dexrt").exists()
+
+
 def test_resize_upsampling_unet_runs_every_convolution_in_int8(calibration_folder: Path, tmp_path: Path) -> None:
     """With nearest 2x + 3x3 conv upsampling there is no transposed convolution left to stay in f32."""
     torch = pytest.importorskip("torch")

@@ -24,9 +24,10 @@ from dexrt._errors import InputError
                    "at the resolution you deploy.")
 @click.option("--calibration-images", type=click.IntRange(1, 100000), default=300, show_default=True,
               help="int8: at most this many calibration images, spread over the set.")
-@click.option("--max-loss-db", type=click.FloatRange(min=0.0), default=0.3, show_default=True,
+@click.option("--max-loss-db", default="0.3", show_default=True, metavar="DB|off",
               help="int8 calibrated on a `dexrt synth` dataset: PSNR each output may lose to INT8 against the "
-                   "dataset's truth; layers go back to float, most harmful first, until it holds (docs/model.md).")
+                   "dataset's truth; layers go back to float, most harmful first, until it holds (docs/model.md). "
+                   "'off': plain post-training quantization.")
 @click.option("--input-window", nargs=2, type=float, default=None, metavar="LO HI",
               help="Stored input values mapped to -1 and +1 (default: the model's metadata, else 0 65535).")
 @click.option("--output-window", "output_windows", nargs=2, type=float, multiple=True, metavar="LO HI",
@@ -44,7 +45,7 @@ def build_engine(
     precision: str | None,
     calibration: Path | None,
     calibration_images: int,
-    max_loss_db: float,
+    max_loss_db: str,
     input_window: tuple[float, float] | None,
     output_windows: tuple[tuple[float, float], ...],
     channels: str | None,
@@ -56,6 +57,7 @@ def build_engine(
     from dexrt.build import build_openvino, read_onnx_contract
     from dexrt.bundle import write_bundle
 
+    budget = _loss_budget(max_loss_db)
     if precision == "int8" and (device != "cpu" or calibration is None):
         raise click.UsageError("--precision int8 is for --device cpu and needs --calibration DATASET_OR_FOLDER")
     if calibration is not None and precision != "int8":
@@ -85,7 +87,7 @@ def build_engine(
 
         assert calibration is not None  # checked with the options above
         manifest, payload = quantize_openvino(contract, onnx_path, calibration, images=calibration_images,
-                                              max_loss_db=max_loss_db)
+                                              max_loss_db=budget)
     else:
         manifest, payload = build_openvino(contract, onnx_path, precision=precision or "fp32")
     write_bundle(output, manifest, payload, signing_key=signing_key)
@@ -103,3 +105,15 @@ def build_engine(
             f"size multiple {contract.size_multiple}"
             + (f"; signed by key {public_key_of(signing_key).key_id}" if signing_key is not None else "") + ")"
         )
+
+
+def _loss_budget(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:  # also refuses NaN
+        raise click.BadParameter(f"expected dB >= 0 or 'off', got {text!r}", param_hint="--max-loss-db")
+    return value
