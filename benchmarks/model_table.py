@@ -1,11 +1,15 @@
 """Quality against speed for trained engine bundles: test-split metrics and CPU latency, measured in one run.
 
     python benchmarks/model_table.py --dataset DATA [--split test] [--sizes 256,512] [--rounds 30] \
-        -o table.json ngf16_fp32.dexrt ngf16_int8.dexrt ...
+        [--onnx MODEL.onnx [--calibration DATA]] -o table.json ngf16_fp32.dexrt ngf16_int8.dexrt ...
 
-Each engine is scored with `dexrt eval`'s metrics on the split, then timed on one uint16 image per size
-(the split's first SE view, resized), the engines taking turns round by round so that a busy machine slows all
-of them alike. Prints a Markdown table (p50 latency per size) and writes every figure as JSON.
+Each engine is scored with `dexrt eval`'s metrics on the split, then timed end to end on one uint16 image per size
+(the split's first SE view, resized: uint16 in, bone and soft uint16 out), the engines taking turns round by
+round so that a busy machine slows all of them alike. With ``--onnx``, the peers of `dexrt bench` on that ONNX
+(OpenVINO's Python API in f32 and with its defaults, ONNX Runtime; with ``--calibration`` also OpenVINO's own
+INT8 by NNCF PTQ) take their turns in the same rounds, fed the same image already pre-processed (network only:
+they get the pre- and post-processing for free). Each row's time ratio to the first peer (OpenVINO f32) is the
+median of per-round ratios, with quartiles. Prints a Markdown table and writes every figure as JSON.
 """
 
 from __future__ import annotations
@@ -16,11 +20,17 @@ import statistics
 import time
 from pathlib import Path
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 import dexrt
+from dexrt.bench import Runner, make_runners, measure_rounds, round_ratios
+from dexrt.build import read_onnx_contract
 from dexrt.evaluate import evaluate
 from dexrt.images import read_image
+from dexrt.quantize import network_input
 
 COLUMNS = [("bone/psnr", "bone PSNR", "{:.2f}"), ("bone/ssim", "bone SSIM", "{:.3f}"),
            ("soft/psnr", "soft PSNR", "{:.2f}"), ("soft/ssim", "soft SSIM", "{:.3f}"),
@@ -34,17 +44,20 @@ def resized(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[rows][:, cols])
 
 
-def time_engines(engines: dict[str, dexrt.Engine], images: dict[int, np.ndarray], rounds: int
-                 ) -> dict[str, dict[int, list[float]]]:
-    times: dict[str, dict[int, list[float]]] = {name: {s: [] for s in images} for name in engines}
+def time_rows(engines: dict[str, dexrt.Engine], peers: dict[str, Runner], images: dict[int, np.ndarray],
+              onnx_path: Path | None, rounds: int) -> dict[str, dict[int, list[float]]]:
+    """Per row and size, `rounds` wall times from interleaved rounds (`dexrt.bench.measure_rounds`)."""
+    times: dict[str, dict[int, list[float]]] = {name: {} for name in (*engines, *peers)}
     for size, image in images.items():
-        for engine in engines.values():
-            engine.infer(image)  # compiles the shape
-        for _ in range(rounds):
-            for name, engine in engines.items():
-                t0 = time.perf_counter()
-                engine.infer(image)
-                times[name][size].append(time.perf_counter() - t0)
+        calls: dict[str, Callable[[Any], Any]] = {name: (lambda _, e=e: e.infer(image)) for name, e in engines.items()}
+        if peers:
+            assert onnx_path is not None
+            x = network_input(image, read_onnx_contract(onnx_path))
+            calls.update({name: (lambda _, r=r: r(x)) for name, r in peers.items()})
+        for call in calls.values():
+            call(None)  # compiles the shape
+        for name, t in measure_rounds(calls, None, min_seconds=0.0, min_rounds=rounds).items():
+            times[name][size] = t
     return times
 
 
@@ -54,7 +67,9 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--sizes", default="256,512")
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--onnx", type=Path, help="Time the peers of `dexrt bench` on this ONNX too.")
+    parser.add_argument("--calibration", type=Path, help="With --onnx: add OpenVINO's own INT8 (NNCF PTQ).")
     parser.add_argument("-o", "--output", type=Path, default=Path("model-table.json"))
     args = parser.parse_args()
 
@@ -71,18 +86,36 @@ def main() -> None:
     first = next(v for v in manifest["views"] if v.get("split") == args.split)
     se = read_image(args.dataset / first["files"]["se"])
     images = {int(s): resized(se, int(s)) for s in args.sizes.split(",")}
-    times = time_engines(engines, images, args.rounds)
-    for name in engines:
-        rows[name]["latency_ms"] = {str(s): {"p50": statistics.median(t) * 1e3, "p90": float(np.percentile(t, 90)) * 1e3}
+    peers: dict[str, Runner] = {}
+    if args.onnx is not None:
+        wanted = ["openvino-python", "openvino-python-default", "onnxruntime"]
+        wanted += ["openvino-python-int8"] if args.calibration is not None else []
+        peers = make_runners(args.onnx, engines=wanted, calibration=args.calibration)
+        rows.update({name: {"engine": f"{name} ({args.onnx.name}, network only)", "precision": name.split("-")[-1]
+                            if name.endswith(("int8", "default")) else "fp32", "metrics": {}} for name in peers})
+    times = time_rows(engines, peers, images, args.onnx, args.rounds)
+    reference = next(iter(peers), None)
+    for name in rows:
+        rows[name]["latency_ms"] = {str(s): {"p50": statistics.median(t) * 1e3,
+                                             "p99": float(np.percentile(t, 99)) * 1e3,
+                                             "images_per_s": 1.0 / statistics.median(t)}
                                     for s, t in times[name].items()}
+        if reference is not None:
+            rows[name]["time_ratio_to"] = reference
+            rows[name]["time_ratio"] = {str(s): dict(zip(("median", "quartiles"), round_ratios(t, times[reference][s])))
+                                        for s, t in times[name].items()}
 
-    header = ["engine", "precision", "MB"] + [c[1] for c in COLUMNS] + [f"{s}² ms" for s in images]
+    header = ["engine", "precision", "MB"] + [c[1] for c in COLUMNS] + [f"{s}² ms p50 / p99" for s in images]
+    header += [f"{s}² time vs {reference}" for s in images] if reference else []
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, r in rows.items():
-        cells = [name, r["precision"], f"{r['size_mb']:.1f}"]
+        cells = [name, r["precision"], f"{r['size_mb']:.1f}" if "size_mb" in r else ""]
         cells += [fmt.format(r["metrics"][key]) if key in r["metrics"] else "n/a" for key, _, fmt in COLUMNS]
-        cells += [f"{r['latency_ms'][str(s)]['p50']:.1f}" for s in images]
+        cells += [f"{r['latency_ms'][str(s)]['p50']:.2f} / {r['latency_ms'][str(s)]['p99']:.2f}" for s in images]
+        if reference:
+            cells += [f"{r['time_ratio'][str(s)]['median']:.2f} [{r['time_ratio'][str(s)]['quartiles'][0]:.2f}, "
+                      f"{r['time_ratio'][str(s)]['quartiles'][1]:.2f}]" for s in images]
         print("| " + " | ".join(cells) + " |")
     report = {"dataset": str(args.dataset), "split": args.split, "rounds": args.rounds,
               "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "engines": rows}
