@@ -277,7 +277,8 @@ def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibrat
     calibrate = [x for i, x in enumerate(inputs) if i % 5] if len(inputs) >= 10 else inputs
     model = convert_onnx(onnx_path)
     log.info("calibrating on %d images from %s", len(calibrate), calibration)
-    controlled = max_loss_db is not None and is_dataset(calibration)  # a dataset knows the truth: measure it
+    budget = max_loss_db if is_dataset(calibration) else None  # a dataset knows the truth: the loss is measured
+    controlled = budget is not None
     # The performance preset quantizes activations symmetrically (the CPU's fastest INT8 kernels). Fast bias
     # correction keeps the per-channel means of the FP32 model by changing its biases; under accuracy control it
     # is off, so that a layer given back to float is exactly the FP32 layer (on the default model it did not
@@ -286,9 +287,9 @@ def quantize_openvino(contract: Any, onnx_path: str | os.PathLike[str], calibrat
                               subset_size=len(calibrate), fast_bias_correction=True,
                               advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=controlled))
     accuracy = None
-    if controlled:
+    if budget is not None:
         ref = reference_views(contract, calibration, calibration_views(calibration, images)[held])
-        quantized, accuracy = restore_precision(model, quantized, ref, contract.channels, max_loss_db)
+        quantized, accuracy = restore_precision(model, quantized, ref, contract.channels, budget)
     payload = ir_payload(quantized, compress_to_fp16=False)
     manifest = contract_manifest(contract, onnx_path)
     manifest.update(backend="openvino", device="cpu", precision="int8")
