@@ -142,4 +142,17 @@ def test_engine_without_a_path_is_the_bundled_default_model() -> None:
 
     with dexrt.Engine() as engine:
         assert engine.path == DEFAULT_ENGINE and engine.channels == ("bone", "soft")
-        assert engine.input_encoding is not None and len(engine.output_encodings) == 2
+        # scale-free: each image is taken in its own grey values, so no stored encoding is assumed
+        assert engine.normalised and engine.input_encoding is None
+        assert engine.manifest["model"]["config"]["upsample"] == "resize"
+
+
+def test_the_shipped_checkpoint_is_the_default_engine_s_weights() -> None:
+    """`dexrt train --init default` fine-tunes exactly the weights the bundled engine was exported from."""
+    pytest.importorskip("torch")
+    from dexrt.models import DEFAULT_CHECKPOINT, DEFAULT_ENGINE
+    from dexrt_train.checkpoint import load_checkpoint
+
+    start = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert start.model_hash == dexrt.Engine(DEFAULT_ENGINE).manifest["model"]["model_hash"]
+    assert start.raw_config["normalisation"] is not None and start.config.soft_from_se
