@@ -9,9 +9,10 @@ On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP3
 
 **Accuracy control.** Calibrated on a `dexrt synth` dataset, the build also knows the true outputs of held-out
 views, so it can measure what INT8 costs: per channel, ``10 log10(MSE_int8 / MSE_fp32)`` against the truth, in dB
-of PSNR. When the worst channel loses more than ``max_loss_db``, quantizers are taken out again (their tensors
-stay in floating point), the most harmful first, until the loss is within budget: a mixed-precision engine chosen
-by measurement. A folder of plain images has no truth to measure against; it gets plain PTQ.
+of PSNR. When the worst channel loses more than ``max_loss_db``, parts of the network go back to floating point
+(a convolution, or the quantized input of another op), greedily, the one that helps most first, until the loss is
+within budget: a mixed-precision engine chosen by measurement. A folder of plain images has no truth to measure
+against; it gets plain PTQ.
 """
 
 from __future__ import annotations
@@ -225,9 +226,11 @@ def _weights(fp32: Any) -> dict[str, np.ndarray]:
 
 def restore_precision(fp32: Any, quantized: Any, ref: Reference, channels: tuple[str, ...],
                       max_loss_db: float) -> tuple[Any, dict[str, Any]]:
-    """Give layers of `quantized` back to floating point, most harmful first, until no channel loses more than
-    `max_loss_db` of PSNR against the truth compared with `fp32`. Harm is measured one layer at a time, then the
-    choice is re-measured after each step (layers interact)."""
+    """Give parts of `quantized` back to floating point until no channel loses more than `max_loss_db` of PSNR
+    against the truth compared with `fp32`. Greedy: each step tries every remaining part with those already
+    chosen and keeps the one that leaves the smallest worst-channel loss. Parts are tried together, not alone,
+    because they interact: the soft output ``SE - bone + correction`` is quantized at two places, and freeing
+    either alone gains nothing (on the default model 8.1 and 9.3 dB lost; both, 0.45 dB)."""
     base = _mse(fp32, ref)
     weights = _weights(fp32)
 
@@ -239,20 +242,23 @@ def restore_precision(fp32: Any, quantized: Any, ref: Reference, channels: tuple
         "criterion": "per channel 10 log10(MSE_int8 / MSE_fp32) against the true outputs of held-out views",
         "views": len(ref.inputs), "max_loss_db": max_loss_db,
         "ptq_loss_db": {c: round(float(v), 3) for c, v in zip(channels, first)}}
-    units = [u for u in _units(quantized) if not u.convolution or u.consumer in weights]
+    remaining = [u for u in _units(quantized) if not u.convolution or u.consumer in weights]
+    record["candidates"] = len(remaining)
     chosen: list[_Unit] = []
     now, model = first, quantized
-    if first.max() > max_loss_db:
-        harm = {u: float(loss(_in_float(quantized, [u], weights)).max()) for u in units}
-        for unit in sorted(units, key=harm.__getitem__):
-            chosen.append(unit)
-            model = _in_float(quantized, chosen, weights)
-            now = loss(model)
-            log.info("%s back in float: the worst channel loses %.3f dB", unit.label, now.max())
-            if now.max() <= max_loss_db:
-                break
+    while now.max() > max_loss_db and remaining:
+        best: tuple[np.ndarray, _Unit, Any] | None = None
+        for unit in remaining:
+            candidate = _in_float(quantized, [*chosen, unit], weights)
+            candidate_loss = loss(candidate)
+            if best is None or candidate_loss.max() < best[0].max():
+                best = (candidate_loss, unit, candidate)
+        assert best is not None
+        now, unit, model = best
+        chosen.append(unit)
+        remaining.remove(unit)
+        log.info("%s back in float: the worst channel loses %.3f dB", unit.label, now.max())
     record["float_layers"] = [u.label for u in chosen]
-    record["candidates"] = len(units)
     record["loss_db"] = {c: round(float(v), 3) for c, v in zip(channels, now)}
     return model, record
 

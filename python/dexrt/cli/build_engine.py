@@ -26,7 +26,8 @@ from dexrt._errors import InputError
               help="int8: at most this many calibration images, spread over the set.")
 @click.option("--max-loss-db", default="0.3", show_default=True, metavar="DB|off",
               help="int8 calibrated on a `dexrt synth` dataset: PSNR each output may lose to INT8 against the "
-                   "dataset's truth; layers go back to float, most harmful first, until it holds (docs/model.md). "
+                   "dataset's truth; layers go back to float, the one that helps most first, until it holds "
+                   "(docs/model.md). "
                    "'off': plain post-training quantization.")
 @click.option("--input-window", nargs=2, type=float, default=None, metavar="LO HI",
               help="Stored input values mapped to -1 and +1 (default: the model's metadata, else 0 65535).")
