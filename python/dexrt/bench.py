@@ -136,7 +136,11 @@ def make_runners(onnx_path: Path, torch_module: Any = None, engines: list[str] |
     if want("onnxruntime") and importlib.util.find_spec("onnxruntime"):
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # ONNX Runtime's threads spin-wait after a run by default: in interleaved rounds they would take the
+        # cores from whichever engine runs next
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         runners["onnxruntime"] = lambda x: session.run(None, {name: x})[0]
     if torch_module is not None and importlib.util.find_spec("torch"):
