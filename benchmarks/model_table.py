@@ -7,7 +7,7 @@ Each engine is scored with `dexrt eval`'s metrics on the split, then timed end t
 (the split's first SE view, resized: uint16 in, bone and soft uint16 out), the engines taking turns round by
 round so that a busy machine slows all of them alike. With ``--onnx``, the peers of `dexrt bench` on that ONNX
 (OpenVINO's Python API in f32 and with its defaults, ONNX Runtime; with ``--calibration`` also OpenVINO's own
-INT8 by NNCF PTQ) take their turns in the same rounds, fed the same image already pre-processed (network only:
+INT8 by NNCF PTQ; with ``--checkpoint`` torch eager) take their turns in the same rounds, fed the same image already pre-processed (network only:
 they get the pre- and post-processing for free). Each row's time ratio to the first peer (OpenVINO f32) is the
 median of per-round ratios, with quartiles. Prints a Markdown table and writes every figure as JSON.
 """
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--onnx", type=Path, help="Time the peers of `dexrt bench` on this ONNX too.")
     parser.add_argument("--calibration", type=Path, help="With --onnx: add OpenVINO's own INT8 (NNCF PTQ).")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="With --onnx: the checkpoint it was exported from, to add torch eager (train extra).")
     parser.add_argument("-o", "--output", type=Path, default=Path("model-table.json"))
     args = parser.parse_args()
 
@@ -90,7 +92,12 @@ def main() -> None:
     if args.onnx is not None:
         wanted = ["openvino-python", "openvino-python-default", "onnxruntime"]
         wanted += ["openvino-python-int8"] if args.calibration is not None else []
-        peers = make_runners(args.onnx, engines=wanted, calibration=args.calibration)
+        module = None
+        if args.checkpoint is not None:
+            from dexrt_train.checkpoint import load_checkpoint
+
+            module, wanted = load_checkpoint(args.checkpoint).generator, [*wanted, "torch-eager"]
+        peers = make_runners(args.onnx, module, engines=wanted, calibration=args.calibration)
         rows.update({name: {"engine": f"{name} ({args.onnx.name}, network only)", "precision": name.split("-")[-1]
                             if name.endswith(("int8", "default")) else "fp32", "metrics": {}} for name in peers})
     times = time_rows(engines, peers, images, args.onnx, args.rounds)
