@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from dexrt.bench import conv_flops, measure_rounds, round_ratios
@@ -33,6 +35,31 @@ def test_bench_quick_writes_comparable_results(tmp_path: Path) -> None:
     assert all(r["repeats"] == same_rounds[r["batch"]] for r in report["results"])  # interleaved: one count a round
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dexrt" in result.stdout and "GFLOP/s" in result.stdout
+
+
+def test_bench_with_calibration_adds_the_int8_engines(tmp_path: Path) -> None:
+    """--calibration: dexrt's INT8 engine and OpenVINO's own NNCF INT8 join, fed a real image of the set, and each
+    is checked against FP32 within the INT8 bound; OpenVINO's f32 call matches dexrt's FP32 tightly."""
+    pytest.importorskip("nncf")
+    from dexrt.images import write_image
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    y, x = np.mgrid[0:256, 0:256] / 256
+    for i in range(6):
+        image = 0.5 + 0.3 * np.sin(2 * np.pi * ((i + 1) * x + y)) * np.cos(3 * np.pi * y)
+        write_image(folder / f"se_{i}.png", (image * 60000).astype(np.uint16))
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["bench", "--ngf", "4", "--sizes", "256", "--batches", "1", "-o", str(out),
+                                      "--calibration", str(folder), "--engines",
+                                      "dexrt,dexrt-int8,openvino-python,openvino-python-int8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {r["engine"]: r for r in report["results"]}
+    assert set(rows) == {"dexrt", "dexrt-int8", "openvino-python", "openvino-python-int8"}
+    assert report["model"]["calibration"] == str(folder)
+    assert rows["openvino-python"]["max_abs_error"] <= 2e-3
+    assert all(0 < rows[e]["max_abs_error"] <= 0.15 for e in ("dexrt-int8", "openvino-python-int8"))
 
 
 def test_interleaved_rounds_rotate_the_order_and_pair_the_times() -> None:
