@@ -10,6 +10,14 @@ Rows (each adds one change to the one before it, same seed, steps and data):
   soft-se    + soft derived from SE (bone and a correction)
   nogan-grad + no discriminator, gradient L1 (weight 1000)
 
+Leave-one-out rows (the default model's recipe with one change undone; pass its depth, crop and validation data
+as extra options, e.g. `-- --depth 8 --crop 256 --val-data val120 --decay-start 1`):
+  v2              the default model's recipe (= nogan-grad)
+  v2-transpose    transposed-convolution upsampling instead of resize
+  v2-free-soft    a free soft channel instead of soft from SE
+  v2-window       SE through its window instead of the robust normalisation (so a free soft channel too)
+  v2-no-grad      no gradient L1
+
 The run folder (checkpoints) goes to a scratch folder; the row's config, training log, eval metrics, panel and
 CPU seconds go to OUT/ROW/ so they can be committed. Budgets are stated in CPU-seconds (user + system time of
 the training process), since the machine is shared.
@@ -34,6 +42,14 @@ ROWS = {
     "nogan-grad": ["--upsample", "resize", "--normalisation", "robust", "--soft-from-se", "--lambda-gan", "0",
                    "--lambda-grad", "1000"],
 }
+V2 = ROWS["nogan-grad"]
+ROWS.update({
+    "v2": V2,
+    "v2-transpose": ["--upsample", "transpose", *V2[2:]],
+    "v2-free-soft": [a for a in V2 if a != "--soft-from-se"],
+    "v2-window": ["--upsample", "resize", "--lambda-gan", "0", "--lambda-grad", "1000"],
+    "v2-no-grad": [*V2[:-2], "--lambda-grad", "0"],
+})
 COMMON = ["--ngf", "16", "--depth", "7", "--lambda-l1", "1000", "--dropout", "0", "--crop", "128", "--batch-size", "2",
           "--seed", "0", "--num-workers", "0", "--val-every", "100", "--val-views", "12", "--no-progress"]
 
