@@ -67,14 +67,16 @@ def main() -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--scratch", type=Path, default=Path("/tmp/dexrt-ablation"))
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("extra", nargs="*")
-    args = p.parse_args()
+    # everything after "--" goes to `dexrt train` as it is (argparse would take it for this script's options)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     out, run = args.out / args.row, args.scratch / args.row
     shutil.rmtree(run, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     train = ["train", str(args.data), "-o", str(run), "--steps", str(args.steps), *COMMON, *ROWS[args.row],
-             *args.extra, "--json"]
+             *extra, "--json"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     dexrt(*train)
