@@ -218,6 +218,8 @@ def test_init_fine_tunes_from_a_checkpoint(dataset: Path, tmp_path: Path) -> Non
     assert config["init"]["checkpoint"] == str(base) and config["init"]["model_hash"].startswith("sha256:")
     with pytest.raises(ValueError, match=r"ngf 4 \(this run: 8\)"):
         train(TrainConfig(steps=1, **{**FAST, "ngf": 8}), dataset, tmp_path / "wide", init=base)
+    with pytest.raises(ValueError, match="input window"):  # the same weights would read other values
+        train(TrainConfig(steps=1, **{**FAST, "windows": "data"}), dataset, tmp_path / "rewindowed", init=base)
     result = CliRunner().invoke(cli, ["train", str(dataset), "-o", str(tmp_path / "base"), "--resume", "--init",
                                       str(base)])
     assert result.exit_code == 2 and "--init starts a new run" in result.output

@@ -211,7 +211,8 @@ def _saved_train_config(folder: Path, raw: dict[str, Any]) -> TrainConfig:
 _ARCHITECTURE = ("in_channels", "out_channels", "ngf", "depth", "norm", "upsample", "soft_from_se", "soft_offset")
 
 
-def _load_init(G: nn.Module, gcfg: GeneratorConfig, config: TrainConfig, folder: Path) -> dict[str, str]:
+def _load_init(G: nn.Module, gcfg: GeneratorConfig, config: TrainConfig, windows: Windows,
+               folder: Path) -> dict[str, str]:
     """Fine-tuning: `folder`'s generator weights into `G`, when its architecture and value contract are this
     run's; returns where they came from (recorded in the run's checkpoints)."""
     from dexrt_train.checkpoint import load_checkpoint
@@ -222,6 +223,10 @@ def _load_init(G: nn.Module, gcfg: GeneratorConfig, config: TrainConfig, folder:
     normalised = start.raw_config.get("normalisation") is not None
     if normalised != (config.normalisation == "robust"):
         differ.append(f"normalisation {'robust' if normalised else 'window'} (this run: {config.normalisation})")
+    for name, theirs, ours in (("input window", start.windows.input, windows.input),
+                               ("output windows", start.windows.outputs, windows.outputs)):
+        if np.asarray(theirs, float).tolist() != np.asarray(ours, float).tolist():  # the weights' value scale
+            differ.append(f"{name} {np.asarray(theirs).tolist()} (this run: {np.asarray(ours).tolist()})")
     if differ:
         raise InputError(f"{folder}: its generator does not match this run's options: {', '.join(differ)}")
     G.load_state_dict(start.generator.state_dict(), strict=True)
@@ -316,7 +321,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     step, best = 0, None
     started_from = None
     if init is not None and not resume:
-        started_from = _load_init(_unwrap(G), gcfg, config, Path(init))
+        started_from = _load_init(_unwrap(G), gcfg, config, windows, Path(init))
     if resume:
         state = load_training(last, G, D, {"G": opt_G, "D": opt_D})
         step, best = state.step, state.best
