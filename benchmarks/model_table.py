@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import dexrt
-from dexrt.bench import Runner, make_runners, measure_rounds, round_ratios
+from dexrt.bench import Runner, make_runners, measure_rounds, resized, round_ratios
 from dexrt.build import read_onnx_contract
 from dexrt.evaluate import evaluate
 from dexrt.images import read_image
@@ -35,13 +35,6 @@ from dexrt.quantize import network_input
 COLUMNS = [("bone/psnr", "bone PSNR", "{:.2f}"), ("bone/ssim", "bone SSIM", "{:.3f}"),
            ("soft/psnr", "soft PSNR", "{:.2f}"), ("soft/ssim", "soft SSIM", "{:.3f}"),
            ("bone_suppression", "bone supp.", "{:.3f}"), ("cnr/soft_pred_over_true", "CNR pred/true", "{:.2f}")]
-
-
-def resized(image: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize: the content does not matter for timing, only the shape and dtype."""
-    rows = np.arange(size) * image.shape[0] // size
-    cols = np.arange(size) * image.shape[1] // size
-    return np.ascontiguousarray(image[rows][:, cols])
 
 
 def time_rows(engines: dict[str, dexrt.Engine], peers: dict[str, Runner], images: dict[int, np.ndarray],

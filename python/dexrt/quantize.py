@@ -143,7 +143,7 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
     """`views` of a dataset as the engine sees them, with the outputs it should give: for a normalised engine the
     SE image's bone and soft parts (`dexrt.contract.attenuation_targets`, as the trainer makes them), otherwise
     each output in the engine's recorded encoding (the dataset's when it records none)."""
-    from dexrt.contract import attenuation_targets, decomposition, mirror_pad, normalise, window_to_unit
+    from dexrt.contract import attenuation_targets, decomposition, mirror_pad, robust_range, window_to_unit
     from dexrt.dataset import open_dataset
 
     ds = open_dataset(dataset)
@@ -153,7 +153,8 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
         true = {c: ds.physical(view, c) for c in ("se", *contract.channels)}
         if contract.normalisation is not None:
             image = true["se"].astype(np.float32)
-            _, lo, span = normalise(image)
+            lo, hi = robust_range(image)  # the range `network_input` normalises by
+            span = hi - lo
             bone, soft = attenuation_targets(true["bone"], true["soft"],
                                              decomposition(true["se"], true["bone"], true["soft"]))
             values = {"bone": bone / span, "soft": (soft - lo) / span}

@@ -41,6 +41,16 @@ MARKER_TEXT = ("L", "R")
 ANNOTATION_CHARS = "ABCDEFGHKLMPRST0123456789"
 
 
+# ChainConfig range field -> (name in messages, lowest low, highest high)
+_RANGE_LIMITS = {
+    "kvp": ("kVp", 40.0, 150.0), "cu_mm": ("copper (mm)", 0.0, 5.0), "dose_ugy": ("dose (uGy)", 0.1, 1e5),
+    "spr": ("scatter-to-primary", 0.0, 20.0), "scatter_sigma_mm": ("scatter kernel (mm)", 1.0, 1000.0),
+    "blur_mm": ("blur (mm)", 0.0, 20.0), "electronic": ("electronic noise", 0.0, 10.0), "heel": ("heel", 0.0, 0.9),
+    "collimation_margin": ("collimation margin", 0.0, 0.3), "gamma": ("gamma", 0.1, 10.0),
+    "magnification": ("magnification", 1.0, 5.0), "sdd_mm": ("SDD (mm)", 100.0, 10000.0),
+}
+
+
 @dataclass(frozen=True)
 class ChainConfig:
     """Ranges the per-view chain is drawn from; a range of None switches that randomisation off (the fixed
@@ -69,22 +79,10 @@ class ChainConfig:
     offset_mm: float = 30.0  # patient offset from the central ray, uniform in +-this per detector axis
 
     def validate(self) -> None:
-        def rng_ok(name: str, r: Range | None, lo: float, hi: float) -> None:
+        for field, (name, lo, hi) in _RANGE_LIMITS.items():
+            r = getattr(self, field)
             if r is not None and not (len(r) == 2 and lo <= r[0] <= r[1] <= hi):
                 raise ValueError(f"chain {name} range must satisfy {lo} <= low <= high <= {hi}, got {r}")
-
-        rng_ok("kVp", self.kvp, 40.0, 150.0)
-        rng_ok("copper (mm)", self.cu_mm, 0.0, 5.0)
-        rng_ok("dose (uGy)", self.dose_ugy, 0.1, 1e5)
-        rng_ok("scatter-to-primary", self.spr, 0.0, 20.0)
-        rng_ok("scatter kernel (mm)", self.scatter_sigma_mm, 1.0, 1000.0)
-        rng_ok("blur (mm)", self.blur_mm, 0.0, 20.0)
-        rng_ok("electronic noise", self.electronic, 0.0, 10.0)
-        rng_ok("heel", self.heel, 0.0, 0.9)
-        rng_ok("collimation margin", self.collimation_margin, 0.0, 0.3)
-        rng_ok("gamma", self.gamma, 0.1, 10.0)
-        rng_ok("magnification", self.magnification, 1.0, 5.0)
-        rng_ok("SDD (mm)", self.sdd_mm, 100.0, 10000.0)
         for name in ("prob", "grid_prob", "collimation_prob", "marker_prob", "annotation_prob", "processing_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"chain {name.replace('_', ' ')} must be in [0, 1], got {getattr(self, name)}")
