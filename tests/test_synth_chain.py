@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dexrt import _core
 from dexrt.synth.anatomy import AnatomyConfig, deform, draw_anatomy
 from dexrt.synth.chain import GRID_PRIMARY_T, GRID_SCATTER_T, ChainConfig, draw_chain, se_image, unit_exposure
 from dexrt.synth.ct import CTVolume
+from dexrt.synth.dataset import quantity_of
 from dexrt.synth.processing import MARKER_TRANSMISSION, post_process
 from dexrt.synth.render import Renderer, View
 from test_synth import _imaging, _nifti, phantom
@@ -203,6 +205,47 @@ def test_processing_luts_and_detail_gains() -> None:
     np.testing.assert_allclose(ms, detail, atol=1e-9)
 
 
+def test_processing_like_another_image_reuses_its_mapping() -> None:
+    rng = np.random.default_rng(3)
+    image = 1.0 + np.cumsum(rng.normal(0, 0.05, (48, 64)), axis=1)
+    field = np.ones(image.shape, bool)
+    p = {"window_pct": [1.0, 99.0], "lut": "sigmoid", "lut_param": 5.0, "equalise": {"sigma_mm": 6.0, "strength": 0.5},
+         "unsharp": {"sigma_mm": 3.0, "gain": 1.0}, "multiscale": None}
+    out, used = post_process(image, field, p, 1.0)
+    np.testing.assert_array_equal(post_process(image, field, p, 1.0, like=used)[0], out)
+    shifted = image + 0.3  # on its own histogram a uniform shift is windowed away; like the first, it is not
+    np.testing.assert_allclose(post_process(shifted, field, p, 1.0)[0] - 0.3, out, atol=1e-9)
+    assert not np.allclose(post_process(shifted, field, p, 1.0, like=used)[0], out, atol=1e-2)
+
+
+def test_processed_targets_are_the_exact_parts_of_the_processed_se() -> None:
+    """Through the whole chain (scatter, grid, markers, collimation, processing, annotation) the SE image is
+    a + kb bone_processed + ks soft_processed to storage precision; the bone-free image keeps the SE's noise and is
+    rib-free: where no ray crosses bone the two are the same image."""
+    from dexrt.contract import decomposition
+
+    r = Renderer(phantom(rod_hu=1000.0, lungs=True), _imaging(size=48, noise=True))
+    everything = dataclasses.replace(ChainConfig(), magnification=None, offset_mm=0.0, processing_prob=1.0,
+                                     annotation_prob=1.0, collimation_prob=1.0, marker_prob=1.0)
+    # without collimator and text, which can hide the small rod
+    open_field = dataclasses.replace(everything, annotation_prob=0.0, collimation_prob=0.0)
+    for cfg, seed in ((everything, 0), (everything, 1), (everything, 2), (open_field, 3), (open_field, 4)):
+        ch = draw_chain(cfg, r.config.physics.se, r.config.sid_mm, r.config.sdd_mm, r.body_radius_mm, seed)
+        out = r.render(View("v", 20.0, noise_seed=5, chain=ch))
+        bone, soft = out["bone_processed"], out["soft_processed"]
+        a, kb, ks = decomposition(out["se"], bone, soft)
+        assert kb > 0 and ks > 0
+        np.testing.assert_allclose(a + kb * bone + ks * soft, out["se"], atol=1e-4)
+        if cfg is open_field:
+            # Far from the rod the bone image is almost empty: what is left is the rod's share of the scatter and
+            # of the equalisation's wide low-pass, both of which the rod changes
+            rod = out["bone_ideal"] > 0
+            far = ~ndimage.binary_dilation(rod, iterations=8)
+            assert np.abs(bone[far]).mean() < 0.05 * np.abs(bone[rod]).mean()
+    plain = r.render(View("v", 20.0, noise_seed=5))
+    np.testing.assert_array_equal(plain["bone_processed"], plain["bone"])  # no chain: the ideal pair
+
+
 def test_processed_view_records_its_window_and_annotation(slab_r: Renderer) -> None:
     proc = {"window_pct": [1.0, 99.0], "lut": "sigmoid", "lut_param": 6.0, "equalise": None, "unsharp": None,
             "multiscale": None}
@@ -306,12 +349,13 @@ def test_cli_pool_and_fixed_encoding(tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
         manifests.append(json.loads((out / "manifest.json").read_text()))
     pool, plain = manifests
-    assert pool["channels"] == ["se", "bone", "soft", "se_raw"] and len(pool["views"]) == 12
+    assert pool["channels"] == ["se", "bone", "soft", "se_raw", "bone_processed", "soft_processed"]
+    assert len(pool["views"]) == 12
     assert {v["split"] for v in pool["views"]} == {"train"} and pool["splits"]["val"]["views"] == 0
     assert len({v["anatomy"]["id"] for v in pool["views"]}) == 3 and "anatomy" not in plain["views"][0]
     for m in manifests:
         for c in m["channels"]:  # the same fixed window whatever the seed, views or chain
-            want = fixed_encoding("se" if c == "se_raw" else c).as_manifest()
+            want = fixed_encoding(quantity_of(c)).as_manifest()
             assert {k: m["encoding"][c][k] for k in ("offset", "scale")} == want
         for v in m["views"]:
             assert v["chain"]["kvp"] == v["protocol"]["se_kvp"] and 70 <= v["chain"]["kvp"] <= 140
@@ -415,3 +459,42 @@ def test_elastic_displacement_has_the_asked_size() -> None:
     assert 0.6 * 5.0 < rms < 1.1 * 5.0, rms  # control points have sd 5 mm; the spline between them a little less
     # Smooth: the strain between neighbouring voxels (3 mm apart) stays below 1 (median about 0.13).
     assert float(np.abs(np.diff(disp, axis=0)).max()) < 3.0
+
+
+def test_a_scale_free_model_trains_and_scores_on_the_processed_pair(tmp_path: Path) -> None:
+    """Readers asked for the processed pair (the trainer and `dexrt eval` of a normalised model) get it from a
+    chained dataset, and the normalised targets then add up to the normalised SE image exactly."""
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+    from dexrt.dataset import open_dataset
+    from dexrt_train.data import PairedDataset, dataset_encodings, find_views
+
+    ct = phantom(rod_hu=1000.0, lungs=True)
+    path = _nifti(tmp_path / "ct.nii.gz", ct.hu, ct.affine)
+    out = tmp_path / "chained"
+    res = CliRunner().invoke(cli, ["synth", "--ct", str(path), "--size", "32", "--detector-mm", "350", "-o", str(out),
+                                   "--views", "8", "--chain", "--chain-processing-prob", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    ideal, processed = open_dataset(out), open_dataset(out, processed=True)
+    view = ideal.views[0]
+    assert view.files["bone"].parent.name == "bone" and view.files["se"] == processed.views[0].files["se"]
+    assert processed.views[0].files["bone"].parent.name == "bone_processed"
+    assert processed.views[0].files["soft"].parent.name == "soft_processed"
+    assert not np.allclose(processed.physical(processed.views[0], "bone"), ideal.physical(view, "bone"))
+
+    views, enc = find_views(out, "train", processed=True), dataset_encodings(out, processed=True)
+    assert enc is not None
+    ds = PairedDataset(views, [(-0.25, 1.25)] * 3, [enc[c] for c in ("se", "bone", "soft")], normalise=True)
+    for i in range(len(views)):
+        sample = ds[i]
+        se, de = sample["se"][0].numpy().astype(np.float64), sample["de"].numpy().astype(np.float64)
+        # on [-1, 1] windows of (-0.25, 1.25): bone's window has no offset, so bone + soft = se reads as below
+        unit = (de + 1) / 2 * 1.5 - 0.25
+        np.testing.assert_allclose(unit[0] + unit[1], (se + 1) / 2 * 1.5 - 0.25, atol=2e-3)
+
+    plain = tmp_path / "plain"
+    res = CliRunner().invoke(cli, ["synth", "--ct", str(path), "--size", "32", "--detector-mm", "350", "-o", str(plain),
+                                   "--views", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert open_dataset(plain, processed=True).views == open_dataset(plain).views  # nothing else to read

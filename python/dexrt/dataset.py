@@ -23,6 +23,9 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 _MAX_MANIFEST_BYTES = 256 << 20
+# A chained `dexrt synth` dataset also stores the DE pair as each view's SE processing shows it: the targets of a
+# scale-free (normalised) model, which sees the processed image (dexrt.synth.render.processed_targets).
+PROCESSED = {"bone": "bone_processed", "soft": "soft_processed"}
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,11 @@ def is_dataset(root: str | os.PathLike[str]) -> bool:
     return (Path(root) / MANIFEST_NAME).is_file()
 
 
-def open_dataset(root: str | os.PathLike[str]) -> Dataset:
-    """Read and check ``root/manifest.json``; InputError names the file and what is wrong."""
+def open_dataset(root: str | os.PathLike[str], *, processed: bool = False) -> Dataset:
+    """Read and check ``root/manifest.json``; InputError names the file and what is wrong.
+
+    With `processed`, a dataset that stores the processed DE pair (`PROCESSED`) gives it as the views' bone and
+    soft; any other dataset is read as it is."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -83,7 +89,9 @@ def open_dataset(root: str | os.PathLike[str]) -> Dataset:
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise InputError(f"{path}: {path.stat().st_size} bytes, larger than any dexrt dataset manifest")
     manifest = read_versioned(path, fmt=FORMAT, version=FORMAT_VERSION, kind="dataset manifest", error=InputError)
-    encodings = _encodings(path, manifest)
+    use = processed and set(PROCESSED.values()) <= set(manifest.get("channels") or ())
+    names = {c: PROCESSED.get(c, c) if use else c for c in DATASET_CHANNELS}  # channel -> the one read for it
+    encodings = _encodings(path, manifest, names)
     resolved_root = root.resolve()
     views = []
     raw_views = manifest.get("views")
@@ -92,28 +100,29 @@ def open_dataset(root: str | os.PathLike[str]) -> Dataset:
     for i, v in enumerate(raw_views):
         try:
             split = v["split"]
-            files = {c: _inside(resolved_root, v["files"][c], path) for c in DATASET_CHANNELS}
+            files = {c: _inside(resolved_root, v["files"][names[c]], path) for c in DATASET_CHANNELS}
             mask = _inside(resolved_root, v["mask"], path) if v.get("mask") else None
             views.append(View(str(v["id"]), files, mask, split))
         except (KeyError, TypeError) as exc:
-            raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files.se/bone/soft)") from None
+            raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files "
+                             f"{'/'.join(names.values())})") from None
         if split not in SPLITS:
             raise InputError(f"{path}: view {i} has split {split!r}, not one of {', '.join(SPLITS)}")
     return Dataset(root, manifest, encodings, tuple(views))
 
 
-def _encodings(path: Path, manifest: dict[str, Any]) -> dict[str, Encoding]:
+def _encodings(path: Path, manifest: dict[str, Any], names: dict[str, str]) -> dict[str, Encoding]:
     raw = manifest.get("encoding")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: no 'encoding' (the linear stored-to-physical map of each channel)")
     out = {}
-    for channel in DATASET_CHANNELS:
-        if channel not in raw:
-            raise InputError(f"{path}: 'encoding' has no entry for channel {channel!r}")
+    for channel, name in names.items():
+        if name not in raw:
+            raise InputError(f"{path}: 'encoding' has no entry for channel {name!r}")
         try:
-            out[channel] = Encoding.from_manifest(raw[channel])
+            out[channel] = Encoding.from_manifest(raw[name])
         except ValueError as exc:
-            raise InputError(f"{path}: encoding of {channel!r}: {exc}") from None
+            raise InputError(f"{path}: encoding of {name!r}: {exc}") from None
     return out
 
 

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0,
              panel: Path | None = None, panel_views: int = 4) -> dict[str, Any]:
-    ds = open_dataset(dataset)
+    # A scale-free engine sees a processed image as it is: it is scored against the DE pair as the processing shows it
+    ds = open_dataset(dataset, processed=engine.normalised)
     views = ds.split(split)
     if not views:
         raise InputError(f"{dataset}: no views in split {split!r}")

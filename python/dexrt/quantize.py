@@ -146,7 +146,7 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
     from dexrt.contract import attenuation_targets, decomposition, mirror_pad, robust_range, window_to_unit
     from dexrt.dataset import open_dataset
 
-    ds = open_dataset(dataset)
+    ds = open_dataset(dataset, processed=contract.normalisation is not None)
     encodings = contract.encodings or (ds.encodings["se"], *(ds.encodings[c] for c in contract.channels))
     ref = Reference([], [], [])
     for view in views:

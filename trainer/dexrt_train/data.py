@@ -37,22 +37,23 @@ from dexrt.images import SUFFIXES, read_image
 CHANNELS = DATASET_CHANNELS
 
 
-def find_views(root: str | os.PathLike[str], split: str) -> list[View]:
-    """The views of one split, from a manifest dataset or a paired-folder layout."""
+def find_views(root: str | os.PathLike[str], split: str, processed: bool = False) -> list[View]:
+    """The views of one split, from a manifest dataset or a paired-folder layout; `processed` takes the DE pair
+    as the SE processing shows it where a dataset stores one (`dexrt.dataset.open_dataset`)."""
     root = Path(root)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if is_dataset(root):
-        return open_dataset(root).split(split)
+        return open_dataset(root, processed=processed).split(split)
     if any((root / s / "se").is_dir() for s in SPLITS):
         return _paired_views(root, split)
     raise InputError(f"{root}: not a dataset (no manifest.json, and no {{train,val,test}}/se/ folders)")
 
 
-def dataset_encodings(root: str | os.PathLike[str]) -> dict[str, Encoding] | None:
-    """Each channel's stored -> physical encoding of a manifest dataset; None for paired folders (stored values
-    are then taken as they are)."""
-    return open_dataset(root).encodings if is_dataset(root) else None
+def dataset_encodings(root: str | os.PathLike[str], processed: bool = False) -> dict[str, Encoding] | None:
+    """Each channel's stored -> physical encoding of a manifest dataset (of the views `find_views` gives with the
+    same `processed`); None for paired folders (stored values are then taken as they are)."""
+    return open_dataset(root, processed=processed).encodings if is_dataset(root) else None
 
 
 def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:

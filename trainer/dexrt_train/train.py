@@ -285,15 +285,17 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     # -- data: 16-bit views, windowed to [-1, 1] per channel
     # Windows are physical: a manifest dataset's stored values go through its encoding, and the engine built from
     # this run reads and writes each quantity's fixed encoding; paired folders' values are taken as they are.
-    train_views, val_views = find_views(dataset, "train"), find_views(val_dataset or dataset, "val")
+    # A scale-free model sees processed images as they are: its targets are the DE pair as the processing shows it
+    robust = config.normalisation == "robust"
+    train_views = find_views(dataset, "train", processed=robust)
+    val_views = find_views(val_dataset or dataset, "val", processed=robust)
     spacing = pixel_spacing_mm(dataset)
-    stored_as = dataset_encodings(dataset)
+    stored_as = dataset_encodings(dataset, processed=robust)
     encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
-    val_stored_as = dataset_encodings(val_dataset) if val_dataset is not None else stored_as
+    val_stored_as = dataset_encodings(val_dataset, processed=robust) if val_dataset is not None else stored_as
     if (val_stored_as is None) != (stored_as is None):
         raise InputError(f"{val_dataset}: validation and training data must both be datasets or both paired folders")
     val_encodings = [val_stored_as[c] if val_stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
-    robust = config.normalisation == "robust"
     if windows is None and robust:
         windows = Windows(input=NORMALISED_WINDOW, outputs=(NORMALISED_WINDOW, NORMALISED_WINDOW))
     if windows is None:

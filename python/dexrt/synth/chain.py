@@ -17,7 +17,7 @@ Signal model per pixel (energy-integrating detector, keV absorbed):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -211,10 +211,17 @@ def unit_exposure(kvp: float, al_mm: float, cu_mm: float, detector: Detector) ->
 
 
 def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: float, rng: np.random.Generator | None,
-             threads: int = 0, parts: bool = False) -> dict[str, np.ndarray]:
+             threads: int = 0, parts: bool = False, bone_free: bool = False) -> dict[str, np.ndarray]:
     """(3, H, W) material line integrals -> {"se_raw", "se"} through the view's chain; with `parts` also the
     noise-free "primary" and "scatter" (keV per pixel), the primary "fluence" factor (heel, collimator, markers),
-    the final linear "signal", and the open field's mean and quantum variance ("open_field", "open_var")."""
+    the final linear "signal", and the open field's mean and quantum variance ("open_field", "open_var").
+
+    With `bone_free` also "se_bone_free": the SE image ("se") without its bone, and "attenuation": the
+    noise-free attenuation of the primary alone (no scatter, heel, collimator or markers). The bone's part of
+    the raw image is the difference of two noise-free renderings through this chain, with and without the bone
+    line integral (so scatter, blur, heel and beam hardening act on it as on the SE image); the raw image less
+    that part keeps the SE image's own noise, and a processed view's goes through the same processing, window
+    and annotation as its SE image did."""
     rows, cols = line.shape[1:]
     mu, w = unit_exposure(ch.kvp, ch.al_mm, ch.cu_mm, detector)
     unit = _core.drr_polyenergetic(np.ascontiguousarray(line, np.float32), mu, w, threads)  # (2, H, W)
@@ -260,16 +267,36 @@ def se_image(line: np.ndarray, ch: ViewChain, detector: Detector, pixel_mm: floa
     ch.measured = {}
     if ch.spr and body.any():
         ch.measured["spr_body"] = round(float((t_s * scatter[body]).sum() / (t_p * primary[body]).sum()), 5)
-    se = se_raw
+    out = {"se_raw": se_raw.astype(np.float32), "se": se_raw.astype(np.float32)}
+    if bone_free:
+        unchained = replace(ch, processing=None, annotation=None, measured={})
+        clean = [se_image(material, unchained, detector, pixel_mm, None, threads)["se_raw"].astype(np.float64)
+                 for material in (line, _without_bone(line))]
+        free = se_raw - (clean[0] - clean[1])
+        out.update(se_bone_free=free.astype(np.float32), attenuation=tau.astype(np.float32))
     if ch.processing:
-        se, window = post_process(se_raw, field, ch.processing, pixel_mm)
-        ch.measured["window"] = window
+        processed, used = post_process(se_raw, field, ch.processing, pixel_mm)
+        ch.measured["window"] = {"lo": round(used["lo"], 5), "hi": round(used["hi"], 5)}
+        text = None
         if ch.annotation:
             a = ch.annotation
-            mask = stamp((rows, cols), a["text"], max(6, round(a["height_mm"] / pixel_mm)), tuple(a["corner"]))
-            se = np.where(mask, window["hi"], se)
-    out = {"se_raw": se_raw.astype(np.float32), "se": np.asarray(se, np.float32)}
+            text = stamp((rows, cols), a["text"], max(6, round(a["height_mm"] / pixel_mm)), tuple(a["corner"]))
+        out["se"] = _annotated(processed, text, used)
+        if bone_free:
+            out["se_bone_free"] = _annotated(post_process(free, field, ch.processing, pixel_mm, like=used)[0], text,
+                                             used)
     if parts:
         out.update(primary=t_p * primary, scatter=t_s * scatter, fluence=fluence, signal=signal,
                    open_field=np.float64(open_field), open_var=np.float64(t_p * flat_var))
+    return out
+
+
+def _annotated(image: np.ndarray, text: np.ndarray | None, used: dict) -> np.ndarray:
+    """A processed image with the burnt-in annotation (the window's top, as recorded) where `text` is set."""
+    return np.asarray(image if text is None else np.where(text, round(used["hi"], 5), image), np.float32)
+
+
+def _without_bone(line: np.ndarray) -> np.ndarray:
+    out = np.array(line, np.float32)
+    out[BASIS.index("bone")] = 0.0
     return out

@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 CHANNELS = ("se", "bone", "soft")
 IDEAL = ("bone_ideal", "soft_ideal")
 RAW = "se_raw"  # with a chain: the SE attenuation before post-processing
+PROCESSED = ("bone_processed", "soft_processed")  # with a chain: the DE pair as the SE processing shows it
 
 
 @dataclass
@@ -122,8 +123,9 @@ def iter_views(renderer: Renderer, cfg: DatasetConfig) -> Iterator[tuple[dict, d
 
 
 def quantity_of(channel: str) -> str:
-    """The contract quantity a channel stores (`se_raw` is the unprocessed SE: attenuation, like `se` unprocessed)."""
-    return "se" if channel == "se_raw" else channel
+    """The contract quantity a channel stores (`se_raw` is the unprocessed SE: attenuation, like `se` unprocessed;
+    `bone_processed` and `soft_processed` are in g/cm^2 like `bone` and `soft`)."""
+    return "se" if channel == "se_raw" else channel.removesuffix("_processed")
 
 
 def _encoding(channels: tuple[str, ...]) -> dict[str, dict]:
@@ -188,7 +190,7 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
     t0 = time.perf_counter()
     out = Path(out_dir)
     views, splits = plan_views(renderer, cfg)
-    channels = CHANNELS + ((RAW,) if cfg.chain is not None else ()) + (IDEAL if cfg.ideal else ())
+    channels = CHANNELS + ((RAW, *PROCESSED) if cfg.chain is not None else ()) + (IDEAL if cfg.ideal else ())
     encoding = _encoding(channels)
     tmp = _prepare_output(out)
     try:

@@ -121,19 +121,26 @@ def apply_lut(u: np.ndarray, lut: str, param: float) -> np.ndarray:
     raise ValueError(f"unknown LUT {lut!r}")
 
 
-def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float) -> tuple[np.ndarray, dict]:
+def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float,
+                 like: dict | None = None) -> tuple[np.ndarray, dict]:
     """The processing of a CR/DX system on the log image `raw` (attenuation, bright = dense), with the drawn
     parameters `p`. Returns the processed image on the attenuation scale of the window (stored lo -> lo,
-    hi -> hi, so it stays in the SE channel's range) and the window it used.
+    hi -> hi, so it stays in the SE channel's range) and the image-dependent values it used: the window
+    {"lo", "hi"}, and "equalise_mean" when equalising. Passing those back as `like` puts another image through
+    exactly the same mapping (the bone-free image of a view is processed as its SE was).
 
     Order as in clinical pipelines: window from the histogram of the exposed field (the percentiles), dynamic
     range compression (equalisation), detail enhancement (unsharp mask or multi-scale band gains), then the
     presentation LUT. The area outside `field` (shut by the collimator) ends white, or black with
     ``p["shutter"] == "black"`` (an electronic shutter).
     """
-    values = raw[field] if field.any() else raw.ravel()
-    lo, hi = (float(v) for v in np.percentile(values, p["window_pct"]))
-    hi = max(hi, lo + 1e-3)
+    if like is None:
+        values = raw[field] if field.any() else raw.ravel()
+        lo, hi = (float(v) for v in np.percentile(values, p["window_pct"]))
+        hi = max(hi, lo + 1e-3)
+    else:
+        lo, hi = like["lo"], like["hi"]
+    used = {"lo": lo, "hi": hi}
     # As clinical systems do once they have found the collimator edges, the shut area (noise on no signal) is
     # filled with the window's top before filtering, so its noise neither rings into the image nor shows; it is
     # shuttered at the end.
@@ -142,7 +149,9 @@ def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float) -
     if p.get("equalise"):
         e = p["equalise"]
         low = smooth(u, e["sigma_mm"] / pixel_mm)
-        u = u - e["strength"] * (low - float(np.mean(low[field] if field.any() else low)))
+        mean = float(np.mean(low[field] if field.any() else low)) if like is None else like["equalise_mean"]
+        used["equalise_mean"] = mean
+        u = u - e["strength"] * (low - mean)
     if p.get("unsharp"):
         m = p["unsharp"]
         u = u + m["gain"] * (u - smooth(u, m["sigma_mm"] / pixel_mm))
@@ -157,4 +166,4 @@ def post_process(raw: np.ndarray, field: np.ndarray, p: dict, pixel_mm: float) -
         u = out + prev
     v = apply_lut(u, p["lut"], p["lut_param"])
     v[shut] = 0.0 if p.get("shutter") == "black" else 1.0
-    return lo + v * (hi - lo), {"lo": round(lo, 5), "hi": round(hi, 5)}
+    return lo + v * (hi - lo), used

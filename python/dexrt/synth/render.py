@@ -134,9 +134,10 @@ class Renderer:
         return line, mask
 
     def render(self, view: View, noise: bool | None = None) -> dict[str, np.ndarray]:
-        """{"se", "se_raw", "bone", "soft", "bone_ideal", "soft_ideal", "mask"} for one view (H, W). "se_raw" is
-        the SE attenuation before post-processing (the same image as "se" without a chain); with a chain the DE
-        pair is noise-free."""
+        """{"se", "se_raw", "bone", "soft", "bone_processed", "soft_processed", "bone_ideal", "soft_ideal",
+        "mask"} for one view (H, W). "se_raw" is the SE attenuation before post-processing (the same image as "se"
+        without a chain); with a chain the DE pair is noise-free. "*_processed" are the DE pair as the view's
+        processing shows it (`processed_targets`)."""
         line, mask = self.line_integrals(view)
         use_noise = self.config.physics.noise if noise is None else noise
         rng = np.random.default_rng(view.noise_seed) if use_noise and view.noise_seed is not None else None
@@ -148,10 +149,11 @@ class Renderer:
             # The DE targets stay ideal: no noise, scatter or processing; only the SE goes through the chain.
             out = self.physics.images(line, None)
             out.update(se_image(line, view.chain, self.config.physics.detector, self.pixel_mm, rng,
-                                self.config.threads))
+                                self.config.threads, bone_free=True))
         else:
             out = self.physics.images(line, rng)
             out["se_raw"] = out["se"]
+        out.update(processed_targets(out))
         out["bone_ideal"] = line[2].astype(np.float32)  # g/cm^2 cortical bone
         out["soft_ideal"] = (line[0] + line[1]).astype(np.float32)  # g/cm^2 adipose + soft tissue
         out["mask"] = mask
@@ -170,3 +172,23 @@ class Renderer:
             "pixel_at_iso_mm": round(self.pixel_mm * self.config.sid_mm / self.config.sdd_mm, 5),
             "iso_mm": np.round(self.iso, 3).tolist(), "volume": self.volume.info,
         }
+
+
+def processed_targets(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The DE pair as the view's SE processing shows it ("bone_processed", "soft_processed", g/cm^2).
+
+    Through a chain (collimation, markers, scatter, processing) the SE image is no longer a linear mix of the
+    ideal DE pair, so that pair is no target a network can reach from it. Its bone-free image is: the SE image
+    rendered without the bone's part, keeping its noise, scatter, markers and processing
+    (`dexrt.synth.chain.se_image`); the bone image is the SE image less that. Both are mapped to g/cm^2 by the
+    view's fit of its primary attenuation (`dexrt.contract.decomposition`), so SE = a + kb bone + ks soft holds
+    exactly for them. A view without a chain keeps its ideal pair.
+    """
+    if "se_bone_free" not in images:
+        return {"bone_processed": images["bone"], "soft_processed": images["soft"]}
+    from dexrt.contract import decomposition
+
+    a, kb, ks = decomposition(images.pop("attenuation"), images["bone"], images["soft"])
+    free = images.pop("se_bone_free").astype(np.float64)
+    return {"bone_processed": ((images["se"] - free) / kb).astype(np.float32),
+            "soft_processed": ((free - a) / ks).astype(np.float32)}
