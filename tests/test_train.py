@@ -25,7 +25,7 @@ from dexrt.contract import Encoding  # noqa: E402
 from dexrt_train.data import EpochBatchSampler, PairedDataset, dataset_encodings, find_views  # noqa: E402
 
 IDENTITY = Encoding(0.0, 1.0)
-from dexrt_train.train import TrainConfig, learning_rate, train  # noqa: E402
+from dexrt_train.train import TrainConfig, consistency_l1, learning_rate, train  # noqa: E402
 
 SIZE = 64
 FAST = dict(ngf=4, ndf=4, depth=6, crop=64, num_workers=0, progress=False, val_every=10, log_every=1)
@@ -454,6 +454,24 @@ def test_robust_run_exports_a_normalised_engine_that_eval_scores(tmp_path: Path,
     result = evaluate(engine, dataset, split="val")
     assert result["views"] == 2
     assert all(np.isfinite(result["metrics"][k]) for k in ("bone/psnr", "soft/psnr", "bone/mae", "soft/mae"))
+
+
+def test_consistency_term_measures_how_far_the_parts_are_from_adding_up(dataset: Path, tmp_path: Path) -> None:
+    """Variant (c) of the output parametrisation: free bone and soft, with an L1 of SE - (bone + soft)."""
+    views, enc = find_views(dataset, "train"), dataset_encodings(dataset)
+    ds = PairedDataset(views, [(-0.25, 1.25)] * 3, [enc[c] for c in ("se", "bone", "soft")], normalise=True)
+    sample = ds[0]
+    se, de = sample["se"][None], sample["de"][None]
+    # the targets' parts add up to the SE image up to the fit's residual; a soft image shifted by 0.1 does not
+    assert float(consistency_l1(se, de)) < 0.02
+    shifted = de.clone()
+    shifted[:, 1] += 0.1
+    assert float(consistency_l1(se, shifted)) == pytest.approx(0.1, abs=0.02)
+    train(TrainConfig(steps=2, normalisation="robust", lambda_gan=0.0, lambda_consistency=5.0, **FAST), dataset,
+          tmp_path / "run")
+    assert "G_consistency" in read_metrics(tmp_path / "run", "train")[0]
+    with pytest.raises(ValueError, match="needs normalisation 'robust'"):
+        TrainConfig(steps=1, lambda_consistency=1.0)
 
 
 def test_validation_views_from_another_dataset(tmp_path: Path, dataset: Path) -> None:

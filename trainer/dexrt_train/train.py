@@ -52,6 +52,8 @@ from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_par
 from dexrt_train.state import TrainState, load_training, training_files
 from dexrt_train.validate import BEST_METRICS, score, validate
 
+# With every channel through the normalised window lo..hi -> -1..1, bone + soft = SE reads soft = SE - bone + this
+SOFT_OFFSET = -1.0 - 2.0 * NORMALISED_WINDOW[0] / (NORMALISED_WINDOW[1] - NORMALISED_WINDOW[0])
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_gan: float = 1.0  # 0: no discriminator at all (L1 and gradient terms only)
     lambda_grad: float = 0.0  # L1 of the outputs' horizontal and vertical differences (edges: rib cortices)
+    # L1 of SE - (bone + soft) in the normalised units, where the two parts add up to the SE image (needs "robust")
+    lambda_consistency: float = 0.0
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -106,8 +110,10 @@ class TrainConfig:
             raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
         if self.soft_from_se and self.normalisation != "robust":
             raise ValueError("soft_from_se needs normalisation 'robust' (one window for SE, bone and soft)")
-        if self.lambda_gan < 0 or self.lambda_grad < 0 or self.lambda_l1 < 0:
+        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.lambda_consistency > 0 and self.normalisation != "robust":
+            raise ValueError("lambda_consistency needs normalisation 'robust' (where bone + soft = SE)")
         choices = {"windows": ("full", "data"), "normalisation": ("window", "robust"),
                    "upsample": ("transpose", "resize"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
                    "amp": ("auto", "bf16", "fp16", "off"), "best_metric": tuple(BEST_METRICS)}
@@ -119,11 +125,9 @@ class TrainConfig:
 
     def generator(self) -> GeneratorConfig:
         # soft from SE needs one window for every channel: the robust normalisation's
-        lo, hi = NORMALISED_WINDOW
         return GeneratorConfig(ngf=self.ngf, depth=self.depth, norm=self.norm, dropout=self.dropout,
                                dropout_blocks=self.dropout_blocks, seed=self.seed, upsample=self.upsample,
-                               soft_from_se=self.soft_from_se,
-                               soft_offset=-1.0 - 2.0 * lo / (hi - lo) if self.soft_from_se else 0.0)
+                               soft_from_se=self.soft_from_se, soft_offset=SOFT_OFFSET if self.soft_from_se else 0.0)
 
     def discriminator(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, n_layers=self.n_layers, norm=self.norm, seed=self.seed + 1)
@@ -131,6 +135,11 @@ class TrainConfig:
 
 # Options that may differ when resuming: they change how the run executes, not what it computes.
 RUNTIME_OPTIONS = ("steps", "epochs", "device", "num_workers", "cache_mb", "progress")
+
+
+def consistency_l1(se: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean L1 of SE - (bone + soft) of normalised (B, 1, h, w) inputs and (B, 2, h, w) outputs, in window units."""
+    return (pred[:, 1:2] - (se - pred[:, 0:1] + SOFT_OFFSET)).abs().mean()
 
 
 def gradient_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -419,6 +428,10 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
                 loss_G_grad = gradient_l1(fake.float(), de)
                 loss_G = loss_G + config.lambda_grad * loss_G_grad
                 losses["G_grad"] = loss_G_grad.item()
+            if config.lambda_consistency > 0:
+                loss_G_cons = consistency_l1(se, fake.float())
+                loss_G = loss_G + config.lambda_consistency * loss_G_cons
+                losses["G_consistency"] = loss_G_cons.item()
             scaler.scale(loss_G).backward()
             scaler.step(opt_G)
             scaler.update()
