@@ -208,3 +208,14 @@ def test_calibration_refuses_a_manifest_pointing_outside_the_dataset(tmp_path: P
     (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(dexrt.InputError, match="points outside the dataset folder"):
         calibration_files(tmp_path / "ds")
+
+
+def test_precision_loss_is_the_mean_of_per_view_losses() -> None:
+    """One view with a large error must not hide a loss every other view has (the summed MSE would read ~0 dB)."""
+    from dexrt.quantize import psnr_loss_db
+
+    base = np.array([[100.0, 1.0], [1e-4, 1.0], [1e-4, 1.0]])  # (views, channels)
+    int8 = np.array([[100.0, 1.0], [2e-4, 1.0], [2e-4, 1.0]])  # views 2 and 3 lose 3 dB on channel 0
+    loss = psnr_loss_db(int8, base)
+    assert loss[0] == pytest.approx(2.0 * 10 * np.log10(2.0) / 3.0) and loss[1] == pytest.approx(0.0)
+    assert 10 * np.log10(int8[:, 0].sum() / base[:, 0].sum()) < 1e-5  # what the summed errors said

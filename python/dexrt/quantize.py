@@ -8,8 +8,8 @@ Calibrate at the resolution you deploy: activation ranges of a fully convolution
 On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP32); docs/model.md has figures.
 
 **Accuracy control.** Calibrated on a `dexrt synth` dataset, the build also knows the true outputs of held-out
-views, so it can measure what INT8 costs: per channel, ``10 log10(MSE_int8 / MSE_fp32)`` against the truth, in dB
-of PSNR. When the worst channel loses more than ``max_loss_db``, parts of the network go back to floating point
+views, so it can measure what INT8 costs: per channel, the mean over those views of ``10 log10(MSE_int8 /
+MSE_fp32)`` against the truth, in dB of PSNR (as `dexrt eval` averages PSNR over views). When the worst channel loses more than ``max_loss_db``, parts of the network go back to floating point
 (a convolution, or the quantized input of another op), greedily, the one that helps most first, until the loss is
 within budget: a mixed-precision engine chosen by measurement. A folder of plain images has no truth to measure
 against; it gets plain PTQ.
@@ -169,11 +169,17 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
 
 
 def _mse(model: Any, ref: Reference) -> np.ndarray:
-    """Per-channel mean squared error of `model` against the truth over the reference views."""
-    total = np.zeros(len(ref.targets[0]))
-    for out, target, (rows, cols) in zip(_outputs(model, ref.inputs), ref.targets, ref.crops):
-        total += np.mean((out[:, rows, cols].astype(np.float64) - target) ** 2, axis=(1, 2))
-    return total / len(ref.inputs)
+    """(views, channels) mean squared error of `model` against the truth, per reference view."""
+    return np.array([np.mean((out[:, rows, cols].astype(np.float64) - target) ** 2, axis=(1, 2))
+                     for out, target, (rows, cols) in zip(_outputs(model, ref.inputs), ref.targets, ref.crops)])
+
+
+def psnr_loss_db(mse: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per channel, the PSNR lost from `base` to `mse` (both (views, channels)), averaged over the views.
+
+    The mean of per-view losses, not the loss of the summed errors: a few views with large errors (the collimator
+    edges of processed views) would otherwise hide what INT8 costs on all the others."""
+    return np.mean(10.0 * np.log10(np.maximum(mse, 1e-20) / np.maximum(base, 1e-20)), axis=0)
 
 
 @dataclass(frozen=True)
@@ -242,11 +248,12 @@ def restore_precision(fp32: Any, quantized: Any, ref: Reference, channels: tuple
     weights = _weights(fp32)
 
     def loss(model: Any) -> np.ndarray:
-        return 10.0 * np.log10(_mse(model, ref) / np.maximum(base, 1e-20))
+        return psnr_loss_db(_mse(model, ref), base)
 
     first = loss(quantized)
     record: dict[str, Any] = {
-        "criterion": "per channel 10 log10(MSE_int8 / MSE_fp32) against the true outputs of held-out views",
+        "criterion": "per channel, the mean over held-out views of 10 log10(MSE_int8 / MSE_fp32) against their "
+                     "true outputs",
         "views": len(ref.inputs), "max_loss_db": max_loss_db,
         "ptq_loss_db": {c: round(float(v), 3) for c, v in zip(channels, first)}}
     remaining = [u for u in _units(quantized) if not u.convolution or u.consumer in weights]
