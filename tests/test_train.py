@@ -25,7 +25,7 @@ from dexrt.contract import Encoding  # noqa: E402
 from dexrt_train.data import EpochBatchSampler, PairedDataset, dataset_encodings, find_views  # noqa: E402
 
 IDENTITY = Encoding(0.0, 1.0)
-from dexrt_train.train import TrainConfig, consistency_l1, learning_rate, train  # noqa: E402
+from dexrt_train.train import TrainConfig, consistency_l1, laplacian_l1, learning_rate, train  # noqa: E402
 
 SIZE = 64
 FAST = dict(ngf=4, ndf=4, depth=6, crop=64, num_workers=0, progress=False, val_every=10, log_every=1)
@@ -472,6 +472,20 @@ def test_consistency_term_measures_how_far_the_parts_are_from_adding_up(dataset:
     assert "G_consistency" in read_metrics(tmp_path / "run", "train")[0]
     with pytest.raises(ValueError, match="needs normalisation 'robust'"):
         TrainConfig(steps=1, lambda_consistency=1.0)
+
+
+def test_laplacian_term_sees_each_scale(dataset: Path, tmp_path: Path) -> None:
+    """A smooth offset costs nothing in any band; a 1 px checkerboard and an 8 px blob each cost their band."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 2, 64, 64)
+    assert float(laplacian_l1(target + 0.3, target)) < 1e-6
+    checker = (torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 0.2 - 0.1
+    assert float(laplacian_l1(target + checker, target)) > 0.02
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = 0.2 * torch.exp(-((y - 32) ** 2 + (x - 32) ** 2) / (2 * 4.0**2))
+    assert float(laplacian_l1(target + blob, target)) > 1e-4
+    train(TrainConfig(steps=2, lambda_gan=0.0, lambda_laplacian=10.0, **FAST), dataset, tmp_path / "run")
+    assert "G_laplacian" in read_metrics(tmp_path / "run", "train")[0]
 
 
 def test_validation_views_from_another_dataset(tmp_path: Path, dataset: Path) -> None:

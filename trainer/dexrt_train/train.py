@@ -86,6 +86,7 @@ class TrainConfig:
     lambda_grad: float = 0.0  # L1 of the outputs' horizontal and vertical differences (edges: rib cortices)
     # L1 of SE - (bone + soft) in the normalised units, where the two parts add up to the SE image (needs "robust")
     lambda_consistency: float = 0.0
+    lambda_laplacian: float = 0.0  # L1 of the outputs' Laplacian-pyramid bands (structure at 1, 2, 4, 8 px)
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -110,7 +111,7 @@ class TrainConfig:
             raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
         if self.soft_from_se and self.normalisation != "robust":
             raise ValueError("soft_from_se needs normalisation 'robust' (one window for SE, bone and soft)")
-        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency) < 0:
+        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency, self.lambda_laplacian) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.lambda_consistency > 0 and self.normalisation != "robust":
             raise ValueError("lambda_consistency needs normalisation 'robust' (where bone + soft = SE)")
@@ -140,6 +141,21 @@ RUNTIME_OPTIONS = ("steps", "epochs", "device", "num_workers", "cache_mb", "prog
 def consistency_l1(se: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Mean L1 of SE - (bone + soft) of normalised (B, 1, h, w) inputs and (B, 2, h, w) outputs, in window units."""
     return (pred[:, 1:2] - (se - pred[:, 0:1] + SOFT_OFFSET)).abs().mean()
+
+
+def laplacian_l1(pred: torch.Tensor, target: torch.Tensor, levels: int = 4) -> torch.Tensor:
+    """Mean over `levels` band-pass images (x - up(down(x)), 2x2 averages down, bilinear up) of their L1
+    distance: (B, C, h, w) pairs -> scalar. Each band weighs the same, so fine and coarse structure count alike."""
+    total = pred.new_zeros(())
+    for _ in range(levels):
+        if min(pred.shape[-2:]) < 2:
+            break
+        low_p, low_t = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
+        band_p = pred - F.interpolate(low_p, size=pred.shape[-2:], mode="bilinear", align_corners=False)
+        band_t = target - F.interpolate(low_t, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        total = total + (band_p - band_t).abs().mean()
+        pred, target = low_p, low_t
+    return total / levels
 
 
 def gradient_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -428,6 +444,10 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
                 loss_G_grad = gradient_l1(fake.float(), de)
                 loss_G = loss_G + config.lambda_grad * loss_G_grad
                 losses["G_grad"] = loss_G_grad.item()
+            if config.lambda_laplacian > 0:
+                loss_G_lap = laplacian_l1(fake.float(), de)
+                loss_G = loss_G + config.lambda_laplacian * loss_G_lap
+                losses["G_laplacian"] = loss_G_lap.item()
             if config.lambda_consistency > 0:
                 loss_G_cons = consistency_l1(se, fake.float())
                 loss_G = loss_G + config.lambda_consistency * loss_G_cons
