@@ -25,7 +25,14 @@ from dexrt.contract import Encoding  # noqa: E402
 from dexrt_train.data import EpochBatchSampler, PairedDataset, dataset_encodings, find_views  # noqa: E402
 
 IDENTITY = Encoding(0.0, 1.0)
-from dexrt_train.train import TrainConfig, consistency_l1, laplacian_l1, learning_rate, train  # noqa: E402
+from dexrt_train.train import (  # noqa: E402
+    TrainConfig,
+    consistency_l1,
+    laplacian_l1,
+    learning_rate,
+    ms_ssim,
+    train,
+)
 
 SIZE = 64
 FAST = dict(ngf=4, ndf=4, depth=6, crop=64, num_workers=0, progress=False, val_every=10, log_every=1)
@@ -486,6 +493,19 @@ def test_laplacian_term_sees_each_scale(dataset: Path, tmp_path: Path) -> None:
     assert float(laplacian_l1(target + blob, target)) > 1e-4
     train(TrainConfig(steps=2, lambda_gan=0.0, lambda_laplacian=10.0, **FAST), dataset, tmp_path / "run")
     assert "G_laplacian" in read_metrics(tmp_path / "run", "train")[0]
+
+
+def test_ms_ssim_is_one_for_the_same_image_and_falls_with_noise(dataset: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 96), indexing="ij")
+    target = (0.6 * torch.sin(6 * x) * torch.cos(4 * y))[None, None]
+    assert float(ms_ssim(target, target)) == pytest.approx(1.0, abs=1e-5)
+    noisy = [target + s * torch.randn_like(target) for s in (0.05, 0.2)]
+    scores = [float(ms_ssim(n, target)) for n in noisy]
+    assert 1.0 > scores[0] > scores[1] > 0.0
+    assert float(ms_ssim(target + 0.3, target)) > scores[0]  # an offset moves luminance only, at the last scale
+    train(TrainConfig(steps=2, lambda_gan=0.0, lambda_msssim=10.0, **FAST), dataset, tmp_path / "run")
+    assert "G_msssim" in read_metrics(tmp_path / "run", "train")[0]
 
 
 def test_validation_views_from_another_dataset(tmp_path: Path, dataset: Path) -> None:

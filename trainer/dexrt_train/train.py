@@ -87,6 +87,7 @@ class TrainConfig:
     # L1 of SE - (bone + soft) in the normalised units, where the two parts add up to the SE image (needs "robust")
     lambda_consistency: float = 0.0
     lambda_laplacian: float = 0.0  # L1 of the outputs' Laplacian-pyramid bands (structure at 1, 2, 4, 8 px)
+    lambda_msssim: float = 0.0  # 1 - MS-SSIM of the outputs (5 scales, Wang et al. 2003)
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -111,7 +112,8 @@ class TrainConfig:
             raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
         if self.soft_from_se and self.normalisation != "robust":
             raise ValueError("soft_from_se needs normalisation 'robust' (one window for SE, bone and soft)")
-        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency, self.lambda_laplacian) < 0:
+        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency, self.lambda_laplacian,
+               self.lambda_msssim) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.lambda_consistency > 0 and self.normalisation != "robust":
             raise ValueError("lambda_consistency needs normalisation 'robust' (where bone + soft = SE)")
@@ -141,6 +143,42 @@ RUNTIME_OPTIONS = ("steps", "epochs", "device", "num_workers", "cache_mb", "prog
 def consistency_l1(se: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Mean L1 of SE - (bone + soft) of normalised (B, 1, h, w) inputs and (B, 2, h, w) outputs, in window units."""
     return (pred[:, 1:2] - (se - pred[:, 0:1] + SOFT_OFFSET)).abs().mean()
+
+
+# Wang, Simoncelli & Bovik, "Multi-scale structural similarity for image quality assessment" (2003): per-scale
+# exponents, the last scale's also for luminance. Gaussian window of 11 px, sigma 1.5, as for SSIM.
+_MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """MS-SSIM of (B, C, h, w) pairs on [-1, 1] windows (data range 2), averaged over batch and channels. Scales
+    that no longer hold the 11 px window are left out and the exponents of the others renormalised; negative
+    contrast-structure terms are clamped to a small positive value so the power stays defined."""
+    channels = pred.shape[1]
+    g = torch.exp(-((torch.arange(11, dtype=pred.dtype, device=pred.device) - 5) ** 2) / (2 * 1.5**2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(channels, 1, 11, 11).contiguous()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, window, groups=channels)
+
+    scales = [w for i, w in enumerate(_MSSSIM_WEIGHTS) if min(pred.shape[-2:]) >= 11 * 2**i]
+    weights = torch.tensor(scales, dtype=pred.dtype, device=pred.device)
+    weights = weights / weights.sum()
+    terms = []
+    for i in range(len(scales)):
+        mu_p, mu_t = blur(pred), blur(target)
+        var_p = blur(pred * pred) - mu_p**2
+        var_t = blur(target * target) - mu_t**2
+        cov = blur(pred * target) - mu_p * mu_t
+        cs = ((2 * cov + c2) / (var_p + var_t + c2)).mean(dim=(-2, -1))
+        if i == len(scales) - 1:
+            lum = ((2 * mu_p * mu_t + c1) / (mu_p**2 + mu_t**2 + c1)).mean(dim=(-2, -1))
+            cs = cs * lum
+        terms.append(cs.clamp(min=1e-4))
+        pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
+    return torch.prod(torch.stack(terms) ** weights[:, None, None], dim=0).mean()
 
 
 def laplacian_l1(pred: torch.Tensor, target: torch.Tensor, levels: int = 4) -> torch.Tensor:
@@ -444,6 +482,10 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
                 loss_G_grad = gradient_l1(fake.float(), de)
                 loss_G = loss_G + config.lambda_grad * loss_G_grad
                 losses["G_grad"] = loss_G_grad.item()
+            if config.lambda_msssim > 0:
+                loss_G_msssim = 1.0 - ms_ssim(fake.float(), de)
+                loss_G = loss_G + config.lambda_msssim * loss_G_msssim
+                losses["G_msssim"] = loss_G_msssim.item()
             if config.lambda_laplacian > 0:
                 loss_G_lap = laplacian_l1(fake.float(), de)
                 loss_G = loss_G + config.lambda_laplacian * loss_G_lap

@@ -17,7 +17,7 @@ _FIELDS = {
     "depth": "depth", "norm": "norm", "dropout": "dropout", "crop": "crop", "hflip": "hflip", "vflip": "vflip",
     "windows": "windows", "normalisation": "normalisation", "upsample": "upsample", "soft_from_se": "soft_from_se",
     "lambda_gan": "lambda_gan", "lambda_grad": "lambda_grad", "lambda_consistency": "lambda_consistency",
-    "lambda_laplacian": "lambda_laplacian",
+    "lambda_laplacian": "lambda_laplacian", "lambda_msssim": "lambda_msssim",
     "val_every": "val_every", "val_views": "val_views", "log_every": "log_every",
     "best_metric": "best_metric", "seed": "seed", "device": "device", "amp": "amp", "num_workers": "num_workers",
     "cache_mb": "cache_mb",
@@ -62,6 +62,7 @@ _FIELDS = {
 @click.option("--lambda-grad", type=float, help="Weight of the L1 of the outputs' neighbour differences [0].")
 @click.option("--lambda-laplacian", type=float,
               help="Weight of the L1 of the outputs' Laplacian-pyramid bands (1-8 px structure) [0].")
+@click.option("--lambda-msssim", type=float, help="Weight of 1 - MS-SSIM of the outputs (5 scales) [0].")
 @click.option("--lambda-consistency", type=float,
               help="Weight of the L1 of SE - (bone + soft), the parts' sum (needs --normalisation robust) [0].")
 @click.option("--val-data", "val_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
