@@ -503,7 +503,6 @@ def test_ms_ssim_is_one_for_the_same_image_and_falls_with_noise(dataset: Path, t
     noisy = [target + s * torch.randn_like(target) for s in (0.05, 0.2)]
     scores = [float(ms_ssim(n, target)) for n in noisy]
     assert 1.0 > scores[0] > scores[1] > 0.0
-    assert float(ms_ssim(target + 0.3, target)) > scores[0]  # an offset moves luminance only, at the last scale
     train(TrainConfig(steps=2, lambda_gan=0.0, lambda_msssim=10.0, **FAST), dataset, tmp_path / "run")
     assert "G_msssim" in read_metrics(tmp_path / "run", "train")[0]
 
