@@ -478,22 +478,17 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
                     loss_G_gan = gan_loss(_unwrap(D)(torch.cat([se, fake], 1)).float(), True, config.gan_mode)
                 loss_G = loss_G + config.lambda_gan * loss_G_gan
                 losses["G_gan"] = loss_G_gan.item()
-            if config.lambda_grad > 0:
-                loss_G_grad = gradient_l1(fake.float(), de)
-                loss_G = loss_G + config.lambda_grad * loss_G_grad
-                losses["G_grad"] = loss_G_grad.item()
-            if config.lambda_msssim > 0:
-                loss_G_msssim = 1.0 - ms_ssim(fake.float(), de)
-                loss_G = loss_G + config.lambda_msssim * loss_G_msssim
-                losses["G_msssim"] = loss_G_msssim.item()
-            if config.lambda_laplacian > 0:
-                loss_G_lap = laplacian_l1(fake.float(), de)
-                loss_G = loss_G + config.lambda_laplacian * loss_G_lap
-                losses["G_laplacian"] = loss_G_lap.item()
-            if config.lambda_consistency > 0:
-                loss_G_cons = consistency_l1(se, fake.float())
-                loss_G = loss_G + config.lambda_consistency * loss_G_cons
-                losses["G_consistency"] = loss_G_cons.item()
+            out = fake.float()
+            # the terms beyond L1 and GAN, each computed only when weighted
+            terms = {"G_grad": (config.lambda_grad, lambda: gradient_l1(out, de)),
+                     "G_msssim": (config.lambda_msssim, lambda: 1.0 - ms_ssim(out, de)),
+                     "G_laplacian": (config.lambda_laplacian, lambda: laplacian_l1(out, de)),
+                     "G_consistency": (config.lambda_consistency, lambda: consistency_l1(se, out))}
+            for name, (weight, term) in terms.items():
+                if weight > 0:
+                    value = term()
+                    loss_G = loss_G + weight * value
+                    losses[name] = value.item()
             scaler.scale(loss_G).backward()
             scaler.step(opt_G)
             scaler.update()
