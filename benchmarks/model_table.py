@@ -7,9 +7,10 @@ Each engine is scored with `dexrt eval`'s metrics on the split, then timed end t
 (the split's first SE view, resized: uint16 in, bone and soft uint16 out), the engines taking turns round by
 round so that a busy machine slows all of them alike. With ``--onnx``, the peers of `dexrt bench` on that ONNX
 (OpenVINO's Python API in f32 and with its defaults, ONNX Runtime; with ``--calibration`` also OpenVINO's own
-INT8 by NNCF PTQ; with ``--checkpoint`` torch eager) take their turns in the same rounds, fed the same image already pre-processed (network only:
-they get the pre- and post-processing for free). Each row's time ratio to the first peer (OpenVINO f32) is the
-median of per-round ratios, with quartiles. Prints a Markdown table and writes every figure as JSON.
+INT8 by NNCF PTQ; with ``--checkpoint`` torch eager) take their turns in the same rounds, fed the same image
+already pre-processed (network only: they get the pre- and post-processing for free). Each row's time ratio to
+the first peer (OpenVINO f32) is the median of per-round ratios, with quartiles. Prints a Markdown table and
+writes every figure as JSON.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ On CPUs without VNNI/AMX the gain is modest (large ConvTranspose layers stay FP3
 
 **Accuracy control.** Calibrated on a `dexrt synth` dataset, the build also knows the true outputs of held-out
 views, so it can measure what INT8 costs: per channel, the mean over those views of ``10 log10(MSE_int8 /
-MSE_fp32)`` against the truth, in dB of PSNR (as `dexrt eval` averages PSNR over views). When the worst channel loses more than ``max_loss_db``, parts of the network go back to floating point
-(a convolution, or the quantized input of another op), greedily, the one that helps most first, until the loss is
-within budget: a mixed-precision engine chosen by measurement. A folder of plain images has no truth to measure
-against; it gets plain PTQ.
+MSE_fp32)`` against the truth, in dB of PSNR (as `dexrt eval` averages PSNR over views). When the worst channel
+loses more than ``max_loss_db``, parts of the network go back to floating point (a convolution, or the quantized
+input of another op), greedily, the one that helps most first, until the loss is within budget: a mixed-precision
+engine chosen by measurement. A folder of plain images has no truth to measure against; it gets plain PTQ.
 """
 
 from __future__ import annotations

@@ -471,14 +471,14 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
 
             # G: fool D, stay close to the target (L1) and to its edges (differences)
             opt_G.zero_grad(set_to_none=True)
-            loss_G_l1 = F.l1_loss(fake.float(), de)
+            out = fake.float()
+            loss_G_l1 = F.l1_loss(out, de)
             loss_G = config.lambda_l1 * loss_G_l1
             if use_gan:
                 with autocast:
                     loss_G_gan = gan_loss(_unwrap(D)(torch.cat([se, fake], 1)).float(), True, config.gan_mode)
                 loss_G = loss_G + config.lambda_gan * loss_G_gan
                 losses["G_gan"] = loss_G_gan.item()
-            out = fake.float()
             # the terms beyond L1 and GAN, each computed only when weighted
             terms = {"G_grad": (config.lambda_grad, lambda: gradient_l1(out, de)),
                      "G_msssim": (config.lambda_msssim, lambda: 1.0 - ms_ssim(out, de)),
