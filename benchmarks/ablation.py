@@ -20,6 +20,8 @@ as extra options, e.g. `-- --depth 8 --crop 256 --val-data val120 --decay-start 
   v2-consistency  a free soft channel and an L1 of SE - (bone + soft) (weight 1000) instead of soft from SE
   v2-laplacian    an L1 of Laplacian-pyramid bands (weight 1000) instead of the gradient L1
   v2-msssim       1 - MS-SSIM (weight 1000) added to the default recipe
+  v2-head         a full-resolution head of 8 channels (two 3x3 convs on the SE image and the decoder's features)
+  v2-ngf24        generator width 24 instead of 16
 
 The run folder (checkpoints) goes to a scratch folder; the row's config, training log, eval metrics, panel and
 CPU seconds go to OUT/ROW/ so they can be committed. Budgets are stated in CPU-seconds (user + system time of
@@ -55,6 +57,8 @@ ROWS.update({
     "v2-consistency": [*(a for a in V2 if a != "--soft-from-se"), "--lambda-consistency", "1000"],
     "v2-laplacian": [*V2[:-2], "--lambda-grad", "0", "--lambda-laplacian", "1000"],
     "v2-msssim": [*V2, "--lambda-msssim", "1000"],
+    "v2-head": [*V2, "--head", "8"],
+    "v2-ngf24": [*V2, "--ngf", "24"],
 })
 COMMON = ["--ngf", "16", "--depth", "7", "--lambda-l1", "1000", "--dropout", "0", "--crop", "128", "--batch-size", "2",
           "--seed", "0", "--num-workers", "0", "--val-every", "100", "--val-views", "12", "--no-progress"]

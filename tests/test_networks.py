@@ -200,3 +200,43 @@ def test_soft_from_se_is_se_minus_bone_plus_a_bounded_correction() -> None:
         GeneratorConfig(out_channels=3, soft_from_se=True)
     with pytest.raises(ValueError, match="upsample"):
         GeneratorConfig(upsample="bilinear-ish")
+
+
+def test_full_resolution_head(tmp_path: Path) -> None:
+    """`head`: two 3x3 convolutions at the input's resolution on (SE, decoder features); exports, runs, round-trips."""
+    import numpy as np
+
+    import dexrt
+    from dexrt_train.export import export_onnx
+    from helpers import build_bundle
+
+    config = GeneratorConfig(ngf=4, depth=5, upsample="resize", dropout=0.0, head=3)
+    G = define_G(config).eval()
+    full_res, head_inputs = [], []
+    hooks = [m.register_forward_hook(lambda m, i, o: full_res.append(m) if o.shape[-2:] == (64, 96) else None)
+             for m in G.modules() if isinstance(m, nn.Conv2d)]
+    hooks.append(G.head[0].register_forward_hook(lambda m, i, o: head_inputs.append(i[0])))
+    x = torch.rand(2, 1, 64, 96) * 2 - 1
+    with torch.no_grad():
+        y = G(x)
+    for hook in hooks:
+        hook.remove()
+    assert y.shape == (2, 2, 64, 96)
+    # the outermost decoder conv ends in the head's 3 features; the head's first conv takes them and the SE image
+    assert [(m.in_channels, m.out_channels) for m in full_res] == [(8, 3), (1 + 3, 3), (3, 2)]
+    assert torch.equal(head_inputs[0][:, :1], x)
+    assert count_parameters(G) > count_parameters(define_G(GeneratorConfig(ngf=4, depth=5, upsample="resize")))
+
+    folder = save_checkpoint(tmp_path / "ckpt", G, config)
+    assert load_checkpoint(folder).config.head == 3
+    raw = json.loads((folder / "config.json").read_text())
+    del raw["generator"]["head"]  # checkpoints written before the option load without a head
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="do not match"):
+        load_checkpoint(folder)
+
+    engine = dexrt.Engine(build_bundle(export_onnx(G, config, tmp_path / "head.onnx"), tmp_path / "head.dexrt"))
+    bone, soft = engine.infer((np.random.default_rng(0).random((64, 96)) * 60000).astype(np.float32))
+    assert bone.shape == (64, 96) and np.isfinite(soft).all()
+    with pytest.raises(ValueError, match="head"):
+        GeneratorConfig(head=-1)

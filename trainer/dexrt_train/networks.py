@@ -51,6 +51,10 @@ class GeneratorConfig:
     # makes "soft = SE - bone" exact in physical terms; the network then learns bone and a small correction.
     soft_from_se: bool = False
     soft_offset: float = 0.0
+    # channels of a full-resolution head (0: none). The outermost decoder level then ends in `head` feature
+    # channels at the input's resolution, and two 3x3 convolutions map (SE, features) to the output, so that
+    # detail of 1-2 px (rib cortices) can come from the SE image itself and not only through the 2x-down encoder.
+    head: int = 0
 
     def __post_init__(self) -> None:
         _check_common(self.norm, self.init_gain)
@@ -60,6 +64,8 @@ class GeneratorConfig:
             raise ValueError("soft_from_se needs 1 input (SE) and 2 output (bone, soft) channels")
         if self.in_channels < 1 or self.out_channels < 1 or self.ngf < 1:
             raise ValueError("in_channels, out_channels and ngf must be >= 1")
+        if self.head < 0:
+            raise ValueError(f"head must be >= 0, got {self.head}")
         if not 2 <= self.depth <= 12:
             raise ValueError(f"depth must be in [2, 12], got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
@@ -141,7 +147,9 @@ class UnetGenerator(nn.Module):
         first_dropout = max(1, d - 1 - config.dropout_blocks)
         for i in range(d):
             c_out = config.out_channels if i == 0 else ch[i - 1]
-            if i == 0:  # outermost: cat(skip_0, up_1) -> output, Tanh; bias kept, no norm
+            if i == 0 and config.head:  # outermost, feeding the head: cat(skip_0, up_1) -> head features
+                layers = [nn.ReLU(), *up(2 * ch[0], config.head, use_bias), _norm_layer(norm, config.head), nn.ReLU()]
+            elif i == 0:  # outermost: cat(skip_0, up_1) -> output, Tanh; bias kept, no norm
                 layers = [nn.ReLU(), *up(2 * ch[0], c_out, True), nn.Tanh()]
             elif i == d - 1:  # innermost: no skip to concatenate, ReLU already applied
                 layers = [*up(ch[i], c_out, use_bias), _norm_layer(norm, c_out)]
@@ -153,6 +161,11 @@ class UnetGenerator(nn.Module):
 
         self.encoder = nn.ModuleList(enc)
         self.decoder = nn.ModuleList(dec)
+        # full-resolution head: cat(SE, features) -> 3x3 conv, norm, ReLU -> 3x3 conv -> output, Tanh
+        self.head = nn.Sequential(
+            nn.Conv2d(config.in_channels + config.head, config.head, 3, 1, 1, bias=use_bias),
+            _norm_layer(norm, config.head), nn.ReLU(),
+            nn.Conv2d(config.head, config.out_channels, 3, 1, 1, bias=True), nn.Tanh()) if config.head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (N, in_channels, H, W), H and W multiples of 2**depth -> (N, out_channels, H, W) in [-1, 1]
@@ -164,6 +177,8 @@ class UnetGenerator(nn.Module):
         h = self.decoder[-1](skips[-1])  # (N, c_{d-2}, H/2^(d-1), W/2^(d-1))
         for i in range(len(self.decoder) - 2, -1, -1):
             h = self.decoder[i](torch.cat([skips[i], h], dim=1))
+        if self.head is not None:  # (N, head, H, W) features -> (N, out_channels, H, W)
+            h = self.head(torch.cat([x, h], dim=1))
         if self.config.soft_from_se:  # (bone, correction) -> (bone, se - bone + offset + correction)
             bone, correction = h[:, :1], h[:, 1:]
             h = torch.cat([bone, x - bone + self.config.soft_offset + correction], dim=1)

@@ -75,6 +75,7 @@ class TrainConfig:
     # robust range and the targets its attenuation-equivalent parts (dexrt.contract.NORMALISATION)
     normalisation: str = "window"
     upsample: str = "transpose"  # "transpose" | "resize" (nearest 2x + 3x3 conv: no checkerboard)
+    head: int = 0  # channels of the generator's full-resolution head (two 3x3 convs on SE + features); 0: none
     soft_from_se: bool = False  # predict bone and a correction; soft = SE - bone + correction (needs "robust")
     batch_size: int = 1
     num_workers: int = 2
@@ -130,7 +131,8 @@ class TrainConfig:
         # soft from SE needs one window for every channel: the robust normalisation's
         return GeneratorConfig(ngf=self.ngf, depth=self.depth, norm=self.norm, dropout=self.dropout,
                                dropout_blocks=self.dropout_blocks, seed=self.seed, upsample=self.upsample,
-                               soft_from_se=self.soft_from_se, soft_offset=SOFT_OFFSET if self.soft_from_se else 0.0)
+                               soft_from_se=self.soft_from_se, soft_offset=SOFT_OFFSET if self.soft_from_se else 0.0,
+                               head=self.head)
 
     def discriminator(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, n_layers=self.n_layers, norm=self.norm, seed=self.seed + 1)
@@ -271,7 +273,8 @@ def _saved_train_config(folder: Path, raw: dict[str, Any]) -> TrainConfig:
 
 
 # Generator options that shape the weights or their meaning: a fine-tuning run must share them with its start.
-_ARCHITECTURE = ("in_channels", "out_channels", "ngf", "depth", "norm", "upsample", "soft_from_se", "soft_offset")
+_ARCHITECTURE = ("in_channels", "out_channels", "ngf", "depth", "norm", "upsample", "soft_from_se", "soft_offset",
+                 "head")
 
 
 def _load_init(G: nn.Module, gcfg: GeneratorConfig, config: TrainConfig, windows: Windows,

@@ -16,7 +16,7 @@ _FIELDS = {
     "lambda_l1": "lambda_l1", "gan_mode": "gan_mode", "decay_start": "decay_start", "ngf": "ngf", "ndf": "ndf",
     "depth": "depth", "norm": "norm", "dropout": "dropout", "crop": "crop", "hflip": "hflip", "vflip": "vflip",
     "windows": "windows", "normalisation": "normalisation", "upsample": "upsample", "soft_from_se": "soft_from_se",
-    "lambda_gan": "lambda_gan", "lambda_grad": "lambda_grad", "lambda_consistency": "lambda_consistency",
+    "head": "head", "lambda_gan": "lambda_gan", "lambda_grad": "lambda_grad", "lambda_consistency": "lambda_consistency",
     "lambda_laplacian": "lambda_laplacian", "lambda_msssim": "lambda_msssim",
     "val_every": "val_every", "val_views": "val_views", "log_every": "log_every",
     "best_metric": "best_metric", "seed": "seed", "device": "device", "amp": "amp", "num_workers": "num_workers",
@@ -56,6 +56,8 @@ _FIELDS = {
               help="SE input through its window, or scale-free: each image by its robust range [window].")
 @click.option("--upsample", type=click.Choice(["transpose", "resize"]),
               help="Decoder upsampling: transposed conv, or nearest 2x + 3x3 conv (no checkerboard) [transpose].")
+@click.option("--head", type=click.IntRange(min=0),
+              help="Channels of a full-resolution head (two 3x3 convs on SE + features); 0: none [0].")
 @click.option("--soft-from-se/--free-soft", "soft_from_se", default=None,
               help="Predict bone and a correction, soft = SE - bone + correction (needs --normalisation robust).")
 @click.option("--lambda-gan", type=float, help="Weight of the GAN term; 0 trains without a discriminator [1].")
