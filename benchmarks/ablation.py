@@ -22,6 +22,8 @@ as extra options, e.g. `-- --depth 8 --crop 256 --val-data val120 --decay-start 
   v2-msssim       1 - MS-SSIM (weight 1000) added to the default recipe
   v2-head         a full-resolution head of 8 channels (two 3x3 convs on the SE image and the decoder's features)
   v2-ngf24        generator width 24 instead of 16
+  v2-crops        random 128-px crops, batch 8, depth 7 (the same pixels per step; pass no --depth or --crop)
+  v2-depth6       6 levels instead of 8 (a 4x4 bottleneck at 256^2: local context only; pass no --depth or --crop)
 
 The run folder (checkpoints) goes to a scratch folder; the row's config, training log, eval metrics, panel and
 CPU seconds go to OUT/ROW/ so they can be committed. Budgets are stated in CPU-seconds (user + system time of
@@ -59,6 +61,8 @@ ROWS.update({
     "v2-msssim": [*V2, "--lambda-msssim", "1000"],
     "v2-head": [*V2, "--head", "8"],
     "v2-ngf24": [*V2, "--ngf", "24"],
+    "v2-crops": [*V2, "--batch-size", "8"],
+    "v2-depth6": [*V2, "--depth", "6", "--crop", "256"],
 })
 COMMON = ["--ngf", "16", "--depth", "7", "--lambda-l1", "1000", "--dropout", "0", "--crop", "128", "--batch-size", "2",
           "--seed", "0", "--num-workers", "0", "--val-every", "100", "--val-views", "12", "--no-progress"]

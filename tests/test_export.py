@@ -62,6 +62,27 @@ def test_onnxruntime_matches_torch_eval(trained_like, size, batch) -> None:
     np.testing.assert_allclose(y, expected, atol=1e-4, rtol=0)
 
 
+def test_flip_average_is_the_mean_over_the_mirror_image(trained_like, tmp_path: Path) -> None:
+    g, config, plain = trained_like
+    path = export_onnx(g, config, tmp_path / "flip.onnx", flip_average=True)
+    assert read_metadata(path)["flip_average"] is True and "flip_average" not in read_metadata(plain)
+    x = torch.rand(3, 1, 256, 512, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with torch.no_grad():
+        expected = ((g(x) + g(x.flip(3)).flip(3)) / 2).numpy()
+        unflipped = g(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(["de"], {"se": x.numpy()})
+    np.testing.assert_allclose(y, expected, atol=1e-4, rtol=0)
+    (y_mirror,) = session.run(["de"], {"se": np.ascontiguousarray(x.numpy()[..., ::-1])})
+    np.testing.assert_allclose(y_mirror, y[..., ::-1], atol=1e-4, rtol=0)  # mirror in, mirror out
+    assert np.abs(y - unflipped).max() > 1e-3  # the generator itself is not mirror-symmetric
+
+    from dexrt.build import contract_manifest, read_onnx_contract
+
+    assert contract_manifest(read_onnx_contract(path), path)["model"]["flip_average"] is True
+    assert "flip_average" not in contract_manifest(read_onnx_contract(plain), plain)["model"]
+
+
 def test_export_restores_training_mode(tmp_path: Path) -> None:
     config = GeneratorConfig(ngf=4)
     g = define_G(config).train()
@@ -83,7 +104,7 @@ def test_metadata_round_trip(tmp_path: Path) -> None:
         "model_hash": "sha256:" + "ab" * 32,
         "model": {"in_channels": 1, "out_channels": 2, "ngf": 4, "depth": 6, "norm": "batch", "dropout": 0.5,
                   "dropout_blocks": 3, "init_gain": 0.02, "seed": 0, "upsample": "transpose",
-                  "soft_from_se": False, "soft_offset": 0.0},
+                  "soft_from_se": False, "soft_offset": 0.0, "head": 0},
     }
     # without an explicit hash: the hash of the safetensors bytes a checkpoint would hold
     export_onnx(g, config, tmp_path / "h.onnx")
@@ -118,6 +139,9 @@ def test_cli_export(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = g.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(session.run(None, {"se": x})[0], expected, atol=1e-4, rtol=0)
+    result = CliRunner().invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "flip.onnx"), "--flip-average"])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "flip.onnx")["flip_average"] is True
 
 
 def test_cli_export_bad_checkpoint(tmp_path: Path) -> None:

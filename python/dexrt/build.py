@@ -55,6 +55,7 @@ class OnnxContract:
     model_hash: str | None = None  # of the trained weights, from `dexrt export`
     model: dict[str, Any] = field(default_factory=dict)  # generator config, from `dexrt export`
     pixel_spacing_mm: float | None = None  # of the training images at the patient, from `dexrt export`
+    flip_average: bool = False  # the graph averages over the left-right flip (`dexrt export --flip-average`)
     # what stored values mean physically (input, then each output), from `dexrt export`; None when unrecorded
     encodings: tuple[Encoding, ...] | None = None
     normalisation: dict[str, Any] | None = None  # scale-free input (dexrt.contract.NORMALISATION), from `dexrt export`
@@ -148,6 +149,7 @@ def read_onnx_contract(
         model_hash=meta.get("model_hash"),
         model=meta.get("model", {}),
         pixel_spacing_mm=_spacing(path, meta.get("pixel_spacing_mm")),
+        flip_average=meta.get("flip_average") is True,
         encodings=_encodings(path, meta_in.get("encoding"), meta_out.get("encodings"), n_out),
         normalisation=_normalisation(path, meta_in.get("normalisation")),
     )
@@ -189,6 +191,7 @@ def contract_manifest(contract: OnnxContract, onnx_path: str | os.PathLike[str])
             "onnx_sha256": contract.sha256,
             "model_hash": contract.model_hash,
             "config": contract.model,
+            **({"flip_average": True} if contract.flip_average else {}),
         },
         "input": {
             "name": contract.input_name,

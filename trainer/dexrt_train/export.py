@@ -10,7 +10,12 @@ The model carries one ``metadata_props`` entry, key ``dexrt``, a JSON object tha
     {"format_version": 1,
      "input": {"name": "se", "window": [lo, hi]},
      "output": {"name": "de", "channels": ["bone", "soft"], "windows": [[lo, hi], [lo, hi]]},
-     "size_multiple": 256, "model_hash": "sha256:<hex of model.safetensors>", "model": {generator config}}
+     "size_multiple": 256, "model_hash": "sha256:<hex of model.safetensors>", "model": {generator config},
+     "flip_average": true}
+
+``flip_average`` (optional, `dexrt export --flip-average`) marks a graph that runs the generator on the image and
+on its mirror image (one pass of batch 2N) and returns the mean of the two outputs, the second mirrored back:
+test-time averaging over the left-right flip the network was trained with. It doubles the network's work.
 """
 
 from __future__ import annotations
@@ -52,10 +57,22 @@ METADATA_KEY, METADATA_VERSION = ONNX_METADATA_KEY, ONNX_METADATA_VERSION
 DEFAULT_OPSET = 17
 
 
+class FlipAverage(nn.Module):
+    """(N, C, H, W) -> mean of G(x) and G(x mirrored left-right) mirrored back, as one generator pass of batch 2N."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = self.generator(torch.cat([x, x.flip(3)], dim=0)).unflatten(0, (2, -1))  # (2, N, C_out, H, W)
+        return (both[0] + both[1].flip(3)) * 0.5
+
+
 def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], output_windows: Sequence[Sequence[float]],
                   channels: Sequence[str], model_hash: str, pixel_spacing_mm: float | None = None,
                   encodings: Sequence[Encoding] | None = None,
-                  normalisation: dict[str, Any] | None = None) -> dict[str, Any]:
+                  normalisation: dict[str, Any] | None = None, flip_average: bool = False) -> dict[str, Any]:
     meta = {
         "format_version": METADATA_VERSION,
         "input": {"name": INPUT_NAME, "window": [float(v) for v in input_window]},
@@ -74,6 +91,8 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
         if not pixel_spacing_mm > 0:
             raise ValueError(f"pixel spacing must be > 0 mm, got {pixel_spacing_mm}")
         meta["pixel_spacing_mm"] = float(pixel_spacing_mm)  # of the training images, at the patient
+    if flip_average:
+        meta["flip_average"] = True
     return meta
 
 
@@ -83,11 +102,12 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
                 channels: Sequence[str] = OUTPUT_CHANNELS,
                 model_hash: str | None = None, pixel_spacing_mm: float | None = None,
                 encodings: Sequence[Encoding] | None = None, normalisation: dict[str, Any] | None = None,
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, flip_average: bool = False) -> Path:
     """Export `generator` to `path` (written atomically) and return the path.
 
     `model_hash` defaults to the SHA-256 of the bytes `save_checkpoint` would write as model.safetensors.
-    The generator's train/eval mode is restored afterwards.
+    `flip_average` exports the mean over the left-right flip (`FlipAverage`). The generator's train/eval mode
+    is restored afterwards.
     """
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
@@ -98,7 +118,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
         model_hash = hash_bytes(state_dict_bytes(generator))
     meta = onnx_metadata(config, input_window=input_window, output_windows=output_windows, channels=channels,
                          model_hash=model_hash, pixel_spacing_mm=pixel_spacing_mm, encodings=encodings,
-                         normalisation=normalisation)
+                         normalisation=normalisation, flip_average=flip_average)
 
     was_training = generator.training
     device = next(generator.parameters()).device
@@ -112,7 +132,7 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
-                generator, (example,), buf, dynamo=False, opset_version=opset,
+                FlipAverage(generator) if flip_average else generator, (example,), buf, dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "N", 2: "H", 3: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
                 do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL,
@@ -142,7 +162,8 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str], *,
-                      opset: int = DEFAULT_OPSET, pixel_spacing_mm: float | None = None) -> dict[str, Any]:
+                      opset: int = DEFAULT_OPSET, pixel_spacing_mm: float | None = None,
+                      flip_average: bool = False) -> dict[str, Any]:
     """Export a checkpoint folder's generator to ONNX; returns the metadata written.
 
     ``pixel_spacing_mm`` (of the training images) defaults to the one the checkpoint recorded, if any.
@@ -162,7 +183,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLik
         output_windows = tuple(_stored_window(w, e) for w, e in zip(output_windows, encodings[1:]))
     export_onnx(ckpt.generator, ckpt.config, path, input_window=input_window,
                 output_windows=output_windows, channels=ckpt.windows.channels, encodings=encodings,
-                normalisation=normalisation, model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset)
+                normalisation=normalisation, model_hash=ckpt.model_hash, pixel_spacing_mm=spacing, opset=opset,
+                flip_average=flip_average)
     return read_metadata(path)
 
 
