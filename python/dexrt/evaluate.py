@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 
 def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0,
              panel: Path | None = None, panel_views: int = 4) -> dict[str, Any]:
+    per_view: list[dict[str, float]] = []
+    rows: list[np.ndarray] = []
+    n = 0
+    for n, (se, true, pred, mask) in enumerate(predicted_views(engine, dataset, split=split, max_views=max_views), 1):
+        metrics, row = scored_view(se, true, pred, mask)
+        per_view.append(metrics)
+        if len(rows) < panel_views:
+            rows.append(row)
+    result = {"split": split, "views": n, "engine": str(engine.path), "metrics": summarize(per_view)}
+    if panel is not None and rows:
+        write_panel(panel, rows)
+    return result
+
+
+def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0
+                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]]:
+    """Per view of the split: (SE, true outputs, the engine's outputs, lesion mask or None), all physical."""
     # A scale-free engine sees a processed image as it is: it is scored against the DE pair as the processing shows it
     ds = open_dataset(dataset, processed=engine.normalised)
     views = ds.split(split)
@@ -40,8 +58,6 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
     if not engine.normalised:
         in_enc, out_enc = _engine_encodings(engine, ds.encodings)
 
-    per_view: list[dict[str, float]] = []
-    rows: list[np.ndarray] = []
     for view in views:
         stored_se = ds.stored(view, "se")
         se = ds.encodings["se"].physical(stored_se)
@@ -56,14 +72,7 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
             # Stored as the engine reads them: the file's own values, as deployed; otherwise float32 (no rounding)
             stored = engine.infer(stored_se if in_enc == ds.encodings["se"] else in_enc.stored_float(se))
             pred = {c: out_enc[c].physical(p) for c, p in zip(channels, stored)}
-        metrics, row = scored_view(se, true, pred, ds.mask(view))
-        per_view.append(metrics)
-        if len(rows) < panel_views:
-            rows.append(row)
-    result = {"split": split, "views": len(views), "engine": str(engine.path), "metrics": summarize(per_view)}
-    if panel is not None and rows:
-        write_panel(panel, rows)
-    return result
+        yield se, true, pred, ds.mask(view)
 
 
 def _engine_encodings(engine: Engine, dataset: dict[str, Encoding]) -> tuple[Encoding, dict[str, Encoding]]:
