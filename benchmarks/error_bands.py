@@ -1,12 +1,12 @@
-"""Where an engine's error lies in scale: each channel's mean squared error split into spatial bands.
+"""Where an engine's error lies in scale: each channel's mean squared error split by spatial wavelength.
 
     python benchmarks/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] [--json out.json]
 
-The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split by
-differences of Gaussian blurs at sigma 1, 2, 4, 8 and 16 px into six bands: finer than 1 px, 1-2, 2-4, 4-8, 8-16
-and coarser than 16 px (the last is the sigma-16 blur itself). The bands' mean squares, averaged over the views,
-are printed as shares of their sum (which is close to the MSE: the bands are nearly orthogonal), so two sets (unseen angles against fresh views inside
-the training ranges, say) show at which scales one has more error than the other.
+The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split in the
+Fourier domain into six bands of wavelength (`dexrt.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64
+and 64 px or longer (the mean error included). The bands add up to the MSE. Averaged over the views, they are
+printed as shares of it and the MSE itself, so two sets (unseen angles against fresh views inside the training
+ranges, say) show at which scales one has more error than the other.
 """
 
 from __future__ import annotations
@@ -16,26 +16,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 import dexrt
 from dexrt.evaluate import predicted_views
-from dexrt.metrics import metric_unit
+from dexrt.metrics import error_bands, metric_unit
 
-SIGMAS = (1, 2, 4, 8, 16)
-BANDS = ("<1", "1-2", "2-4", "4-8", "8-16", ">16")
-
-
-def band_energies(error: np.ndarray) -> np.ndarray:
-    """Mean squares of `error` (H, W) in the BANDS, finest first."""
-    error = error.astype(np.float64)
-    out, finer = [], error
-    for sigma in SIGMAS:
-        low = gaussian_filter(error, sigma, mode="nearest")  # the error blurred at this scale
-        out.append(np.mean((finer - low) ** 2))
-        finer = low
-    out.append(np.mean(finer**2))
-    return np.array(out)
+BANDS = ("<4", "4-8", "8-16", "16-32", "32-64", ">=64")  # px, dexrt.metrics.ERROR_BAND_WAVELENGTHS
 
 
 def main() -> None:
@@ -46,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = dexrt.Engine(args.engine)
     report: dict[str, dict] = {}
-    print("| set | channel | views | " + " | ".join(f"{b} px" for b in BANDS) + " | sum |")
+    print("| set | channel | views | " + " | ".join(f"{b} px" for b in BANDS) + " | MSE |")
     print("|---|---|---|" + "---|" * (len(BANDS) + 1))
     for spec in args.sets:
         dataset, split, *rest = spec.split(":")
@@ -55,7 +41,7 @@ def main() -> None:
         for n, (_, true, pred, _) in enumerate(predicted_views(engine, dataset, split=split,
                                                                max_views=int(rest[0]) if rest else 0), 1):
             for c in true:
-                e = band_energies(metric_unit(pred[c], c) - metric_unit(true[c], c))
+                e = error_bands(metric_unit(pred[c], c), metric_unit(true[c], c))
                 sums[c] = sums.get(c, 0) + e
         for c, total in sums.items():
             mean = total / n

@@ -374,6 +374,22 @@ def test_bone_suppression() -> None:
     assert metrics.bone_suppression(half, se, bone, soft) == pytest.approx(0.5, abs=0.01)
 
 
+def test_error_bands_put_each_error_at_its_scale() -> None:
+    """Pixel-scale error lands in the finest band, an offset in the coarsest, a 40-px wave in the 32-64 px band;
+    the bands add up to the MSE."""
+    true = np.zeros((128, 128))
+    y, x = np.mgrid[:128, :128]
+    bands = metrics.error_bands(np.where((x + y) % 2 == 0, 0.1, -0.1), true)
+    assert len(bands) == len(metrics.ERROR_BAND_WAVELENGTHS) + 1
+    assert bands[0] == pytest.approx(0.01) and bands[1:].sum() < 1e-12
+    offset = metrics.error_bands(np.full((128, 128), 0.05), true)
+    assert offset[-1] == pytest.approx(0.05**2) and offset[:-1].sum() < 1e-12
+    wave = metrics.error_bands(0.1 * np.sin(2 * np.pi * x / 40), true)
+    assert wave.argmax() == 4 and wave[4] / wave.sum() > 0.9
+    noise = np.random.default_rng(0).normal(0, 0.1, (128, 96))
+    assert metrics.error_bands(noise, true[:, :96]).sum() == pytest.approx(np.mean(noise**2), rel=1e-9)
+
+
 def test_bone_suppression_ratio() -> None:
     """1 - |S_pred - S|^2 / |B|^2 in SE units: 1 for the true soft image, 0 for one that keeps all the bone (the
     SE image less the soft part's offset), 0.75 when half the bone is left; the unit of the images does not matter."""

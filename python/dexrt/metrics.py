@@ -57,6 +57,27 @@ def _blur_valid(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return sum(k[j] * rows[:, j : w - n + j] for j in range(len(k)))
 
 
+ERROR_BAND_WAVELENGTHS = (4.0, 8.0, 16.0, 32.0, 64.0)  # px: bands < 4, 4-8, 8-16, 16-32, 32-64, >= 64 (with the mean)
+
+
+def error_bands(pred: np.ndarray, true: np.ndarray,
+                wavelengths: tuple[float, ...] = ERROR_BAND_WAVELENGTHS) -> np.ndarray:
+    """Where the error lies in scale: the mean squared error of ``pred - true`` split by spatial wavelength.
+
+    len(wavelengths) + 1 values, finest first: the error's power at wavelengths below wavelengths[0] px, between
+    successive ones, and at wavelengths[-1] and longer (the mean error included). Split in the Fourier domain
+    (the image taken as periodic), so the bands add up to the MSE exactly (Parseval).
+    """
+    p, t = _pair(pred, true)
+    h, w = p.shape
+    power = np.abs(np.fft.fft2(p - t)) ** 2 / float(h * w) ** 2
+    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))  # cycles per px
+    with np.errstate(divide="ignore"):
+        wavelength = 1.0 / freq  # inf for the mean
+    band = np.searchsorted(np.asarray(wavelengths, np.float64), wavelength, side="right")
+    return np.bincount(band.ravel(), weights=power.ravel(), minlength=len(wavelengths) + 1)
+
+
 def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = 1.0) -> float:
     """Mean structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
     Gaussian-weighted moments, averaged over the window positions that lie fully inside the image."""
