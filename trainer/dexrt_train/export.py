@@ -132,7 +132,8 @@ def export_onnx(generator: nn.Module, config: GeneratorConfig, path: str | os.Pa
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
-                FlipAverage(generator) if flip_average else generator, (example,), buf, dynamo=False, opset_version=opset,
+                FlipAverage(generator) if flip_average else generator, (example,), buf, dynamo=False,
+                opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "N", 2: "H", 3: "W"}, OUTPUT_NAME: {0: "N", 2: "H", 3: "W"}},
                 do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL,
