@@ -20,6 +20,7 @@ as extra options, e.g. `-- --depth 8 --crop 256 --val-data val120 --decay-start 
   v2-consistency  a free soft channel and an L1 of SE - (bone + soft) (weight 1000) instead of soft from SE
   v2-laplacian    an L1 of Laplacian-pyramid bands (weight 1000) instead of the gradient L1
   v2-msssim       1 - MS-SSIM (weight 1000) added to the default recipe
+  v2-msssim-laplacian  both structure losses: MS-SSIM added and the Laplacian pyramid instead of the gradient L1
   v2-head         a full-resolution head of 8 channels (two 3x3 convs on the SE image and the decoder's features)
   v2-ngf24        generator width 24 instead of 16
   v2-crops        random 128-px crops, batch 8, depth 7 (the same pixels per step; pass no --depth or --crop)
@@ -59,6 +60,7 @@ ROWS.update({
     "v2-consistency": [*(a for a in V2 if a != "--soft-from-se"), "--lambda-consistency", "1000"],
     "v2-laplacian": [*V2[:-2], "--lambda-grad", "0", "--lambda-laplacian", "1000"],
     "v2-msssim": [*V2, "--lambda-msssim", "1000"],
+    "v2-msssim-laplacian": [*V2[:-2], "--lambda-grad", "0", "--lambda-laplacian", "1000", "--lambda-msssim", "1000"],
     "v2-head": [*V2, "--head", "8"],
     "v2-ngf24": [*V2, "--ngf", "24"],
     "v2-crops": [*V2, "--batch-size", "8"],
