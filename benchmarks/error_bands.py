@@ -19,9 +19,10 @@ import numpy as np
 
 import dexrt
 from dexrt.evaluate import predicted_views
-from dexrt.metrics import error_bands, metric_unit
+from dexrt.metrics import ERROR_BAND_WAVELENGTHS, error_bands, metric_unit
 
-BANDS = ("<4", "4-8", "8-16", "16-32", "32-64", ">=64")  # px, dexrt.metrics.ERROR_BAND_WAVELENGTHS
+_W = [f"{w:g}" for w in ERROR_BAND_WAVELENGTHS]
+BANDS = (f"<{_W[0]}", *(f"{a}-{b}" for a, b in zip(_W, _W[1:])), f">={_W[-1]}")  # px
 
 
 def main() -> None:

@@ -230,9 +230,9 @@ def test_full_resolution_head(tmp_path: Path) -> None:
     folder = save_checkpoint(tmp_path / "ckpt", G, config)
     assert load_checkpoint(folder).config.head == 3
     raw = json.loads((folder / "config.json").read_text())
-    del raw["generator"]["head"]  # checkpoints written before the option load without a head
+    del raw["generator"]["head"]  # a config without the key (written before the option) means no head...
     (folder / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(ModelError, match="do not match"):
+    with pytest.raises(ModelError, match="do not match"):  # ...so the head's weights are refused
         load_checkpoint(folder)
 
     engine = dexrt.Engine(build_bundle(export_onnx(G, config, tmp_path / "head.onnx"), tmp_path / "head.dexrt"))
