@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 import dexrt
-from dexrt.contract import NORMALISATION, NORMALISED_WINDOW, denormalise, normalise, robust_range
+from dexrt.contract import (
+    NORMALISATION,
+    NORMALISED_WINDOW,
+    areal_densities,
+    denormalise,
+    normalise,
+    normalised_parts,
+    robust_range,
+    view_normalisation,
+)
 from helpers import build_bundle, make_plain_onnx
 
 
@@ -41,6 +50,28 @@ def test_normalisation_is_affine_invariant(scale: float, offset: float) -> None:
     ref_bone, ref_soft = denormalise([base * 0.2, base * 0.8], ("bone", "soft"), lo, span, np.dtype(np.float32))
     np.testing.assert_allclose(bone, ref_bone * scale, rtol=1e-5, atol=1e-5 * scale)  # bone: no offset
     np.testing.assert_allclose(soft, ref_soft * scale + offset, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_normalised_targets_come_back_through_denormalise_as_areal_densities() -> None:
+    """What the trainer trains on (`normalised_parts`) and what the runtime gives back (`denormalise`) are the two
+    ends of one map: the targets, denormalised and divided by the view's coefficients, are the areal densities."""
+    rng = np.random.default_rng(3)
+    soft = 10.0 + 8.0 * chest_like(seed=1)
+    bone = np.clip(rng.normal(1.0, 0.6, soft.shape), 0, None)
+    se = 0.05 + 0.29 * bone + 0.2 * soft + 0.002 * rng.standard_normal(soft.shape)  # nearly the linear mix
+    norm = view_normalisation(se, bone, soft)
+    lo, span, *coefficients = norm
+    assert (lo, lo + span) == pytest.approx(robust_range(se))
+    assert coefficients == pytest.approx([0.05, 0.29, 0.2], abs=0.01)
+    se_n, bone_n, soft_n = normalised_parts(se, bone, soft, norm)
+    np.testing.assert_allclose(se_n, normalise(se)[0], atol=1e-5)  # the same input the runtime makes
+    assert np.abs(bone_n + soft_n - se_n).max() < 0.01  # bone + soft = SE in the engine's units
+    back = denormalise([bone_n, soft_n], ("bone", "soft"), lo, span, np.dtype(np.float64))
+    got_bone, got_soft = areal_densities(*back, tuple(coefficients))
+    np.testing.assert_allclose(got_bone, bone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_soft, soft, rtol=1e-5)
+    crop = (slice(20, 60), slice(30, 90))  # a crop keeps the whole view's map
+    np.testing.assert_allclose(normalised_parts(se[crop], bone[crop], soft[crop], norm)[1], bone_n[crop])
 
 
 @pytest.fixture(scope="module")

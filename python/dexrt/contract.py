@@ -264,6 +264,22 @@ def areal_densities(bone_att: np.ndarray, soft_att: np.ndarray, coefficients: tu
     return np.asarray(bone_att, np.float64) / kb, (np.asarray(soft_att, np.float64) - a) / ks
 
 
+def view_normalisation(se: np.ndarray, bone: np.ndarray, soft: np.ndarray) -> tuple[float, float, float, float, float]:
+    """``(lo, span, a, kb, ks)`` of one whole view (physical units): the SE image's robust range, as `normalise`
+    takes it, and the view's `decomposition`. Taken on the whole view: a crop would change the range."""
+    lo, hi = robust_range(se)
+    return (lo, hi - lo, *decomposition(se, bone, soft))
+
+
+def normalised_parts(se: np.ndarray, bone: np.ndarray, soft: np.ndarray, norm: Sequence[float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A view (or a crop of it) in physical units -> a normalised engine's input and targets, by the view's
+    `view_normalisation` `norm`: ``(se - lo) / span``, ``kb * bone / span`` and ``(a + ks * soft - lo) / span``."""
+    lo, span, *coefficients = (float(v) for v in norm)
+    bone_att, soft_att = attenuation_targets(bone, soft, tuple(coefficients))
+    return (np.asarray(se, np.float64) - lo) / span, bone_att / span, (soft_att - lo) / span
+
+
 def normalise(image: np.ndarray) -> tuple[np.ndarray, float, float]:
     """One (H, W) SE image -> (its normalised float32 image, lo, span) by `NORMALISATION`."""
     lo, hi = robust_range(image)

@@ -141,9 +141,9 @@ class Reference:
 
 def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[Any]) -> Reference:
     """`views` of a dataset as the engine sees them, with the outputs it should give: for a normalised engine the
-    SE image's bone and soft parts (`dexrt.contract.attenuation_targets`, as the trainer makes them), otherwise
+    SE image's bone and soft parts (`dexrt.contract.normalised_parts`, as the trainer makes them), otherwise
     each output in the engine's recorded encoding (the dataset's when it records none)."""
-    from dexrt.contract import attenuation_targets, decomposition, mirror_pad, robust_range, window_to_unit
+    from dexrt.contract import mirror_pad, normalised_parts, view_normalisation, window_to_unit
     from dexrt.dataset import open_dataset
 
     ds = open_dataset(dataset, processed=contract.normalisation is not None)
@@ -153,11 +153,9 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
         true = {c: ds.physical(view, c) for c in ("se", *contract.channels)}
         if contract.normalisation is not None:
             image = true["se"].astype(np.float32)
-            lo, hi = robust_range(image)  # the range `network_input` normalises by
-            span = hi - lo
-            bone, soft = attenuation_targets(true["bone"], true["soft"],
-                                             decomposition(true["se"], true["bone"], true["soft"]))
-            values = {"bone": bone / span, "soft": (soft - lo) / span}
+            norm = view_normalisation(image, true["bone"], true["soft"])  # the range `network_input` normalises by
+            _, bone, soft = normalised_parts(true["se"], true["bone"], true["soft"], norm)
+            values = {"bone": bone, "soft": soft}
         else:
             image = encodings[0].stored_float(true["se"])
             values = {c: e.stored_float(true[c]) for c, e in zip(contract.channels, encodings[1:])}

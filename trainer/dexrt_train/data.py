@@ -26,9 +26,8 @@ from dexrt._errors import InputError
 from dexrt.contract import (
     DATASET_CHANNELS,
     Encoding,
-    attenuation_targets,
-    decomposition,
-    robust_range,
+    normalised_parts,
+    view_normalisation,
     window_to_unit,
 )
 from dexrt.dataset import SPLITS, View, is_dataset, open_dataset
@@ -150,9 +149,7 @@ class PairedDataset(Dataset):
         return self.cache[index] if self.cache is not None else read_view(self.views[index])
 
     def _norm_of(self, index: int) -> tuple[float, float, float, float, float]:
-        se, bone, soft = (e.physical(im) for e, im in zip(self.encodings, self._view(index)[0]))
-        lo, hi = robust_range(se)
-        return (lo, hi - lo, *decomposition(se, bone, soft))
+        return view_normalisation(*(e.physical(im) for e, im in zip(self.encodings, self._view(index)[0])))
 
     def __len__(self) -> int:
         return len(self.views)
@@ -179,9 +176,7 @@ class PairedDataset(Dataset):
         norm = np.zeros(5, np.float64)
         if self.norm is not None:
             norm[:] = self.norm[index]
-            lo, span = norm[0], norm[1]
-            bone, soft = attenuation_targets(physical[1], physical[2], tuple(norm[2:]))
-            physical = [(physical[0] - lo) / span, bone / span, (soft - lo) / span]
+            physical = list(normalised_parts(*physical, norm))
         x = np.stack([window_to_unit(physical[c], self.windows[c]) for c in range(3)])  # (3, h, w)
         m = np.zeros(images.shape[1:], np.float32) if mask is None else mask.astype(np.float32)
         return {"se": torch.from_numpy(x[:1].copy()), "de": torch.from_numpy(x[1:].copy()),
