@@ -275,8 +275,8 @@ def normalised_parts(se: np.ndarray, bone: np.ndarray, soft: np.ndarray, norm: S
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A view (or a crop of it) in physical units -> a normalised engine's input and targets, by the view's
     `view_normalisation` `norm`: ``(se - lo) / span``, ``kb * bone / span`` and ``(a + ks * soft - lo) / span``."""
-    lo, span, *coefficients = (float(v) for v in norm)
-    bone_att, soft_att = attenuation_targets(bone, soft, tuple(coefficients))
+    lo, span, a, kb, ks = (float(v) for v in norm)
+    bone_att, soft_att = attenuation_targets(bone, soft, (a, kb, ks))
     return (np.asarray(se, np.float64) - lo) / span, bone_att / span, (soft_att - lo) / span
 
 
