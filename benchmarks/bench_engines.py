@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import dexrt
-from dexrt.bench import GPU_ENGINES, make_runners, tolerance
+from dexrt.pipelines.bench import GPU_ENGINES, make_runners, tolerance
 
 ENGINES = ["dexrt", "openvino-python", "onnxruntime", "torch-eager", "torch-channels-last", *GPU_ENGINES]
 SIZES = [256, 512, 1024]

@@ -1,7 +1,7 @@
 """`dexrt infer` on a folder of 256x256 16-bit PNGs against the engine's own throughput on the same images.
 
 The engine's own throughput: the decoded frames already in memory, all submitted at once to the batched
-runtime (nothing read, nothing written). The folder run: `dexrt.convert.Converter`, the machinery behind
+runtime (nothing read, nothing written). The folder run: `dexrt.pipelines.convert.Converter`, the machinery behind
 `dexrt infer` (find files, decode, submit, write two PNG outputs per file atomically), with the same engine
 settings. Target: the folder run converts at >= 85% of the engine's throughput.
 
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import dexrt
-from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
-from dexrt.layout import find_images
-from dexrt.images import read_image
+from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS, Converter
+from dexrt.io.layout import find_images
+from dexrt.io.images import read_image
 
 N_FILES = 32
 SIZE = (256, 256)

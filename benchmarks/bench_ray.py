@@ -1,7 +1,7 @@
 """`dexrt infer --ray` on a local Ray cluster against the single-process `dexrt infer`, same folder, same engine.
 
 A folder of 64 256x256 16-bit PNGs through the bundled default engine. Single process: load the engine, convert
-with `dexrt.convert.Converter` (what `dexrt infer` runs; OpenVINO uses every core). Ray: a local Ray instance
+with `dexrt.pipelines.convert.Converter` (what `dexrt infer` runs; OpenVINO uses every core). Ray: a local Ray instance
 already running (like a long-lived cluster; its start is timed once on its own), then `RayConverter.run` with
 one actor per CPU, each with one engine on one inference thread; each round includes the actors' start and
 engine load, as a `dexrt infer --ray` command does. Rounds alternate, so load from elsewhere on the machine hits
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import dexrt
-from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
-from dexrt.layout import find_images
-from dexrt.distributed import DEFAULT_BATCH, RayConverter
+from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS, Converter
+from dexrt.io.layout import find_images
+from dexrt.pipelines.distributed import DEFAULT_BATCH, RayConverter
 from dexrt.models import DEFAULT_ENGINE
 
 N_FILES = 64

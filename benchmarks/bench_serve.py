@@ -165,8 +165,8 @@ def send_stamped(batch: list[Any], port: int, on_ack: Any, sent: dict[str, float
 def peer_folder_rate(size: int, spacing: float | None, count: int, work: Path, jobs: int = 8) -> float:
     """Images per second of `dexrt infer`'s machinery on the same kind of files, folder to folder."""
     import dexrt
-    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
-    from dexrt.layout import find_images
+    from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS, Converter
+    from dexrt.io.layout import find_images
     from dexrt.models import DEFAULT_ENGINE
 
     folder = work / "peer_in"

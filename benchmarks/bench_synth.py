@@ -25,7 +25,7 @@ pytest.importorskip("nibabel")
 from dexrt.synth.anatomy import AnatomyConfig  # noqa: E402
 from dexrt.synth.chain import ChainConfig  # noqa: E402
 from dexrt.synth.ct import load_ct  # noqa: E402
-from dexrt.synth.dataset import DatasetConfig, write_dataset  # noqa: E402
+from dexrt.synth.writer import DatasetConfig, write_dataset  # noqa: E402
 from dexrt.synth.physics import PhysicsConfig  # noqa: E402
 from dexrt.synth.render import ImagingConfig, Renderer  # noqa: E402
 from dexrt.synth.volume import EXAMPLE_RULES  # noqa: E402

@@ -3,7 +3,7 @@
     python benchmarks/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] [--json out.json]
 
 The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split in the
-Fourier domain into six bands of wavelength (`dexrt.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64
+Fourier domain into six bands of wavelength (`dexrt.evaluation.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64
 and 64 px or longer (the mean error included). The bands add up to the MSE. Averaged over the views, they are
 printed as shares of it and the MSE itself, so two sets (unseen angles against fresh views inside the training
 ranges, say) show at which scales one has more error than the other.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import dexrt
-from dexrt.evaluate import predicted_views
-from dexrt.metrics import ERROR_BAND_WAVELENGTHS, error_bands, metric_unit
+from dexrt.evaluation.evaluate import predicted_views
+from dexrt.evaluation.metrics import ERROR_BAND_WAVELENGTHS, error_bands, metric_unit
 
 _W = [f"{w:g}" for w in ERROR_BAND_WAVELENGTHS]
 BANDS = (f"<{_W[0]}", *(f"{a}-{b}" for a, b in zip(_W, _W[1:])), f">={_W[-1]}")  # px

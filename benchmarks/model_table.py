@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 import dexrt
-from dexrt.bench import Runner, make_runners, measure_rounds, resized, round_ratios
-from dexrt.build import read_onnx_contract
-from dexrt.evaluate import evaluate
-from dexrt.images import read_image
-from dexrt.quantize import network_input
+from dexrt.pipelines.bench import Runner, make_runners, measure_rounds, resized, round_ratios
+from dexrt.build.openvino import read_onnx_contract
+from dexrt.evaluation.evaluate import evaluate
+from dexrt.io.images import read_image
+from dexrt.build.quantize import network_input
 
 COLUMNS = [("bone/psnr", "bone PSNR", "{:.2f}"), ("bone/ssim", "bone SSIM", "{:.3f}"),
            ("soft/psnr", "soft PSNR", "{:.2f}"), ("soft/ssim", "soft SSIM", "{:.3f}"),
@@ -40,7 +40,7 @@ COLUMNS = [("bone/psnr", "bone PSNR", "{:.2f}"), ("bone/ssim", "bone SSIM", "{:.
 
 def time_rows(engines: dict[str, dexrt.Engine], peers: dict[str, Runner], images: dict[int, np.ndarray],
               onnx_path: Path | None, rounds: int) -> dict[str, dict[int, list[float]]]:
-    """Per row and size, `rounds` wall times from interleaved rounds (`dexrt.bench.measure_rounds`)."""
+    """Per row and size, `rounds` wall times from interleaved rounds (`dexrt.pipelines.bench.measure_rounds`)."""
     times: dict[str, dict[int, list[float]]] = {name: {} for name in (*engines, *peers)}
     for size, image in images.items():
         calls: dict[str, Callable[[Any], Any]] = {name: (lambda _, e=e: e.infer(image)) for name, e in engines.items()}

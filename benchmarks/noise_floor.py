@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from dexrt.synth.ct import load_ct
-from dexrt.synth.dataset import DatasetConfig, plan_views
+from dexrt.synth.writer import DatasetConfig, plan_views
 from dexrt.synth.example import fetch_example
 from dexrt.synth.render import ImagingConfig, Renderer
 from dexrt.synth.volume import EXAMPLE_RULES
-from dexrt.contract import Encoding, metric_unit
-from dexrt.metrics import summarize, view_metrics
+from dexrt.runtime.contract import Encoding, metric_unit
+from dexrt.evaluation.metrics import summarize, view_metrics
 
 
 def main() -> None:

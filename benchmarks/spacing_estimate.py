@@ -4,10 +4,10 @@
     ...  (other --size / --detector-mm pairs)
     python benchmarks/spacing_estimate.py drr_256_567 drr_384_567 ... [--frontal-deg 15]
 
-For every view of every dataset, the SE image is measured (dexrt.anatomy) as it is and after what real radiographs
+For every view of every dataset, the SE image is measured (dexrt.inputs.chest) as it is and after what real radiographs
 go through: a gamma 0.5 look-up table, unsharp masking (sigma 8 px, amount 1), collimated borders (8 % of each side
 set to the unexposed level), a burnt-in marker, 4x the noise, and inverted polarity. The body width estimate
-(dexrt.spacing) is compared with the true spacing at the isocentre (the manifest's ``geometry.pixel_at_iso_mm``);
+(dexrt.inputs.spacing) is compared with the true spacing at the isocentre (the manifest's ``geometry.pixel_at_iso_mm``);
 the domain check's verdict and the "body cut by the field" flag are counted. Views are grouped by gantry angle:
 frontal (within --frontal-deg of AP or PA, the views a chest radiograph is), oblique, and lateral (within
 --frontal-deg of 90 or 270). Prints one table row per group and variant, and the JSON with --json.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dexrt.anatomy import measure
-from dexrt.domain import content_reasons
-from dexrt.images import read_image
-from dexrt.spacing import resolve
+from dexrt.inputs.chest import measure
+from dexrt.inputs.domain import content_reasons
+from dexrt.io.images import read_image
+from dexrt.inputs.spacing import resolve
 
 
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -40,8 +40,8 @@ def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadat
 
 
 def build_bundle(onnx_path: Path, out: Path, **options) -> Path:
-    from dexrt.build import build_openvino, read_onnx_contract
-    from dexrt.bundle import write_bundle
+    from dexrt.build.openvino import build_openvino, read_onnx_contract
+    from dexrt.runtime.bundle import write_bundle
 
     precision = options.pop("precision", "fp32")
     contract = read_onnx_contract(onnx_path, **options)
@@ -52,7 +52,7 @@ def build_bundle(onnx_path: Path, out: Path, **options) -> Path:
 
 def write_random_pngs(folder: Path, n: int, size: tuple[int, int]) -> Path:
     """`n` PNG16 files of uniform noise (seeded by index) named cxr000.png, ... in `folder`."""
-    from dexrt.images import write_image
+    from dexrt.io.images import write_image
 
     for i in range(n):
         write_image(folder / f"cxr{i:03d}.png", (np.random.default_rng(i).random(size) * 60000).astype(np.uint16))

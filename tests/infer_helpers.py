@@ -89,7 +89,7 @@ def make_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME
 def chest_phantom(shape: tuple[int, int] = (200, 240), body_px: float = 180.0, seed: int = 0) -> np.ndarray:
     """A frontal chest in the engine's convention (bright = attenuating), float 0..1: an elliptic body
     `body_px` wide at its lower lung zones, two air-filled lungs either side of a denser mediastinum and spine,
-    ribs, and noise. What dexrt.anatomy measures (body width, lung contrast) is known by construction."""
+    ribs, and noise. What dexrt.inputs.chest measures (body width, lung contrast) is known by construction."""
     rng = np.random.default_rng(seed)
     h, w = shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)

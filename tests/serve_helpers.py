@@ -71,7 +71,7 @@ def radiograph(size: int = 128, sop_class: str = DX, seed: int = 0, study_uid: s
 def client(ae_title: str = "MODALITY") -> Any:
     from pynetdicom import AE
 
-    from dexrt.serve.contexts import STORAGE_CLASSES, VERIFICATION
+    from dexrt.pipelines.serve.contexts import STORAGE_CLASSES, VERIFICATION
 
     ae = AE(ae_title=ae_title)
     for sop_class in STORAGE_CLASSES:
@@ -123,7 +123,7 @@ class Destination:
     def start(self, ssl_context: Any = None) -> Destination:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-        from dexrt.serve.contexts import VERIFICATION
+        from dexrt.pipelines.serve.contexts import VERIFICATION
 
         ae = AE(ae_title=self.ae_title)
         for context in AllStoragePresentationContexts:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dexrt.bench import conv_flops, measure_rounds, round_ratios
+from dexrt.pipelines.bench import conv_flops, measure_rounds, round_ratios
 from dexrt.cli import cli
 
 
@@ -41,7 +41,7 @@ def test_bench_with_calibration_adds_the_int8_engines(tmp_path: Path) -> None:
     """--calibration: dexrt's INT8 engine and OpenVINO's own NNCF INT8 join, fed a real image of the set, and each
     is checked against FP32 within the INT8 bound; OpenVINO's f32 call matches dexrt's FP32 tightly."""
     pytest.importorskip("nncf")
-    from dexrt.images import write_image
+    from dexrt.io.images import write_image
 
     folder = tmp_path / "calibration"
     folder.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import dexrt
-from dexrt.bundle import MANIFEST_NAME, read_bundle, read_manifest, write_bundle
+from dexrt.runtime.bundle import MANIFEST_NAME, read_bundle, read_manifest, write_bundle
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import dexrt
-from dexrt.bundle import MANIFEST_NAME, read_bundle, read_manifest, write_bundle
+from dexrt.runtime.bundle import MANIFEST_NAME, read_bundle, read_manifest, write_bundle
 from dexrt.cli import cli
 from test_bundle import rewrite
 
@@ -45,7 +45,7 @@ def test_duplicate_channel_names(bundle_copy: Path) -> None:
 
 def test_traversal_channel_never_writes_outside_the_output_folder(bundle_copy: Path, tmp_path: Path) -> None:
     # The reported attack: output.channels holding x/../../victim made `dexrt infer` overwrite a file outside -o.
-    from dexrt.images import write_image
+    from dexrt.io.images import write_image
 
     import numpy as np
 

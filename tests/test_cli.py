@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import dexrt
 from dexrt.cli import cli
-from dexrt.images import read_image, read_metadata, write_image
+from dexrt.io.images import read_image, read_metadata, write_image
 
 
 def run(*args: str):

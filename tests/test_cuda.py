@@ -16,7 +16,7 @@ import pytest
 import dexrt
 from dexrt import _core
 from dexrt._errors import BundleError, EngineError
-from dexrt._gpu import GpuRuntime, check_plan, gpu_available, same_release
+from dexrt.runtime.gpu import GpuRuntime, check_plan, gpu_available, same_release
 
 from conftest import gpu_unavailable_reason
 
@@ -151,8 +151,8 @@ def test_postprocess_matches_cpu_bit_for_bit(out_dtype: str, net_dtype: str) -> 
 
 # -- the TensorRT build, without TensorRT -------------------------------------------------------------------------
 def test_build_without_tensorrt_says_what_to_install(monkeypatch: pytest.MonkeyPatch, plain_onnx: Path) -> None:
-    from dexrt.build import read_onnx_contract
-    from dexrt.build_tensorrt import build_tensorrt
+    from dexrt.build.openvino import read_onnx_contract
+    from dexrt.build.tensorrt import build_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
     with pytest.raises(EngineError, match=r"pip install \"?tensorrt-cu1\d"):
@@ -160,7 +160,7 @@ def test_build_without_tensorrt_says_what_to_install(monkeypatch: pytest.MonkeyP
 
 
 def test_profile_shapes_defaults_and_checks() -> None:
-    from dexrt.build_tensorrt import profile_shapes
+    from dexrt.build.tensorrt import profile_shapes
 
     assert profile_shapes(256, None, None, None) == {"min": (1, 256, 256), "opt": (1, 2048, 2048),
                                                      "max": (4, 4096, 4096)}
@@ -172,8 +172,8 @@ def test_profile_shapes_defaults_and_checks() -> None:
 
 
 def test_psnr_and_sample_inputs() -> None:
-    from dexrt.build_tensorrt import sample_inputs
-    from dexrt.metrics import psnr
+    from dexrt.build.tensorrt import sample_inputs
+    from dexrt.evaluation.metrics import psnr
 
     x = sample_inputs((2, 64, 96))
     assert x.shape == (2, 64, 96) and x.dtype == np.float32
@@ -197,9 +197,9 @@ def test_fp16_conversion_of_the_unet(unet_onnx: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto
 
-    from dexrt.build_tensorrt import sample_inputs
-    from dexrt.metrics import psnr
-    from dexrt.onnx_fp16 import convert_to_fp16
+    from dexrt.build.tensorrt import sample_inputs
+    from dexrt.evaluation.metrics import psnr
+    from dexrt.build.fp16 import convert_to_fp16
 
     model = onnx.load(str(unet_onnx))
     half = convert_to_fp16(model)
@@ -219,7 +219,7 @@ def test_fp16_conversion_keeps_normalization_and_resize_scales_in_fp32(tmp_path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from dexrt.onnx_fp16 import convert_to_fp16
+    from dexrt.build.fp16 import convert_to_fp16
 
     rng = np.random.default_rng(4)
     inits = [
@@ -292,8 +292,8 @@ def test_check_plan_needs_the_manifest_sections() -> None:
 
 
 def write_trt_bundle(plain_onnx: Path, path: Path) -> Path:
-    from dexrt.build import contract_manifest, read_onnx_contract
-    from dexrt.bundle import write_bundle
+    from dexrt.build.openvino import contract_manifest, read_onnx_contract
+    from dexrt.runtime.bundle import write_bundle
 
     manifest = contract_manifest(read_onnx_contract(plain_onnx, size_multiple=64), plain_onnx)
     manifest.update(backend="tensorrt", device="gpu", precision="fp16", **trt_manifest(name="NVIDIA Imaginary 9000",
@@ -345,9 +345,9 @@ def test_cpu_engine_refuses_device_arrays_without_reading_them(plain_engine_path
 @pytest.mark.skipif(not _core.tensorrt.compiled, reason="dexrt was built without TensorRT")
 def test_tensorrt_engine_end_to_end(plain_onnx: Path, plain_engine_path: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt")
-    from dexrt.build import read_onnx_contract
-    from dexrt.build_tensorrt import build_tensorrt
-    from dexrt.bundle import write_bundle
+    from dexrt.build.openvino import read_onnx_contract
+    from dexrt.build.tensorrt import build_tensorrt
+    from dexrt.runtime.bundle import write_bundle
 
     contract = read_onnx_contract(plain_onnx, size_multiple=64)
     cache = tmp_path / "timing.cache"

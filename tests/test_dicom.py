@@ -11,10 +11,10 @@ import pytest
 from pydicom import uid
 
 from dexrt import Engine, InputError
-from dexrt.convert import Converter
-from dexrt.layout import find_images
-from dexrt.images import read_radiograph
-from dexrt.resample import model_spacing_mm, working_size
+from dexrt.pipelines.convert import Converter
+from dexrt.io.layout import find_images
+from dexrt.io.images import read_radiograph
+from dexrt.inputs.resample import model_spacing_mm, working_size
 from helpers import build_bundle
 from infer_helpers import make_dicom, make_identity_onnx, marked_image, raw_dicom
 
@@ -246,7 +246,7 @@ def test_lossy_jpeg_input(identity_engine: Engine, tmp_path: Path) -> None:
 
 
 def test_small_jpeg2000_output_falls_back_to_uncompressed(tmp_path: Path) -> None:
-    from dexrt.dicom import write_dicom
+    from dexrt.io.dicom import write_dicom
 
     stored = marked_image((16, 16), 4095)  # OpenJPEG refuses to encode images this small
     image = read_radiograph(make_dicom(tmp_path / "tiny.dcm", stored, bits=12))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import dexrt
 from dexrt.cli import cli
-from dexrt.images import write_image
+from dexrt.io.images import write_image
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_eval_of_the_engine_that_made_the_targets_is_perfect(tiny_dataset: Path,
 
 def physical_dataset(root: Path, engine: dexrt.Engine, window: dict[str, tuple[float, float]]) -> Path:
     """Three test views of physical SE and the engine's physical outputs, stored in the given windows."""
-    from dexrt.contract import Encoding
+    from dexrt.runtime.contract import Encoding
 
     enc = {c: Encoding.from_window(*w) for c, w in window.items()}
     views = []
@@ -85,8 +85,8 @@ def physical_dataset(root: Path, engine: dexrt.Engine, window: dict[str, tuple[f
 
 def test_same_views_in_two_storage_windows_score_the_same(tmp_path: Path) -> None:
     """Eval converts each dataset's stored values through its own encoding, and feeds the engine in the engine's."""
-    from dexrt.contract import fixed_encoding
-    from dexrt.evaluate import evaluate
+    from dexrt.runtime.contract import fixed_encoding
+    from dexrt.evaluation.evaluate import evaluate
     from helpers import build_bundle, make_plain_onnx
 
     enc = [fixed_encoding(c).as_manifest() for c in ("se", "bone", "soft")]

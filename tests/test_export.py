@@ -77,7 +77,7 @@ def test_flip_average_is_the_mean_over_the_mirror_image(trained_like, tmp_path: 
     np.testing.assert_allclose(y_mirror, y[..., ::-1], atol=1e-4, rtol=0)  # mirror in, mirror out
     assert np.abs(y - unflipped).max() > 1e-3  # the generator itself is not mirror-symmetric
 
-    from dexrt.build import contract_manifest, read_onnx_contract
+    from dexrt.build.openvino import contract_manifest, read_onnx_contract
 
     assert contract_manifest(read_onnx_contract(path), path)["model"]["flip_average"] is True
     assert "flip_average" not in contract_manifest(read_onnx_contract(plain), plain)["model"]
@@ -164,9 +164,9 @@ def test_cli_without_torch_says_how_to_install(tmp_path: Path, monkeypatch, comm
 
 def test_pixel_spacing_flows_to_the_engine(tmp_path: Path) -> None:
     """Checkpoint (as `dexrt train` writes it) -> ONNX metadata -> engine manifest -> `dexrt infer` resampling."""
-    from dexrt.build import read_onnx_contract
-    from dexrt.convert import Converter
-    from dexrt.engine import Engine
+    from dexrt.build.openvino import read_onnx_contract
+    from dexrt.pipelines.convert import Converter
+    from dexrt.runtime.engine import Engine
 
     config = GeneratorConfig(ngf=4)
     ckpt = save_checkpoint(tmp_path / "ckpt", define_G(config), config, Windows(), extra={"pixel_spacing_mm": 1.48})
@@ -188,7 +188,7 @@ def test_pixel_spacing_flows_to_the_engine(tmp_path: Path) -> None:
 
 def test_onnx_with_bad_pixel_spacing_is_refused(tmp_path: Path) -> None:
     from dexrt import ModelError
-    from dexrt.build import read_onnx_contract
+    from dexrt.build.openvino import read_onnx_contract
 
     config = GeneratorConfig(ngf=4)
     path = export_onnx(define_G(config), config, tmp_path / "g.onnx", pixel_spacing_mm=1.0)

@@ -107,7 +107,7 @@ def _image_bytes(tmp: Path) -> dict[str, bytes]:
     """One valid file of each input format: PNG16, TIFF, uncompressed and RLE DICOM."""
     from infer_helpers import make_dicom
 
-    from dexrt.images import write_image
+    from dexrt.io.images import write_image
 
     image = (np.random.default_rng(0).random((24, 20)) * 65535).astype(np.uint16)
     write_image(tmp / "a.png", image)
@@ -127,7 +127,7 @@ def pristine_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes
 @FUZZ
 @given(data=st.data())
 def test_mutated_image_files(pristine_images: dict[str, bytes], tmp_path: Path, data: st.DataObject) -> None:
-    from dexrt.images import read_radiograph
+    from dexrt.io.images import read_radiograph
 
     name = data.draw(st.sampled_from(sorted(pristine_images)), label="format")
     blob = bytearray(pristine_images[name])
@@ -149,7 +149,7 @@ def test_mutated_image_files(pristine_images: dict[str, bytes], tmp_path: Path, 
 @pytest.mark.parametrize("damage", ["truncated to 3 bytes", "byte 26 zeroed"])
 def test_damaged_tiff_found_by_fuzzing(tmp_path: Path, damage: str) -> None:
     """Two TIFFs the fuzzer found that drove tifffile into TypeError and struct.error: both are InputErrors."""
-    from dexrt.images import read_radiograph
+    from dexrt.io.images import read_radiograph
 
     blob = bytearray(_image_bytes(tmp_path)["a.tif"])
     if damage == "truncated to 3 bytes":

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import dexrt
 from dexrt._limits import MAX_SIDE
-from dexrt.bundle import BACKEND_MEMBERS, FORMAT_VERSION, MANIFEST_NAME, read_manifest
-from dexrt.layout import output_paths
-from dexrt.images import read_radiograph
+from dexrt.runtime.bundle import BACKEND_MEMBERS, FORMAT_VERSION, MANIFEST_NAME, read_manifest
+from dexrt.io.layout import output_paths
+from dexrt.io.images import read_radiograph
 from infer_helpers import DECLARING
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dexrt import InputError
-from dexrt.images import read_image, read_metadata, write_image
+from dexrt.io.images import read_image, read_metadata, write_image
 
 
 @pytest.mark.parametrize(

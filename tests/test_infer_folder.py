@@ -16,7 +16,7 @@ from PIL import Image
 
 import dexrt
 from dexrt.cli import cli
-from dexrt.images import read_image, read_metadata, write_image
+from dexrt.io.images import read_image, read_metadata, write_image
 from infer_helpers import make_dicom, marked_image
 
 
@@ -245,8 +245,8 @@ def test_killed_run_leaves_no_partial_file_and_rerun_finishes(plain_engine_path:
 def test_files_are_batched_together(plain_engine_path: Path, many: Path, tmp_path: Path) -> None:
     """Pipelining: frames of different files meet in the engine's batches (a sequential loop would give
     batches of one)."""
-    from dexrt.convert import Converter
-    from dexrt.layout import find_images
+    from dexrt.pipelines.convert import Converter
+    from dexrt.io.layout import find_images
 
     sources = find_images(many)[:32]
     with dexrt.Engine(plain_engine_path, max_batch=8, max_delay_us=50_000) as engine:

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 import dexrt
 from dexrt._limits import MAX_SIDE
 from dexrt.cli import cli
-from dexrt.convert import Converter
-from dexrt.layout import output_paths
-from dexrt.images import read_metadata, read_radiograph, write_image
-from dexrt.resample import MAX_WORKING_SIDE, working_size
+from dexrt.pipelines.convert import Converter
+from dexrt.io.layout import output_paths
+from dexrt.io.images import read_metadata, read_radiograph, write_image
+from dexrt.inputs.resample import MAX_WORKING_SIDE, working_size
 from infer_helpers import (
     DECLARING,
     dicom_declaring,

@@ -1,4 +1,4 @@
-"""The scale-free input of a normalised engine (dexrt.contract.NORMALISATION): any offset and scale in, the same
+"""The scale-free input of a normalised engine (dexrt.runtime.contract.NORMALISATION): any offset and scale in, the same
 decomposition out, in the input's own grey values."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import dexrt
-from dexrt.contract import (
+from dexrt.runtime.contract import (
     NORMALISATION,
     NORMALISED_WINDOW,
     areal_densities,
@@ -111,7 +111,7 @@ def test_network_io_leaves_the_normalisation_to_the_caller(normalised_engine: de
     must not normalise them again (it then agrees with the ONNX model run directly)."""
     import onnxruntime as ort
 
-    raw = dexrt.Engine.from_parts(normalised_engine.manifest, dexrt.bundle.read_bundle(normalised_engine.path).payload,
+    raw = dexrt.Engine.from_parts(normalised_engine.manifest, dexrt.runtime.bundle.read_bundle(normalised_engine.path).payload,
                                   network_io=True)
     assert not raw.normalised
     x = np.random.default_rng(3).uniform(-1, 1, (1, 64, 64)).astype(np.float32)
@@ -131,8 +131,8 @@ def test_a_normalisation_this_dexrt_does_not_apply_is_refused(tmp_path: Path) ->
 def test_soft_keeps_the_inputs_resolution_when_resampled(tmp_path: Path) -> None:
     """A fine image runs at the model's scale; its soft image is the input minus the upsampled bone image, so
     the input's fine detail stays in the soft image."""
-    from dexrt.convert import Converter
-    from dexrt.images import read_image, write_image
+    from dexrt.pipelines.convert import Converter
+    from dexrt.io.images import read_image, write_image
 
     meta = json.dumps({"input": {"window": list(NORMALISED_WINDOW), "quantity": "se", "normalisation": NORMALISATION},
                        "output": {"windows": [list(NORMALISED_WINDOW)] * 2}, "pixel_spacing_mm": 1.5})

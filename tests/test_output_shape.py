@@ -15,8 +15,8 @@ BROKEN = {"strided": {"stride": 2}, "batch-collapsing": {"reduce_batch": True}}
 
 def _unchecked_bundle(onnx_path: Path, out: Path) -> Path:
     """A bundle written without the build's smoke test, as a hand-made or hostile bundle would be."""
-    from dexrt.build import contract_manifest, convert_onnx, ir_payload, read_onnx_contract
-    from dexrt.bundle import write_bundle
+    from dexrt.build.openvino import contract_manifest, convert_onnx, ir_payload, read_onnx_contract
+    from dexrt.runtime.bundle import write_bundle
 
     contract = read_onnx_contract(onnx_path, size_multiple=8)
     manifest = contract_manifest(contract, onnx_path)

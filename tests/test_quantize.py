@@ -13,8 +13,8 @@ pytest.importorskip("nncf")
 
 import dexrt  # noqa: E402
 from dexrt.cli import cli  # noqa: E402
-from dexrt.images import write_image  # noqa: E402
-from dexrt.quantize import calibration_files  # noqa: E402
+from dexrt.io.images import write_image  # noqa: E402
+from dexrt.build.quantize import calibration_files  # noqa: E402
 
 
 def radiograph(seed: int, size: int = 128) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_int8_engine_close_to_fp32(plain_onnx: Path, calibration_folder: Path, t
     fp32 = dexrt.Engine(build_fp32(plain_onnx, tmp_path))
     int8 = dexrt.Engine(tmp_path / "int8.dexrt")
     assert int8.precision == "int8"
-    m = dexrt.bundle.read_manifest(tmp_path / "int8.dexrt")
+    m = dexrt.runtime.bundle.read_manifest(tmp_path / "int8.dexrt")
     q = m["quantization"]
     # 12 images: every fifth (3) held out to measure INT8 against FP32, 9 calibrate
     assert q["calibration_images"] == 9 and q["calibration_shapes"] == [[128, 128]]
@@ -113,7 +113,7 @@ def test_accuracy_control_gives_layers_back_to_float(plain_onnx: Path, truth_dat
         code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
                             "--size-multiple", "64", "--max-loss-db", budget, "-o", str(out)])
         assert code == 0, text
-        q = dexrt.bundle.read_manifest(out)["quantization"]
+        q = dexrt.runtime.bundle.read_manifest(out)["quantization"]
         acc = q["accuracy_control"]
         assert "no bias correction" in q["method"] and acc["views"] == 2 and acc["max_loss_db"] == float(budget)
         assert min(acc["ptq_loss_db"].values()) > 3.0  # INT8 against a truth FP32 meets to the LSB
@@ -130,7 +130,7 @@ def test_accuracy_control_off_is_plain_ptq(plain_onnx: Path, truth_dataset: Path
     code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
                         "--size-multiple", "64", "--max-loss-db", "off", "-o", str(tmp_path / "ptq.dexrt")])
     assert code == 0, text
-    q = dexrt.bundle.read_manifest(tmp_path / "ptq.dexrt")["quantization"]
+    q = dexrt.runtime.bundle.read_manifest(tmp_path / "ptq.dexrt")["quantization"]
     assert q["accuracy_control"] is None and "fast bias correction" in q["method"]
     for bad in ("-1", "nan", "lots"):
         code, text = build([str(plain_onnx), "--precision", "int8", "--calibration", str(truth_dataset),
@@ -150,7 +150,7 @@ def test_resize_upsampling_unet_runs_every_convolution_in_int8(calibration_folde
     code, out = build([str(onnx_path), "--precision", "int8", "--calibration", str(calibration_folder),
                        "-o", str(tmp_path / "int8.dexrt")])
     assert code == 0, out
-    layers = dexrt.bundle.read_manifest(tmp_path / "int8.dexrt")["quantization"]["layers"]
+    layers = dexrt.runtime.bundle.read_manifest(tmp_path / "int8.dexrt")["quantization"]["layers"]
     assert layers["convolutions"] == 12 and layers["int8"] == 12
 
 
@@ -212,7 +212,7 @@ def test_calibration_refuses_a_manifest_pointing_outside_the_dataset(tmp_path: P
 
 def test_precision_loss_is_the_mean_of_per_view_losses() -> None:
     """One view with a large error must not hide a loss every other view has (the summed MSE would read ~0 dB)."""
-    from dexrt.quantize import psnr_loss_db
+    from dexrt.build.quantize import psnr_loss_db
 
     base = np.array([[100.0, 1.0], [1e-4, 1.0], [1e-4, 1.0]])  # (views, channels)
     int8 = np.array([[100.0, 1.0], [2e-4, 1.0], [2e-4, 1.0]])  # views 2 and 3 lose 3 dB on channel 0

@@ -1,4 +1,4 @@
-"""`dexrt infer --ray` and dexrt.distributed on a local Ray cluster of 2 CPUs: the same files as a local run."""
+"""`dexrt infer --ray` and dexrt.pipelines.distributed on a local Ray cluster of 2 CPUs: the same files as a local run."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from click.testing import CliRunner
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'dexrt[ray]')")
 
 from dexrt.cli import cli  # noqa: E402
-from dexrt.layout import find_images  # noqa: E402
-from dexrt.distributed import RayConverter, convert_folder_ray  # noqa: E402
-from dexrt.images import read_image, write_image  # noqa: E402
+from dexrt.io.layout import find_images  # noqa: E402
+from dexrt.pipelines.distributed import RayConverter, convert_folder_ray  # noqa: E402
+from dexrt.io.images import read_image, write_image  # noqa: E402
 from infer_helpers import make_dicom, marked_image  # noqa: E402
 
 # Ray Data's own DataContext warns about its own deprecated fields when it is set up.
@@ -188,7 +188,7 @@ class _NoRay:
 def test_dexrt_does_not_import_ray_and_names_the_extra_when_missing(plain_engine_path: Path,
                                                                      tmp_path: Path) -> None:
     code = BLOCK_RAY + f"""
-import dexrt, dexrt.distributed, dexrt.cli.infer
+import dexrt, dexrt.pipelines.distributed, dexrt.cli.infer
 assert "ray" not in sys.modules, "importing dexrt imported ray"
 sys.meta_path.insert(0, _NoRay())
 from click.testing import CliRunner

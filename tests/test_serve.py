@@ -20,9 +20,9 @@ pytest.importorskip("pynetdicom")
 
 import dexrt  # noqa: E402
 from dexrt._errors import ConfigError, InputError  # noqa: E402
-from dexrt.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
-from dexrt.serve import Node, build_config  # noqa: E402
-from dexrt.serve.config import parse_allow, parse_forward  # noqa: E402
+from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS  # noqa: E402
+from dexrt.pipelines.serve import Node, build_config  # noqa: E402
+from dexrt.pipelines.serve.config import parse_allow, parse_forward  # noqa: E402
 from serve_helpers import (  # noqa: E402
     CR, DX, DX_PROCESSING, LOOPBACK, RF, XA, Destination, client, free_port, radiograph, send, wait_until,
 )
@@ -36,7 +36,7 @@ def _restore_logging() -> Iterator[None]:
     test session's back afterwards."""
     import logging
 
-    root, node = logging.getLogger(), logging.getLogger("dexrt.serve")
+    root, node = logging.getLogger(), logging.getLogger("dexrt.pipelines.serve")
     saved = (list(root.handlers), root.level, node.level)
     yield
     root.handlers[:] = saved[0]
@@ -237,7 +237,7 @@ def test_engine_failure_sets_one_instance_aside(make_node: Callable[..., Node], 
 
 
 def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
-    from dexrt.serve.spool import Spool
+    from dexrt.pipelines.serve.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     with pytest.raises(ConfigError, match="in use by another running node"):
@@ -268,8 +268,8 @@ def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:
     """TLS on the listening port, and to a destination that speaks only TLS."""
     import ssl
 
-    from dexrt.serve.config import Destination as Forward
-    from dexrt.serve.contexts import server_tls
+    from dexrt.pipelines.serve.config import Destination as Forward
+    from dexrt.pipelines.serve.contexts import server_tls
 
     cert, key = _self_signed(tmp_path)
     secure = Destination().start(ssl_context=server_tls(cert, key, None))
@@ -514,7 +514,7 @@ def test_a_node_that_requires_signed_engines_refuses_an_unsigned_one(tmp_path: P
 
 
 def test_strict_and_input_spacing_reach_the_conversion(tmp_path: Path, plain_engine_path: Path) -> None:
-    from dexrt.serve.config import build_config
+    from dexrt.pipelines.serve.config import build_config
 
     config = build_config(spool=tmp_path / "spool", output=tmp_path / "out", allow=(parse_allow("MODALITY"),),
                           strict=True, input_spacing_mm=0.2, engine=plain_engine_path)

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import dexrt
-from dexrt.bundle import MANIFEST_NAME, SIGNATURE_NAME, read_bundle
+from dexrt.runtime.bundle import MANIFEST_NAME, SIGNATURE_NAME, read_bundle
 from dexrt.cli import cli
 from dexrt.models import DEFAULT_ENGINE
-from dexrt.signing import ENV_TRUSTED_KEYS, PROJECT_KEYS, generate_keypair, read_trusted_keys
+from dexrt.runtime.signing import ENV_TRUSTED_KEYS, PROJECT_KEYS, generate_keypair, read_trusted_keys
 
 pytest.importorskip("cryptography")
 
@@ -61,7 +61,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(keys: tuple[Path, Path
 
 
 def test_signed_by_a_trusted_key_loads_silently(signed: Path, keys: tuple[Path, Path], caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+    with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         engine = dexrt.Engine(signed, trusted_keys=[keys[1]], require_signed=True)
     assert engine.signer is not None and engine.signer.name == "team"
     assert not caplog.records
@@ -82,7 +82,7 @@ def test_trusted_keys_from_the_user_config(signed: Path, keys: tuple[Path, Path]
 
 
 def test_unsigned_loads_only_where_not_required_and_says_so(plain_engine_path: Path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+    with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         engine = dexrt.Engine(plain_engine_path)
     assert engine.signer is None
     assert "it is not signed; loading it anyway" in caplog.text
@@ -91,7 +91,7 @@ def test_unsigned_loads_only_where_not_required_and_says_so(plain_engine_path: P
 
 
 def test_untrusted_signer_loads_only_where_not_required(signed: Path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+    with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         assert dexrt.Engine(signed).signer is None
     assert "which is not a trusted key" in caplog.text
 
@@ -113,7 +113,7 @@ def test_manifest_altered_after_signing(signed: Path, keys: tuple[Path, Path], t
     assert read_bundle(path).manifest["input"]["window"] == [0.0, 65534.0]
     with pytest.raises(dexrt.BundleError, match="does not match its manifest"):
         dexrt.Engine(path, trusted_keys=[keys[1]], require_signed=True)
-    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+    with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         assert dexrt.Engine(path, trusted_keys=[keys[1]]).signer is None
     assert "does not match its manifest" in caplog.text
 
@@ -162,7 +162,7 @@ def test_no_private_key_in_the_package() -> None:
 def test_infer_require_signed(plain_engine_path: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from dexrt.images import write_image
+    from dexrt.io.images import write_image
 
     write_image(tmp_path / "a.png", np.full((16, 16), 1000, np.uint16))
     refused = run("infer", tmp_path / "a.png", "-o", tmp_path / "out", "--engine", plain_engine_path,
@@ -177,6 +177,6 @@ def test_infer_require_signed(plain_engine_path: Path, tmp_path: Path) -> None:
 def test_engine_from_in_memory_parts_is_trusted_without_a_warning(plain_engine_path: Path, caplog) -> None:
     # build-engine's smoke test and the benchmarks load parts made in this process: no "not signed" noise there.
     bundle = read_bundle(plain_engine_path)
-    with caplog.at_level(logging.WARNING, logger="dexrt.signing"):
+    with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         engine = dexrt.Engine.from_parts(bundle.manifest, bundle.payload, require_signed=True)
     assert engine.signer is not None and not caplog.records

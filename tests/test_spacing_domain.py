@@ -1,5 +1,5 @@
-"""Pixel spacing never silently wrong, and out-of-domain inputs flagged: dexrt.spacing, dexrt.domain,
-dexrt.anatomy, and `dexrt infer --input-spacing/--model-spacing/--strict` end to end."""
+"""Pixel spacing never silently wrong, and out-of-domain inputs flagged: dexrt.inputs.spacing, dexrt.inputs.domain,
+dexrt.inputs.chest, and `dexrt infer --input-spacing/--model-spacing/--strict` end to end."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from pydicom.dataset import Dataset
 
-from dexrt.anatomy import measure
+from dexrt.inputs.chest import measure
 from dexrt.cli import cli
-from dexrt.domain import MIN_LUNG_CONTRAST, check
-from dexrt.images import write_image
-from dexrt.spacing import TYPICAL_BODY_WIDTH_MM, TYPICAL_MAGNIFICATION, header_spacing, resolve
+from dexrt.inputs.domain import MIN_LUNG_CONTRAST, check
+from dexrt.io.images import write_image
+from dexrt.inputs.spacing import TYPICAL_BODY_WIDTH_MM, TYPICAL_MAGNIFICATION, header_spacing, resolve
 from infer_helpers import chest_phantom, make_dicom, to_stored
 
 MODEL_MM = 1.2
@@ -261,7 +261,7 @@ def test_png_with_and_without_input_spacing(spaced_engine: Path, tmp_path: Path)
     assert entry["spacing"] == {"row_mm": 2.0, "col_mm": 2.0, "source": "user", "estimated": False,
                                 "detail": "--input-spacing 2"}
     assert entry["geometry"]["working_size"] == [333, 400] and not entry["warnings"]
-    from dexrt.images import read_metadata
+    from dexrt.io.images import read_metadata
 
     assert read_metadata(tmp_path / "b" / "chest_bone.png")["geometry"]["input_spacing"]["source"] == "user"
 
@@ -298,9 +298,9 @@ def test_non_chest_warned_and_refused_when_strict(spaced_engine: Path, tmp_path:
 
 def test_strict_is_a_typed_input_error(spaced_engine: Path, tmp_path: Path) -> None:
     import dexrt
-    from dexrt.convert import Converter, Outcome
-    from dexrt.domain import DomainError
-    from dexrt.images import read_radiograph
+    from dexrt.pipelines.convert import Converter, Outcome
+    from dexrt.inputs.domain import DomainError
+    from dexrt.io.images import read_radiograph
 
     path = chest_dicom(tmp_path / "skull.dcm", extra={"BodyPartExamined": "SKULL"})
     with dexrt.Engine(spaced_engine) as engine:
@@ -329,7 +329,7 @@ def test_bad_spacing_options(spaced_engine: Path, tmp_path: Path, option: str, v
 
 
 def test_bad_spacing_in_python() -> None:
-    from dexrt.spacing import check_option
+    from dexrt.inputs.spacing import check_option
 
     for value in (-1.0, 0.0, math.inf, 100.0):
         with pytest.raises(ValueError, match="input_spacing_mm"):
@@ -339,7 +339,7 @@ def test_bad_spacing_in_python() -> None:
 def test_outcome_carries_spacing_and_domain_between_processes(spaced_engine: Path, tmp_path: Path) -> None:
     """A Ray worker sends Outcomes as plain dicts: the spacing, domain and warnings survive the trip."""
     import dexrt
-    from dexrt.convert import Converter, Outcome
+    from dexrt.pipelines.convert import Converter, Outcome
 
     path = chest_dicom(tmp_path / "hand.dcm", extra={"BodyPartExamined": "HAND"})
     with dexrt.Engine(spaced_engine) as engine:

@@ -135,7 +135,7 @@ def test_lesions_are_projected_and_soft_tissue() -> None:
 
 
 def _write_small_dataset(tmp_path: Path, **kw):
-    from dexrt.synth.dataset import DatasetConfig, write_dataset
+    from dexrt.synth.writer import DatasetConfig, write_dataset
 
     imaging = _imaging(size=32, noise=True)
     imaging.bin = (2, 2, 2)  # finer than the 7 mm pixels, so the lungs are deep enough for 15 mm lesions
@@ -148,7 +148,7 @@ def _write_small_dataset(tmp_path: Path, **kw):
 def test_dataset_writer_manifest_and_splits(tmp_path: Path) -> None:
     from PIL import Image
 
-    from dexrt.synth.dataset import plan_views
+    from dexrt.synth.writer import plan_views
 
     r, cfg, out, manifest = _write_small_dataset(tmp_path)
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -199,7 +199,7 @@ def test_dataset_writer_manifest_and_splits(tmp_path: Path) -> None:
             assert np.min(np.abs((other - a + 180.0) % 360.0 - 180.0)) >= cfg.splits.guard_deg
 
     with pytest.raises(dexrt.InputError, match="not an empty folder"):
-        from dexrt.synth.dataset import write_dataset
+        from dexrt.synth.writer import write_dataset
 
         write_dataset(r, cfg, out)
 

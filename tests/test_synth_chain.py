@@ -15,7 +15,7 @@ from dexrt import _core
 from dexrt.synth.anatomy import AnatomyConfig, deform, draw_anatomy
 from dexrt.synth.chain import GRID_PRIMARY_T, GRID_SCATTER_T, ChainConfig, draw_chain, se_image, unit_exposure
 from dexrt.synth.ct import CTVolume
-from dexrt.synth.dataset import quantity_of
+from dexrt.synth.writer import quantity_of
 from dexrt.synth.processing import MARKER_TRANSMISSION, post_process
 from dexrt.synth.render import Renderer, View
 from test_synth import _imaging, _nifti, phantom
@@ -222,7 +222,7 @@ def test_processed_targets_are_the_exact_parts_of_the_processed_se() -> None:
     """Through the whole chain (scatter, grid, markers, collimation, processing, annotation) the SE image is
     a + kb bone_processed + ks soft_processed to storage precision; the bone-free image keeps the SE's noise and is
     rib-free: where no ray crosses bone the two are the same image."""
-    from dexrt.contract import decomposition
+    from dexrt.runtime.contract import decomposition
 
     r = Renderer(phantom(rod_hu=1000.0, lungs=True), _imaging(size=48, noise=True))
     everything = dataclasses.replace(ChainConfig(), magnification=None, offset_mm=0.0, processing_prob=1.0,
@@ -337,7 +337,7 @@ def test_cli_pool_and_fixed_encoding(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from dexrt.cli import cli
-    from dexrt.contract import fixed_encoding
+    from dexrt.runtime.contract import fixed_encoding
 
     ct = phantom(lungs=True)
     path = _nifti(tmp_path / "ct.nii.gz", ct.hu, ct.affine)
@@ -392,7 +392,7 @@ def test_cli_bad_chain_options(tmp_path: Path, args: list[str], match: str) -> N
 
 
 def test_iter_views_renders_a_pool_on_the_fly() -> None:
-    from dexrt.synth.dataset import DatasetConfig, iter_views
+    from dexrt.synth.writer import DatasetConfig, iter_views
     from dexrt.synth.pool import in_ranges
 
     r = Renderer(phantom(lungs=True), _imaging(size=32, noise=True))
@@ -409,7 +409,7 @@ def test_iter_views_renders_a_pool_on_the_fly() -> None:
 
 def test_chain_leaves_the_plain_plan_alone() -> None:
     """Turning the chain on changes nothing else a view is planned with (angles, jitter, seeds, lesions)."""
-    from dexrt.synth.dataset import DatasetConfig, plan_views
+    from dexrt.synth.writer import DatasetConfig, plan_views
 
     r = Renderer(phantom(lungs=True), _imaging(size=32, noise=True))
     plain, splits = plan_views(r, DatasetConfig(views=30, seed=9, tilt_jitter_deg=5.0, couch_jitter_deg=3.0))
@@ -425,7 +425,7 @@ def test_chain_leaves_the_plain_plan_alone() -> None:
 def test_chain_on_a_share_of_the_views() -> None:
     """--chain-prob P: about P of the views go through the chain, drawn per view from its own seed; the others are
     the plain plan's views and render as the fixed protocol, with se_raw the same image as se."""
-    from dexrt.synth.dataset import DatasetConfig, plan_views
+    from dexrt.synth.writer import DatasetConfig, plan_views
 
     r = Renderer(phantom(lungs=True), _imaging(size=32, noise=True))
     plain, _ = plan_views(r, DatasetConfig(views=200, seed=3))
@@ -467,7 +467,7 @@ def test_a_scale_free_model_trains_and_scores_on_the_processed_pair(tmp_path: Pa
     from click.testing import CliRunner
 
     from dexrt.cli import cli
-    from dexrt.dataset import open_dataset
+    from dexrt.io.dataset import open_dataset
     from dexrt_train.data import PairedDataset, dataset_encodings, find_views
 
     ct = phantom(rod_hu=1000.0, lungs=True)

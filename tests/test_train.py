@@ -19,9 +19,9 @@ ort = pytest.importorskip("onnxruntime")
 
 import dexrt  # noqa: E402
 from dexrt.cli import cli  # noqa: E402
-from dexrt.images import write_image  # noqa: E402
-from dexrt import metrics  # noqa: E402
-from dexrt.contract import Encoding  # noqa: E402
+from dexrt.io.images import write_image  # noqa: E402
+from dexrt.evaluation import metrics  # noqa: E402
+from dexrt.runtime.contract import Encoding  # noqa: E402
 from dexrt_train.data import EpochBatchSampler, PairedDataset, dataset_encodings, find_views  # noqa: E402
 
 IDENTITY = Encoding(0.0, 1.0)
@@ -459,8 +459,8 @@ def test_normalised_targets_are_the_parts_of_the_se_image(dataset: Path) -> None
 
 
 def test_robust_run_exports_a_normalised_engine_that_eval_scores(tmp_path: Path, dataset: Path) -> None:
-    from dexrt.contract import NORMALISATION
-    from dexrt.evaluate import evaluate
+    from dexrt.runtime.contract import NORMALISATION
+    from dexrt.evaluation.evaluate import evaluate
     from dexrt_train.export import export_checkpoint
     from helpers import build_bundle
 

@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - only when the package was not b
     ) from exc
 
 from dexrt._errors import BundleError, DexrtError, EngineError, InputError, ModelError
-from dexrt.engine import Engine
+from dexrt.runtime.engine import Engine
 
 __version__: str = _core.__version__
 

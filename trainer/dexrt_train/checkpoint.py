@@ -32,7 +32,7 @@ from torch import nn
 from dexrt._atomic import atomic_write
 from dexrt._errors import ModelError
 from dexrt._json import read_versioned
-from dexrt.contract import INPUT_NAME, OUTPUT_CHANNELS, OUTPUT_NAME, STORED_WINDOW
+from dexrt.runtime.contract import INPUT_NAME, OUTPUT_CHANNELS, OUTPUT_NAME, STORED_WINDOW
 from dexrt_train.networks import GeneratorConfig, define_G
 
 FORMAT = "dexrt-checkpoint"

@@ -23,22 +23,22 @@ import torch
 from torch.utils.data import Dataset
 
 from dexrt._errors import InputError
-from dexrt.contract import (
+from dexrt.runtime.contract import (
     DATASET_CHANNELS,
     Encoding,
     normalised_parts,
     view_normalisation,
     window_to_unit,
 )
-from dexrt.dataset import SPLITS, View, is_dataset, open_dataset
-from dexrt.images import SUFFIXES, read_image
+from dexrt.io.dataset import SPLITS, StoredView, is_dataset, open_dataset
+from dexrt.io.images import SUFFIXES, read_image
 
 CHANNELS = DATASET_CHANNELS
 
 
-def find_views(root: str | os.PathLike[str], split: str, processed: bool = False) -> list[View]:
+def find_views(root: str | os.PathLike[str], split: str, processed: bool = False) -> list[StoredView]:
     """The views of one split, from a manifest dataset or a paired-folder layout; `processed` takes the DE pair
-    as the SE processing shows it where a dataset stores one (`dexrt.dataset.open_dataset`)."""
+    as the SE processing shows it where a dataset stores one (`dexrt.io.dataset.open_dataset`)."""
     root = Path(root)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -63,7 +63,7 @@ def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:
     return open_dataset(root).pixel_spacing_mm if is_dataset(root) else None
 
 
-def _paired_views(root: Path, split: str) -> list[View]:
+def _paired_views(root: Path, split: str) -> list[StoredView]:
     base = root / split
     if not (base / "se").is_dir():
         return []
@@ -79,10 +79,10 @@ def _paired_views(root: Path, split: str) -> list[View]:
     missing = sorted((set(found["se"]) ^ set(found["bone"])) | (set(found["se"]) ^ set(found["soft"])))
     if missing:
         raise InputError(f"{base}: views not present in all of se/, bone/ and soft/: {', '.join(missing[:5])}")
-    return [View(n, {c: found[c][n] for c in CHANNELS}, masks.get(n), split) for n in sorted(found["se"])]
+    return [StoredView(n, {c: found[c][n] for c in CHANNELS}, masks.get(n), split) for n in sorted(found["se"])]
 
 
-def read_view(view: View) -> tuple[np.ndarray, np.ndarray | None]:
+def read_view(view: StoredView) -> tuple[np.ndarray, np.ndarray | None]:
     """(3, H, W) se/bone/soft in their stored dtype, and the (H, W) bool lesion mask or None."""
     images = [read_image(view.files[c]) for c in CHANNELS]
     if len({im.shape for im in images}) != 1 or len({im.dtype for im in images}) != 1:
@@ -97,7 +97,7 @@ def read_view(view: View) -> tuple[np.ndarray, np.ndarray | None]:
     return np.stack(images), mask
 
 
-def data_windows(views: list[View], encodings: list[Encoding], margin: float = 0.05) -> list[tuple[float, float]]:
+def data_windows(views: list[StoredView], encodings: list[Encoding], margin: float = 0.05) -> list[tuple[float, float]]:
     """Per-channel physical [min, max] over `views`, widened by `margin` of the span each side so Tanh need not
     saturate."""
     lo = np.full(3, np.inf)
@@ -122,10 +122,10 @@ class PairedDataset(Dataset):
     are kept in RAM when they fit in `cache_bytes` (then worker processes share them copy-on-write).
     With ``normalise``, every view is mapped by its SE image's robust range (over the whole view, as the runtime
     does) and its targets are the attenuation-equivalent bone and soft parts of the SE image
-    (`dexrt.contract.attenuation_targets`, coefficients fitted per view); `windows` are then in those units.
+    (`dexrt.runtime.contract.attenuation_targets`, coefficients fitted per view); `windows` are then in those units.
     """
 
-    def __init__(self, views: list[View], windows: Sequence[Sequence[float]], encodings: Sequence[Encoding], *,
+    def __init__(self, views: list[StoredView], windows: Sequence[Sequence[float]], encodings: Sequence[Encoding], *,
                  crop: int = 0,
                  hflip: bool = False, vflip: bool = False, seed: int = 0, cache_bytes: int = 2 << 30,
                  normalise: bool = False) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import ModelError
-from dexrt.contract import (
+from dexrt.runtime.contract import (
     INPUT_NAME,
     ONNX_METADATA_KEY,
     ONNX_METADATA_VERSION,
@@ -85,7 +85,7 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
     if encodings is not None:  # what stored values mean: input first, then each output channel
         meta["input"].update(quantity="se", encoding=encodings[0].as_manifest())
         meta["output"]["encodings"] = [e.as_manifest() for e in encodings[1:]]
-    if normalisation is not None:  # scale-free input: each image mapped by its own robust range (dexrt.contract)
+    if normalisation is not None:  # scale-free input: each image mapped by its own robust range (dexrt.runtime.contract)
         meta["input"].update(quantity="se", normalisation=normalisation)
     if pixel_spacing_mm is not None:
         if not pixel_spacing_mm > 0:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, ModelError
 from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
-from dexrt.contract import (
+from dexrt.runtime.contract import (
     NORMALISATION,
     NORMALISED_WINDOW,
     QUANTITIES,
@@ -72,7 +72,7 @@ class TrainConfig:
     vflip: bool = False
     windows: str = "full"  # physical windows. "full": each quantity's fixed window; "data": train split min/max + 5%
     # "window": the SE image through its physical window; "robust": scale-free, each SE image mapped by its own
-    # robust range and the targets its attenuation-equivalent parts (dexrt.contract.NORMALISATION)
+    # robust range and the targets its attenuation-equivalent parts (dexrt.runtime.contract.NORMALISATION)
     normalisation: str = "window"
     upsample: str = "transpose"  # "transpose" | "resize" (nearest 2x + 3x3 conv: no checkerboard)
     head: int = 0  # channels of the generator's full-resolution head (two 3x3 convs on SE + features); 0: none

@@ -1,5 +1,5 @@
 // TensorRT backend: the NVIDIA GPU path. Runs a serialized TensorRT plan (built by `dexrt build-engine
-// --device gpu`, see python/dexrt/build_tensorrt.py) with the pre/post on the GPU (dexrt/cuda/prepost.h).
+// --device gpu`, see python/dexrt/build/tensorrt.py) with the pre/post on the GPU (dexrt/cuda/prepost.h).
 //
 // The plan holds one optimization profile per execution context (all over the same shapes): contexts that
 // run at once must each use their own profile. Each context has its own stream, its I/O bindings sized for

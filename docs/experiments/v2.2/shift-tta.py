@@ -1,9 +1,9 @@
 """Bone/soft PSNR of an engine averaged over translated copies of its input (reflect-padded shifts)."""
 import sys, numpy as np
-from dexrt.engine import Engine
-from dexrt.dataset import open_dataset
-from dexrt.contract import areal_densities, decomposition
-from dexrt.metrics import metric_unit, psnr
+from dexrt.runtime.engine import Engine
+from dexrt.io.dataset import open_dataset
+from dexrt.runtime.contract import areal_densities, decomposition
+from dexrt.evaluation.metrics import metric_unit, psnr
 eng = Engine(sys.argv[1]); ds = open_dataset(sys.argv[2], processed=True)
 views = ds.split(sys.argv[3])[: int(sys.argv[4])]
 S = int(sys.argv[5]) if len(sys.argv) > 5 else 16

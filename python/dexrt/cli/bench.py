@@ -38,7 +38,7 @@ def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batc
           as_json: bool) -> None:
     """Benchmark dexrt against OpenVINO's Python API, ONNX Runtime and torch eager on the same weights
     (and, on a CUDA GPU, torch eager FP16/FP32 there and dexrt's TensorRT engine)."""
-    from dexrt.bench import format_table, plot, run_suite, save
+    from dexrt.pipelines.bench import format_table, plot, run_suite, save
 
     if calibration is not None:
         require_extra("quantize", "INT8 benchmarks (--calibration)", "nncf")

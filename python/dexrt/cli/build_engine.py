@@ -55,8 +55,8 @@ def build_engine(
     as_json: bool,
 ) -> None:
     """Build an engine bundle from an ONNX generator (one input (N,1,H,W), one output (N,C,H,W), range [-1, 1])."""
-    from dexrt.build import build_openvino, read_onnx_contract
-    from dexrt.bundle import write_bundle
+    from dexrt.build.openvino import build_openvino, read_onnx_contract
+    from dexrt.runtime.bundle import write_bundle
 
     budget = _loss_budget(max_loss_db)
     if precision == "int8" and (device != "cpu" or calibration is None):
@@ -69,7 +69,7 @@ def build_engine(
         raise InputError(f"{output.parent}: output folder does not exist")
     signing_key = None
     if sign_key is not None:  # a bad key is reported before minutes of building, not after
-        from dexrt.signing import load_private_key
+        from dexrt.runtime.signing import load_private_key
 
         signing_key = load_private_key(sign_key)
     contract = read_onnx_contract(
@@ -80,11 +80,11 @@ def build_engine(
         size_multiple=size_multiple,
     )
     if device == "gpu":
-        from dexrt.build_tensorrt import build_tensorrt
+        from dexrt.build.tensorrt import build_tensorrt
 
         manifest, payload = build_tensorrt(contract, onnx_path, precision=precision or "fp16")
     elif precision == "int8":
-        from dexrt.quantize import quantize_openvino
+        from dexrt.build.quantize import quantize_openvino
 
         assert calibration is not None  # checked with the options above
         manifest, payload = quantize_openvino(contract, onnx_path, calibration, images=calibration_images,
@@ -94,11 +94,11 @@ def build_engine(
     write_bundle(output, manifest, payload, signing_key=signing_key)
     size_mb = output.stat().st_size / 1e6
     if as_json:
-        from dexrt.bundle import read_manifest
+        from dexrt.runtime.bundle import read_manifest
 
         click.echo(json.dumps(read_manifest(output), indent=2, sort_keys=True))
     else:
-        from dexrt.signing import public_key_of
+        from dexrt.runtime.signing import public_key_of
 
         click.echo(
             f"Wrote {output} ({manifest['backend']} {manifest['device']} {manifest['precision']}, {size_mb:.1f} MB; "

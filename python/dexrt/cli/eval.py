@@ -20,8 +20,8 @@ import click
 def eval_(dataset: Path, engine_path: Path | None, split: str, max_views: int, output: Path, as_json: bool) -> None:
     """Per-channel PSNR, SSIM, MAE, bone suppression and tumour CNR of an engine on DATASET's SPLIT."""
     from dexrt._atomic import atomic_write
-    from dexrt.engine import Engine
-    from dexrt.evaluate import evaluate
+    from dexrt.runtime.engine import Engine
+    from dexrt.evaluation.evaluate import evaluate
     from dexrt.models import resolve_engine
 
     engine_path = resolve_engine(engine_path)

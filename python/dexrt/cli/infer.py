@@ -35,7 +35,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    from dexrt.spacing import check_option
+    from dexrt.inputs.spacing import check_option
 
     try:
         check_option(f"--{param.name.replace('_', '-')}" if param.name != "old_spacing" else "--spacing", value)
@@ -95,8 +95,8 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     else --input-spacing, else an estimate; every assumption is reported (stderr and --json). Inputs that do not
     look like frontal chest radiographs are converted with a warning, or refused with --strict (docs/infer.md).
     """
-    from dexrt.bundle import read_manifest
-    from dexrt.layout import find_images
+    from dexrt.runtime.bundle import read_manifest
+    from dexrt.io.layout import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
     if old_spacing is not None:
@@ -180,8 +180,8 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
     The engine lives only inside this function, so it is released before the command exits, whatever holds on
     to the command's frames afterwards (a traceback, a test runner).
     """
-    from dexrt.convert import FOLDER_ENGINE_OPTIONS, Converter
-    from dexrt.engine import Engine
+    from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS, Converter
+    from dexrt.runtime.engine import Engine
 
     engine = Engine(engine_path, device=device, require_signed=require_signed, **FOLDER_ENGINE_OPTIONS)
     try:
@@ -198,8 +198,8 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
 def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output: Path, options: dict[str, Any], *,
              address: str, actors: int | None, show_progress: bool, note: bool, require_signed: bool
              ) -> dict[str, Any]:
-    """Convert `sources` on a Ray cluster (dexrt.distributed); the same results as `_run`, plus the pool's."""
-    from dexrt.distributed import RayConverter, import_ray
+    """Convert `sources` on a Ray cluster (dexrt.pipelines.distributed); the same results as `_run`, plus the pool's."""
+    from dexrt.pipelines.distributed import RayConverter, import_ray
 
     import_ray()  # a missing extra is reported before anything starts
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # without -v, Ray Data's execution log is noise

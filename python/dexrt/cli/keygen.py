@@ -18,7 +18,7 @@ def keygen(private_key: Path, name: str, as_json: bool) -> None:
     Sign bundles with `dexrt build-engine --sign KEY` or `dexrt sign`; give KEY.pub to the machines that should
     trust them (a trusted-keys file, see DEXRT_TRUSTED_KEYS in docs/runtime.md). Keep KEY out of repositories.
     """
-    from dexrt.signing import generate_keypair
+    from dexrt.runtime.signing import generate_keypair
 
     public = generate_keypair(private_key, name)
     if as_json:

@@ -63,8 +63,8 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
     from dexrt._errors import require_extra
 
     require_extra("serve", "`dexrt serve`", "pynetdicom")
-    from dexrt.serve.config import build_config, parse_allow, parse_forward
-    from dexrt.serve.logs import configure
+    from dexrt.pipelines.serve.config import build_config, parse_allow, parse_forward
+    from dexrt.pipelines.serve.logs import configure
 
     config = build_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, output=output,
                           engine=engine, device=device, jobs=jobs, require_signed=require_signed, strict=strict,
@@ -81,11 +81,11 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
 def _check(config: Any, as_json: bool) -> None:
     """Everything a start would need, without taking the spool or the port: exit code 1 if anything fails."""
     from dexrt._errors import DexrtError
-    from dexrt.bundle import read_bundle
-    from dexrt.signing import check_origin
+    from dexrt.runtime.bundle import read_bundle
+    from dexrt.runtime.signing import check_origin
     from dexrt.models import resolve_engine
-    from dexrt.serve.contexts import client_tls, server_tls
-    from dexrt.serve.forward import echo
+    from dexrt.pipelines.serve.contexts import client_tls, server_tls
+    from dexrt.pipelines.serve.forward import echo
 
     results: list[dict[str, Any]] = []
 
@@ -133,11 +133,11 @@ def _check(config: Any, as_json: bool) -> None:
 
 def _run(config: Any) -> None:
     from dexrt._errors import ConfigError
-    from dexrt.convert import FOLDER_ENGINE_OPTIONS
-    from dexrt.engine import Engine
+    from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS
+    from dexrt.runtime.engine import Engine
     from dexrt.models import resolve_engine
-    from dexrt.serve.logs import event
-    from dexrt.serve.node import Node
+    from dexrt.pipelines.serve.logs import event
+    from dexrt.pipelines.serve.node import Node
 
     stop = threading.Event()
     received: list[str] = []

@@ -15,8 +15,8 @@ import click
               help="Write the signed bundle here (default: sign BUNDLE in place).")
 def sign(bundle: Path, key_path: Path, output: Path | None) -> None:
     """Sign BUNDLE's manifest with KEY. The bundle is verified first; its manifest and payload are unchanged."""
-    from dexrt.bundle import sign_bundle
-    from dexrt.signing import load_private_key, public_key_of
+    from dexrt.runtime.bundle import sign_bundle
+    from dexrt.runtime.signing import load_private_key, public_key_of
 
     key = load_private_key(key_path)
     sign_bundle(bundle, key, output)

@@ -82,7 +82,7 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
     require_extra("synth", "`dexrt synth`", "nibabel", "xraydb", "spekpy", "scipy")
     from dexrt._errors import DexrtError
     from dexrt.synth.ct import load_ct
-    from dexrt.synth.dataset import DatasetConfig, write_dataset
+    from dexrt.synth.writer import DatasetConfig, write_dataset
     from dexrt.synth.physics import PhysicsConfig
     from dexrt.synth.render import ImagingConfig, Renderer
     from dexrt.synth.spectra import Protocol

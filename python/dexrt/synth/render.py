@@ -181,12 +181,12 @@ def processed_targets(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ideal DE pair, so that pair is no target a network can reach from it. Its bone-free image is: the SE image
     rendered without the bone's part, keeping its noise, scatter, markers and processing
     (`dexrt.synth.chain.se_image`); the bone image is the SE image less that. Both are mapped to g/cm^2 by the
-    view's fit of its primary attenuation (`dexrt.contract.decomposition`), so SE = a + kb bone + ks soft holds
+    view's fit of its primary attenuation (`dexrt.runtime.contract.decomposition`), so SE = a + kb bone + ks soft holds
     exactly for them. A view without a chain keeps its ideal pair.
     """
     if "se_bone_free" not in images:
         return {"bone_processed": images["bone"], "soft_processed": images["soft"]}
-    from dexrt.contract import decomposition
+    from dexrt.runtime.contract import decomposition
 
     a, kb, ks = decomposition(images.pop("attenuation"), images["bone"], images["soft"])
     free = images.pop("se_bone_free").astype(np.float64)

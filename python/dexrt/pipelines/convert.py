@@ -1,0 +1,367 @@
+"""Converting radiograph files with an engine: the work behind `dexrt infer`, reusable from Python.
+
+    engine = dexrt.Engine("model.dexrt")
+    converter = Converter(engine, "out", root="in")
+    for outcome in converter.run(find_images("in", recursive=True)):  # from dexrt.io.layout
+        print(outcome.source, outcome.status)
+
+For each input `<name>.<ext>` the outputs are `<name>_<channel>.<ext>` (``_bone``, ``_soft``; a DICOM file
+without a known suffix gives `<name>_<channel>`) in the output folder, under the input's folder relative to
+`root`; same format and value convention, written atomically with provenance. Inputs are never overwritten; a
+file whose outputs all exist is skipped (resumable runs) unless ``overwrite``.
+
+Pipelining: each file is one job on a pool of ``jobs`` threads: decode, resample, submit its frames to the
+engine's batched queue, wait, resample back, write. While some jobs wait for the engine, others decode and write,
+so the stages overlap, and the engine batches frames of different files together. At most ``jobs`` files are
+decoded at once, so memory stays flat whatever the folder's size. `Converter.run` yields outcomes as files finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dexrt.inputs import domain as _domain
+from dexrt.inputs import spacing as _spacing
+from dexrt._errors import DexrtError, DomainError, InputError
+from dexrt.inputs.chest import measure
+from dexrt.io.dicom import write_dicom
+from dexrt.runtime.engine import Engine
+from dexrt.io.images import read_radiograph, write_image, write_preview
+from dexrt.io.layout import PREVIEW, output_clashes, output_paths
+from dexrt.inputs.resample import model_spacing_mm, resample, to_dtype, working_size
+
+log = logging.getLogger(__name__)
+
+# Engine settings for folder runs: a batch waits up to 10 ms to fill (against ~100 ms per 256x256 frame on a
+# CPU), so frames of different files batch together even when files arrive a few milliseconds apart.
+FOLDER_ENGINE_OPTIONS: dict[str, Any] = {"max_batch": 8, "max_delay_us": 10_000}
+DEFAULT_JOBS = 16  # files in flight: enough to keep two batches of 8 queued while others decode and write
+_TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.part")  # atomic_write's temporary for a target: .NAME.XXXXXXXX.part
+
+
+@dataclass
+class Outcome:
+    source: Path
+    outputs: list[Path] = field(default_factory=list)
+    error: str | None = None
+    skipped: bool = False  # all outputs existed already
+    seconds: float = 0.0
+    frames: int = 0
+    geometry: dict[str, Any] | None = None  # sizes, spacings; "input_spacing" says where the spacing came from
+    domain: dict[str, Any] | None = None  # dexrt.inputs.domain.DomainReport.as_dict()
+    warnings: list[str] = field(default_factory=list)  # assumptions and doubts, one sentence each, naming the file
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error else "skipped" if self.skipped else "converted"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (paths as strings): how an Outcome travels between processes."""
+        return {"source": str(self.source), "outputs": [str(p) for p in self.outputs], "error": self.error,
+                "skipped": self.skipped, "seconds": self.seconds, "frames": self.frames, "geometry": self.geometry,
+                "domain": self.domain, "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Outcome:
+        return cls(Path(d["source"]), [Path(p) for p in d["outputs"]], d["error"], d["skipped"], d["seconds"],
+                   d["frames"], d["geometry"], d.get("domain"), list(d.get("warnings") or []))
+
+
+def resampling_plan(manifest: dict[str, Any], resample: bool = True,
+                    model_mm: float | None = None) -> tuple[float | None, str]:
+    """(the model spacing images are resampled to, or None; a one-line note saying which and why).
+    ``model_mm`` overrides the engine's recorded training spacing."""
+    given = model_mm
+    model_mm = (given or model_spacing_mm(manifest)) if resample else None
+    if not resample:
+        note = "resampling turned off"
+    elif model_mm is None:
+        note = "the engine records no training pixel spacing (pixel_spacing_mm); images are not resampled"
+    else:
+        note = f"images are resampled to the model's pixel spacing, {model_mm} mm" + (
+            " (--model-spacing)" if given else " (from the engine)")
+    return model_mm, note
+
+
+class Interrupted(DexrtError):
+    """The run was stopped before this file was written."""
+
+
+class Converter:
+    """Converts radiograph files with one engine into `out_dir` (see the module docstring).
+
+    ``model_spacing_mm`` overrides the model's training pixel spacing from the engine manifest (``spacing_mm`` is
+    its old, deprecated name); ``resample=False`` turns resampling off. ``input_spacing_mm`` is the spacing of
+    inputs whose files give none (dexrt.inputs.spacing has the order; without it such inputs are estimated).
+    ``strict`` refuses inputs that do not look like frontal chest radiographs (dexrt.inputs.domain) with a DomainError
+    instead of converting them with a warning. ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit,
+    for looking at).
+    """
+
+    def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
+                 overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
+                 input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
+                 jobs: int = DEFAULT_JOBS, spacing_mm: float | None = None) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
+        _spacing.check_option("model_spacing_mm", model_spacing_mm)
+        _spacing.check_option("input_spacing_mm", input_spacing_mm)
+        self.input_spacing_mm = input_spacing_mm
+        self.strict = strict
+        self.engine = engine
+        self.out_dir = Path(out_dir)
+        self.root = Path(root) if root is not None else None
+        self.overwrite = overwrite
+        self.preview = preview
+        self.jobs = jobs
+        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, resample, model_spacing_mm)
+        self._protected: set[Path] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._temporaries: dict[Path, dict[str, list[Path]]] = {}  # folder -> target name -> stale temporaries
+        m = engine.manifest
+        self._engine_info = {
+            "file": engine.path.name,
+            "backend": m["backend"],
+            "precision": m["precision"],
+            "onnx_sha256": m.get("model", {}).get("onnx_sha256"),
+            "model_hash": m.get("model", {}).get("model_hash"),
+        }
+
+    # -- planning ---------------------------------------------------------------------------------------------
+    def targets(self, source: Path) -> list[Path]:
+        """The files converting `source` writes (the preview last)."""
+        return output_paths(source, self.out_dir, self.engine.channels, root=self.root, preview=self.preview)
+
+    def is_done(self, source: Path) -> bool:
+        """All outputs exist (atomic writes: an existing output is complete) and ``overwrite`` is off.
+
+        Outputs that are themselves inputs of this run do not count: converting reports the clash instead."""
+        targets = self.targets(source)
+        return (not self.overwrite and all(t.exists() for t in targets)
+                and not any(t.resolve() in self._protected for t in targets))
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Generator[Outcome, None, None]:
+        """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
+
+        A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM
+        turned into an exception) arrives while waiting, queued files are dropped, files being converted stop
+        before they write, and files being written are completed: no partial output is left.
+
+        No output may overwrite one of `sources` or of ``protect``: the other inputs of a run of which
+        `sources` is one share (see :func:`dexrt.io.layout.inputs_at_risk`). Two sources may not claim one output file (see
+        :func:`dexrt.io.layout.output_clashes`): the later one fails with an error naming both. Each output folder is listed
+        once per run for stale temporaries; a worker converting its share batch by batch passes
+        ``rescan=False`` after its first batch, so a large folder is not listed again for every batch.
+        """
+        sources = list(sources)
+        self._protected = {p.resolve() for p in sources} | {Path(p).resolve() for p in protect}
+        self._stop.clear()
+        if rescan:
+            self._temporaries.clear()
+        pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="dexrt-convert")
+        running: set[Future[Outcome]] = set()
+        clashes = output_clashes(sources, self.out_dir, self.engine.channels, root=self.root, preview=self.preview)
+        try:
+            for source in sources:
+                try:
+                    if source in clashes:
+                        raise InputError(clashes[source])
+                    finished = self.is_done(source)
+                except InputError as exc:  # no output can be planned for this file: it fails alone
+                    yield Outcome(source, error=str(exc))
+                    continue
+                if finished:
+                    yield Outcome(source, self.targets(source), skipped=True)
+                    continue
+                while len(running) >= 2 * self.jobs:  # a short queue keeps every worker busy
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+                running.add(pool.submit(self.convert, source))
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def convert(self, source: Path) -> Outcome:
+        """Convert one file (blocking; thread-safe). Errors are reported in the Outcome, not raised."""
+        outcome = Outcome(source)
+        start = time.perf_counter()
+        try:
+            self._convert(source, outcome)
+        except DexrtError as exc:
+            message = str(exc)
+            outcome.error = message if str(source) in message else f"{source}: {message}"
+            outcome.outputs = []
+        except Exception as exc:  # a codec or library failing on one file must not end a run of thousands
+            log.log(logging.ERROR if os.environ.get("DEXRT_DEBUG") else logging.DEBUG, "%s: unexpected error", source,
+                    exc_info=True)
+            outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set DEXRT_DEBUG=1 for the traceback)"
+            outcome.outputs = []
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def _convert(self, source: Path, outcome: Outcome) -> None:
+        targets = self.targets(source)
+        clash = [t for t in targets if t.resolve() in self._protected or t.resolve() == source.resolve()]
+        if clash:
+            raise InputError(f"{source}: its output {clash[0]} would overwrite an input file")
+        image = read_radiograph(source)
+        frames = image.frames  # (F, H, W)
+        outcome.frames = frames.shape[0]
+        spacing = self._assess(source, image, outcome)
+        size = working_size(frames.shape[1:], spacing.mm if spacing else None, self.model_spacing_mm)
+        outcome.geometry = {
+            "size": list(frames.shape[1:]),
+            "spacing_mm": list(spacing.mm) if spacing else None,
+            "input_spacing": spacing.as_dict() if spacing else None,
+            "model_spacing_mm": self.model_spacing_mm,
+            "resampled": size is not None,
+            "working_size": list(size) if size else list(frames.shape[1:]),
+        }
+        work = [resample(f, size) for f in frames] if size else list(frames)
+        results = self._infer(source, work)  # per frame: (bone, soft)
+        channels = self.engine.channels
+        outputs = []
+        for c in range(len(channels)):
+            stack = np.stack([r[c] for r in results])  # (F, H', W')
+            if size:
+                stack = np.stack([to_dtype(resample(f, frames.shape[1:]), frames.dtype) for f in stack])
+            outputs.append(stack)
+        if size and self.engine.normalised and channels == ("bone", "soft"):
+            # A normalised engine's parts add up to its input: the soft image at the input's own resolution is the
+            # input minus the upsampled bone image, so it keeps the input's fine detail (docs/infer.md).
+            outputs[1] = np.stack([to_dtype(f.astype(np.float64) - b.astype(np.float64), frames.dtype)
+                                   for f, b in zip(frames, outputs[0])])
+            outcome.geometry["soft"] = "input - bone at the input's resolution"
+        if self._stop.is_set():
+            raise Interrupted(f"{source}: interrupted before writing")
+        targets[0].parent.mkdir(parents=True, exist_ok=True)
+        for index, (target, channel, stack) in enumerate(zip(targets, channels, outputs)):
+            self._remove_stale_temporaries(target)
+            meta = self._provenance(source, channel, outcome.geometry, outcome.domain)
+            if image.dicom is not None:
+                write_dicom(target, image.dicom, stack, channel, index, meta)
+            else:
+                write_image(target, stack[0], meta)
+            outcome.outputs.append(target)
+        if self.preview:
+            target = targets[-1]
+            self._remove_stale_temporaries(target)
+            write_preview(target, [frames[0], *(s[0] for s in outputs)],
+                          self._provenance(source, PREVIEW, outcome.geometry, outcome.domain))
+            outcome.outputs.append(target)
+
+    def _assess(self, source: Path, image: Any, outcome: Outcome) -> _spacing.InputSpacing | None:
+        """Check the input's domain (refusing it when strict) and resolve its pixel spacing; warnings go into the
+        outcome. The anatomy is measured on the first frame, at most 512 pixels a side (dexrt.inputs.chest)."""
+        frames = image.frames
+        dataset = image.dicom.dataset if image.dicom is not None else None
+        anatomy = measure(frames[0])
+        report = _domain.check(dataset, anatomy)
+        outcome.domain = report.as_dict()
+        if not report.ok:
+            if self.strict:
+                raise DomainError(f"{source}: refused (strict): {report.summary()}")
+            outcome.warnings.append(f"{source}: {report.summary()}")
+        header = _spacing.header_spacing(dataset, frames.shape[1:]) if dataset is not None else None
+        # A chest's typical width says nothing about an image that is not a frontal chest.
+        chest_like = report.ok
+        spacing = _spacing.resolve(header, anatomy if chest_like else None, frames.shape[1:], self.input_spacing_mm)
+        if spacing is None:
+            if self.model_spacing_mm is not None:
+                outcome.warnings.append(f"{source}: no pixel spacing in the file, none given (--input-spacing) and "
+                                        "none estimated (no chest found): run at its own pixel size, not resampled")
+            log.info("%s: no pixel spacing known", source)
+        else:
+            log.info("%s: %s", source, spacing.describe())
+            if spacing.estimated and self.model_spacing_mm is not None:
+                outcome.warnings.append(f"{source}: {spacing.describe()}")
+            doubt = _spacing.body_width_doubt(spacing, anatomy) if chest_like else None
+            if doubt:
+                outcome.warnings.append(f"{source}: {doubt}")
+        return spacing
+
+    def _infer(self, source: Path, work: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        futures = [self.engine.submit(np.ascontiguousarray(f)) for f in work]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+            if self._stop.is_set():
+                for f in pending:
+                    f.cancel()
+                raise Interrupted(f"{source}: interrupted during inference")
+        return [f.result() for f in futures]
+
+    def _remove_stale_temporaries(self, target: Path) -> None:
+        """Remove the temporary files of `target` left by a run killed outright (SIGKILL, power loss).
+
+        Each output folder is listed once per run (not once per file, which would be quadratic). Only
+        temporaries of this run's own targets are removed, never those of another process writing other files
+        into the same folder.
+        """
+        folder = target.parent
+        with self._lock:
+            if folder not in self._temporaries:
+                found: dict[str, list[Path]] = {}
+                for entry in os.scandir(folder):
+                    match = _TEMPORARY.fullmatch(entry.name)
+                    if match:
+                        found.setdefault(match.group(1), []).append(Path(entry.path))
+                self._temporaries[folder] = found
+            stale = self._temporaries[folder].pop(target.name, [])
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _provenance(self, source: Path, channel: str, geometry: dict[str, Any] | None,
+                    domain: dict[str, Any] | None = None) -> dict[str, Any]:
+        from dexrt import __version__
+
+        return {
+            "software": f"dexrt {__version__}",
+            "derived_from": source.name,
+            "channel": channel,
+            "engine": dict(self._engine_info),
+            "geometry": geometry,
+            "domain": domain,
+        }
+
+
+def deprecated_spacing(model_spacing_mm: float | None, spacing_mm: float | None) -> float | None:
+    """The model spacing from the new keyword or its old name ``spacing_mm`` (with a DeprecationWarning)."""
+    if spacing_mm is None:
+        return model_spacing_mm
+    import warnings
+
+    warnings.warn("spacing_mm is deprecated: it is the model's spacing, now model_spacing_mm (the input's own "
+                  "spacing is input_spacing_mm)", DeprecationWarning, stacklevel=3)
+    if model_spacing_mm is not None and model_spacing_mm != spacing_mm:
+        raise ValueError("spacing_mm (deprecated) and model_spacing_mm disagree; give model_spacing_mm only")
+    return spacing_mm
+
+
+def convert_files(engine: Engine, sources: Iterable[Path], out_dir: str | os.PathLike[str],
+                  **options: Any) -> Iterator[Outcome]:
+    """Convert each file, yielding one Outcome per file as it finishes; see :class:`Converter` for options."""
+    yield from Converter(engine, out_dir, **options).run(sources)

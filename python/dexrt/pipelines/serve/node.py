@@ -1,0 +1,244 @@
+"""The DICOM node: associations in, instances into the spool, conversion workers, forwarders out.
+
+    node = Node(config, engine)   # engine: a dexrt.Engine shared by every association
+    node.start()                  # listens; resumes whatever the spool holds
+    ...
+    node.stop()                   # stop listening, finish what is in flight, leave the rest in the spool
+
+Threads: pynetdicom runs one thread per association; its C-STORE handler only writes the instance into the spool
+(synced, checked) and answers, so a slow engine never holds a sender's association open. ``config.jobs``
+conversion workers take instances from the spool and convert them with :class:`dexrt.pipelines.convert.Converter`, whose
+frames go through ``engine.submit``: instances arriving on different associations batch together in the engine's
+dynamic batcher. One :class:`Forwarder` per destination sends the results on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from dexrt._errors import InputError
+from dexrt.pipelines.convert import Converter
+from dexrt.io.dicom import read_dicom
+from dexrt.runtime.engine import Engine
+from dexrt.pipelines.serve.config import ServeConfig
+from dexrt.pipelines.serve.contexts import STORAGE_CLASSES, add_scp_contexts, server_tls
+from dexrt.pipelines.serve.forward import Forwarder
+from dexrt.pipelines.serve.logs import event
+from dexrt.pipelines.serve.spool import Spool, check_uid
+
+# C-STORE statuses (PS3.4 B.2.3 and PS3.7 C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900  # data set does not match SOP class
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+# A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+class Node:
+    """A running `dexrt serve` node (see the module docstring)."""
+
+    def __init__(self, config: ServeConfig, engine: Engine) -> None:
+        from pynetdicom import AE
+
+        self.config = config
+        self.engine = engine
+        self.spool = Spool(config.spool, [d.key for d in config.forward])
+        self.converter = Converter(engine, self.spool.work, jobs=config.jobs, strict=config.strict,
+                                   input_spacing_mm=config.input_spacing_mm)
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self.forwarders = [Forwarder(config, d, self.spool, self._count) for d in config.forward]
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._workers = [threading.Thread(target=self._convert_loop, name=f"dexrt-serve-convert-{i}", daemon=True)
+                         for i in range(config.jobs)]
+        self._ae = AE(ae_title=config.ae_title)
+        add_scp_contexts(self._ae)
+        self._ae.require_called_aet = True  # A-ASSOCIATE-RJ reason 7 for an association meant for another node
+        self._ae.maximum_associations = config.max_associations  # beyond: rejected-transient, local limit
+        self._ae.acse_timeout = self._ae.dimse_timeout = self._ae.network_timeout = config.timeout_s
+        self._server: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the system chose, when configured as 0)."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        from pynetdicom import evt
+
+        tls = server_tls(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)  # fails before any thread
+        resumed = self.spool.pending()
+        for path in resumed:
+            self._queue.put(path)
+        for worker in self._workers:
+            worker.start()
+        for forwarder in self.forwarders:
+            forwarder.start()
+        handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
+                    (evt.EVT_C_STORE, self._on_store)]
+        self._server = self._ae.start_server((self.config.host, self.config.port), block=False,
+                                             evt_handlers=handlers, ssl_context=tls)
+        event("listening", ae_title=self.config.ae_title, host=self.config.host, port=self.port, tls=tls is not None,
+              engine=self.engine.path.name, backend=self.engine.backend, resumed=len(resumed) or None,
+              destinations=",".join(d.name for d in self.config.forward) or None,
+              output=str(self.config.output) if self.config.output else None,
+              outbox_waiting=sum(v for k, v in self.spool.counts().items() if k.startswith("outbox:")) or None)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Stop listening; let open associations finish (abort them after `grace_s`); finish the conversions and
+        C-STOREs in progress. Everything else stays in the spool for the next start."""
+        if self._server is not None:
+            self._server.shutdown()
+            deadline = time.monotonic() + grace_s
+            while self._acceptors() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self._acceptors():
+                assoc.abort()
+        self._stopping.set()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join()
+        for forwarder in self.forwarders:
+            forwarder.stop()
+        self.spool.close()
+        batches = self.engine.stats()["batch_sizes"]  # shows instances of different associations batching together
+        event("stopped", **{k: v for k, v in sorted(self.stats.items())},
+              engine_batch_sizes=",".join(f"{size}x{count}" for size, count in batches.items()) or None)
+
+    def _acceptors(self) -> list[Any]:
+        return [a for a in self._ae.active_associations if a.is_acceptor]
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += n
+
+    # -- association handlers (pynetdicom threads) -------------------------------------------------------------
+    def _on_requested(self, ev: Any) -> None:
+        assoc = ev.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        if any(a.admits(calling, address) for a in self.config.allow):
+            return
+        known_title = any(a.ae_title == calling for a in self.config.allow)
+        event("association_rejected", logging.WARNING, calling_ae=calling, address=address,
+              reason="address not allowed for this AE title" if known_title else "calling AE title not allowed")
+        self._count("associations_rejected")
+        assoc.acse.send_reject(*_REJECT_CALLING_AE)
+        assoc.kill()
+
+    def _on_echo(self, ev: Any) -> int:
+        event("echo", calling_ae=str(ev.assoc.requestor.ae_title).strip(), address=ev.assoc.requestor.address)
+        return SUCCESS
+
+    def _on_store(self, ev: Any) -> Any:
+        from pydicom.dataset import Dataset
+
+        start = time.perf_counter()
+        req = ev.request
+        calling = str(ev.assoc.requestor.ae_title).strip()
+        sop_class = str(req.AffectedSOPClassUID)
+        fields: dict[str, Any] = dict(calling_ae=calling, sop_instance_uid=str(req.AffectedSOPInstanceUID),
+                                      sop_class=STORAGE_CLASSES.get(sop_class, sop_class))
+
+        def refuse(status: int, why: str) -> Any:
+            self._count("store_failed")
+            event("store_failed", logging.WARNING, **fields, status=f"0x{status:04X}", reason=why)
+            rsp = Dataset()
+            rsp.Status = status
+            rsp.ErrorComment = why[:64]  # LO
+            return rsp
+
+        try:
+            uid = check_uid(str(req.AffectedSOPInstanceUID))
+        except InputError as exc:
+            return refuse(CANNOT_UNDERSTAND, str(exc))
+        data = ev.encoded_dataset(include_meta=True)
+
+        def check(path: Path) -> None:
+            """The instance must be one dexrt can convert, and be what the request says it is."""
+            _, _, source = read_dicom(path)
+            ds = source.dataset
+            if str(ds.SOPInstanceUID) != uid:
+                raise InputError(f"{path}: its SOP Instance UID {ds.SOPInstanceUID} is not the request's")
+            if str(ds.SOPClassUID) != sop_class:
+                raise _Mismatch(f"{path}: its SOP Class UID {ds.SOPClassUID} is not the request's {sop_class}")
+
+        try:
+            admitted = self.spool.admit(uid, data, check)
+        except _Mismatch as exc:
+            return refuse(DATASET_MISMATCH, _short(exc, uid))
+        except InputError as exc:
+            return refuse(CANNOT_UNDERSTAND, _short(exc, uid))
+        except OSError as exc:  # disk full, spool unwritable: the sender keeps the instance and retries
+            return refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror or exc}")
+        except Exception as exc:  # a library failing on one instance must not end the association or the node
+            logging.getLogger(__name__).debug("C-STORE handler failed", exc_info=True)
+            return refuse(PROCESSING_FAILURE, f"unexpected {type(exc).__name__}: {exc}")
+        if not admitted:
+            self._count("duplicates")
+            event("duplicate", **fields, note="already received; acknowledged, not converted again")
+            return SUCCESS
+        self._count("received")
+        self._queue.put(self.spool.received / f"{uid}.dcm")
+        event("received", **fields, bytes=len(data), ms=round((time.perf_counter() - start) * 1000, 1))
+        return SUCCESS
+
+    # -- conversion workers ------------------------------------------------------------------------------------
+    def _convert_loop(self) -> None:
+        while True:
+            path = self._queue.get()
+            if path is None or self._stopping.is_set():
+                return  # an instance not started stays in received/ for the next start
+            try:
+                self._convert(path)
+            except Exception as exc:  # e.g. the spool's disk is full: keep the instance, try again later
+                logging.getLogger(__name__).debug("handing on %s failed", path, exc_info=True)
+                event("convert_retry", logging.ERROR, file=path.name, reason=f"{type(exc).__name__}: {exc}",
+                      retry_in_s=self.config.retry_initial_s)
+                if self._stopping.wait(self.config.retry_initial_s):
+                    return
+                self._queue.put(path)
+
+    def _convert(self, path: Path) -> None:
+        uid = path.name[: -len(".dcm")]
+        if self.converter.is_done(path):  # converted before a restart, not yet handed on
+            outputs, seconds = self.converter.targets(path), 0.0
+        else:
+            outcome = self.converter.convert(path)
+            if not outcome.ok:
+                failed = self.spool.fail(path, outcome.error or "", self.converter.targets(path))
+                self._count("convert_failed")
+                event("convert_failed", logging.ERROR, sop_instance_uid=uid, reason=outcome.error,
+                      kept=str(failed))
+                return
+            outputs, seconds = outcome.outputs, outcome.seconds
+            for warning in outcome.warnings:  # assumed spacing, out-of-domain content: also in the derived DICOM
+                event("convert_warning", logging.WARNING, sop_instance_uid=uid, reason=warning)
+        self.spool.deliver(path, outputs, self.config.output)
+        for forwarder in self.forwarders:
+            forwarder.notify()
+        self._count("converted")
+        event("converted", sop_instance_uid=uid, outputs=len(outputs), seconds=round(seconds, 3))
+
+
+class _Mismatch(InputError):
+    """The dataset's SOP class is not the one the C-STORE request names."""
+
+
+def _short(exc: Exception, uid: str) -> str:
+    """The error without the spool path it names (the sender knows which instance it sent)."""
+    text = str(exc)
+    head, sep, rest = text.partition(": ")
+    return rest if sep and head.endswith(f"{uid}.dcm") else text
