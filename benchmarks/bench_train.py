@@ -14,8 +14,8 @@ def test_training_step(benchmark, record, ngf: int) -> None:
     import torch
     import torch.nn.functional as F
 
+    from dexrt_train.losses import gan_loss
     from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, define_D, define_G
-    from dexrt_train.train import gan_loss
 
     torch.manual_seed(0)
     G, D = define_G(GeneratorConfig(ngf=ngf)), define_D(DiscriminatorConfig())

@@ -48,8 +48,10 @@ from dexrt.runtime.contract import (
 from dexrt_train.checkpoint import (
     DEFAULT_WINDOW,
     load_checkpoint,
-    model_hash as hash_bytes,
     state_dict_bytes,
+)
+from dexrt_train.checkpoint import (
+    model_hash as hash_bytes,
 )
 from dexrt_train.networks import GeneratorConfig
 

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import InputError, ModelError
-from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
+from dexrt._errors import InputError
 from dexrt.runtime.contract import (
     NORMALISATION,
     NORMALISED_WINDOW,
@@ -38,6 +37,17 @@ from dexrt.runtime.contract import (
     STORED_WINDOW,
     Encoding,
     fixed_encoding,
+)
+from dexrt_train.checkpoint import Windows, read_config, save_checkpoint
+from dexrt_train.config import (
+    BEST_METRICS,
+    RUNTIME_OPTIONS,
+    TrainConfig,
+    learning_rate,
+    non_defaults,
+    saved_config,
+    step_seed,
+    write_options,
 )
 from dexrt_train.data import (
     CHANNELS,
@@ -48,196 +58,10 @@ from dexrt_train.data import (
     find_views,
     pixel_spacing_mm,
 )
-from dexrt_train.networks import DiscriminatorConfig, GeneratorConfig, count_parameters, define_D, define_G
+from dexrt_train.losses import consistency_l1, gan_loss, gradient_l1, laplacian_l1, ms_ssim
+from dexrt_train.networks import GeneratorConfig, count_parameters, define_D, define_G
 from dexrt_train.state import TrainState, load_training, training_files
-from dexrt_train.validate import BEST_METRICS, score, validate
-
-# With every channel through the normalised window lo..hi -> -1..1, bone + soft = SE reads soft = SE - bone + this
-SOFT_OFFSET = -1.0 - 2.0 * NORMALISED_WINDOW[0] / (NORMALISED_WINDOW[1] - NORMALISED_WINDOW[0])
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # model
-    ngf: int = 64
-    depth: int = 8
-    norm: str = "batch"  # "batch" | "instance"
-    dropout: float = 0.5
-    dropout_blocks: int = 3
-    ndf: int = 64
-    n_layers: int = 3
-    # data
-    crop: int = 256  # random crops of crop x crop; a multiple of 2**depth
-    hflip: bool = True
-    vflip: bool = False
-    windows: str = "full"  # physical windows. "full": each quantity's fixed window; "data": train split min/max + 5%
-    # "window": the SE image through its physical window; "robust": scale-free, each SE image mapped by its own
-    # robust range and the targets its attenuation-equivalent parts (dexrt.runtime.contract.NORMALISATION)
-    normalisation: str = "window"
-    upsample: str = "transpose"  # "transpose" | "resize" (nearest 2x + 3x3 conv: no checkerboard)
-    head: int = 0  # channels of the generator's full-resolution head (two 3x3 convs on SE + features); 0: none
-    soft_from_se: bool = False  # predict bone and a correction; soft = SE - bone + correction (needs "robust")
-    batch_size: int = 1
-    num_workers: int = 2
-    cache_mb: int = 2048  # decoded views are kept in RAM when they fit
-    # recipe
-    gan_mode: str = "vanilla"  # "vanilla" (BCE on logits) | "lsgan" (least squares)
-    lambda_l1: float = 100.0
-    lambda_gan: float = 1.0  # 0: no discriminator at all (L1 and gradient terms only)
-    lambda_grad: float = 0.0  # L1 of the outputs' horizontal and vertical differences (edges: rib cortices)
-    # L1 of SE - (bone + soft) in the normalised units, where the two parts add up to the SE image (needs "robust")
-    lambda_consistency: float = 0.0
-    lambda_laplacian: float = 0.0  # L1 of the outputs' Laplacian-pyramid bands (structure at 1, 2, 4, 8 px)
-    lambda_msssim: float = 0.0  # 1 - MS-SSIM of the outputs (5 scales, Wang et al. 2003)
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    steps: int = 0  # total optimiser steps; or set epochs
-    epochs: int = 0
-    decay_start: float = 0.5  # LR constant for this fraction of the steps, then linear to 0
-    # run
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: str = "auto"  # "auto" (bf16 if supported, else fp16, on CUDA; off on CPU) | "bf16" | "fp16" | "off"
-    val_every: int = 500
-    val_views: int = 0  # 0: every val view
-    log_every: int = 10
-    best_metric: str = "mae"  # "mae" | "psnr" | "ssim", averaged over bone and soft
-    panel_views: int = 4
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if (self.steps > 0) == (self.epochs > 0):
-            raise ValueError("set exactly one of steps and epochs (> 0)")
-        if self.crop % 2**self.depth:
-            raise ValueError(f"crop {self.crop} must be a multiple of 2**depth = {2**self.depth}")
-        if self.soft_from_se and self.normalisation != "robust":
-            raise ValueError("soft_from_se needs normalisation 'robust' (one window for SE, bone and soft)")
-        if min(self.lambda_gan, self.lambda_grad, self.lambda_l1, self.lambda_consistency, self.lambda_laplacian,
-               self.lambda_msssim) < 0:
-            raise ValueError("loss weights must be >= 0")
-        if self.lambda_consistency > 0 and self.normalisation != "robust":
-            raise ValueError("lambda_consistency needs normalisation 'robust' (where bone + soft = SE)")
-        choices = {"windows": ("full", "data"), "normalisation": ("window", "robust"),
-                   "upsample": ("transpose", "resize"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
-                   "amp": ("auto", "bf16", "fp16", "off"), "best_metric": tuple(BEST_METRICS)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.batch_size < 1 or self.val_every < 1 or self.log_every < 1 or not 0 <= self.decay_start <= 1:
-            raise ValueError("batch_size, val_every, log_every must be >= 1 and decay_start in [0, 1]")
-
-    def generator(self) -> GeneratorConfig:
-        # soft from SE needs one window for every channel: the robust normalisation's
-        return GeneratorConfig(ngf=self.ngf, depth=self.depth, norm=self.norm, dropout=self.dropout,
-                               dropout_blocks=self.dropout_blocks, seed=self.seed, upsample=self.upsample,
-                               soft_from_se=self.soft_from_se, soft_offset=SOFT_OFFSET if self.soft_from_se else 0.0,
-                               head=self.head)
-
-    def discriminator(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig(ndf=self.ndf, n_layers=self.n_layers, norm=self.norm, seed=self.seed + 1)
-
-
-# Options that may differ when resuming: they change how the run executes, not what it computes.
-RUNTIME_OPTIONS = ("steps", "epochs", "device", "num_workers", "cache_mb", "progress")
-
-
-def consistency_l1(se: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Mean L1 of SE - (bone + soft) of normalised (B, 1, h, w) inputs and (B, 2, h, w) outputs, in window units."""
-    return (pred[:, 1:2] - (se - pred[:, 0:1] + SOFT_OFFSET)).abs().mean()
-
-
-# Wang, Simoncelli & Bovik, "Multi-scale structural similarity for image quality assessment" (2003): per-scale
-# exponents, the last scale's also for luminance. Gaussian window of 11 px, sigma 1.5, as for SSIM.
-_MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """MS-SSIM of (B, C, h, w) pairs on [-1, 1] windows (data range 2), averaged over batch and channels. Scales
-    that no longer hold the 11 px window are left out and the exponents of the others renormalised; negative
-    contrast-structure terms are clamped to a small positive value so the power stays defined."""
-    channels = pred.shape[1]
-    g = torch.exp(-((torch.arange(11, dtype=pred.dtype, device=pred.device) - 5) ** 2) / (2 * 1.5**2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(channels, 1, 11, 11).contiguous()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, groups=channels)
-
-    scales = [w for i, w in enumerate(_MSSSIM_WEIGHTS) if min(pred.shape[-2:]) >= 11 * 2**i]
-    weights = torch.tensor(scales, dtype=pred.dtype, device=pred.device)
-    weights = weights / weights.sum()
-    terms = []
-    for i in range(len(scales)):
-        mu_p, mu_t = blur(pred), blur(target)
-        var_p = blur(pred * pred) - mu_p**2
-        var_t = blur(target * target) - mu_t**2
-        cov = blur(pred * target) - mu_p * mu_t
-        cs = ((2 * cov + c2) / (var_p + var_t + c2)).mean(dim=(-2, -1))
-        if i == len(scales) - 1:
-            lum = ((2 * mu_p * mu_t + c1) / (mu_p**2 + mu_t**2 + c1)).mean(dim=(-2, -1))
-            cs = cs * lum
-        terms.append(cs.clamp(min=1e-4))
-        pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
-    return torch.prod(torch.stack(terms) ** weights[:, None, None], dim=0).mean()
-
-
-def laplacian_l1(pred: torch.Tensor, target: torch.Tensor, levels: int = 4) -> torch.Tensor:
-    """Mean over `levels` band-pass images (x - up(down(x)), 2x2 averages down, bilinear up) of their L1
-    distance: (B, C, h, w) pairs -> scalar. Each band weighs the same, so fine and coarse structure count alike."""
-    total = pred.new_zeros(())
-    for _ in range(levels):
-        if min(pred.shape[-2:]) < 2:
-            break
-        low_p, low_t = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
-        band_p = pred - F.interpolate(low_p, size=pred.shape[-2:], mode="bilinear", align_corners=False)
-        band_t = target - F.interpolate(low_t, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        total = total + (band_p - band_t).abs().mean()
-        pred, target = low_p, low_t
-    return total / levels
-
-
-def gradient_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean L1 distance of the horizontal and vertical neighbour differences: (B, C, h, w) pairs -> scalar."""
-    dx = (pred[..., :, 1:] - pred[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
-    dy = (pred[..., 1:, :] - pred[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
-    return 0.5 * (dx.abs().mean() + dy.abs().mean())
-
-
-def learning_rate(step: int, total_steps: int, base_lr: float, decay_start: float) -> float:
-    """pix2pix's 'linear' policy: `base_lr` for the first `decay_start` of the steps, then linearly to 0."""
-    start = int(decay_start * total_steps)
-    if step < start:
-        return base_lr
-    return base_lr * max(0.0, (total_steps - step) / max(1, total_steps - start))
-
-
-def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
-    target = torch.full_like(logits, 1.0 if real else 0.0)
-    if mode == "lsgan":
-        return F.mse_loss(logits, target)
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
-
-
-def non_defaults(config: TrainConfig) -> dict[str, Any]:
-    default = {f.name: f.default for f in fields(TrainConfig)}
-    return {k: v for k, v in asdict(config).items() if v != default[k]}
-
-
-def write_options(run: Path, config: TrainConfig, dataset: Path) -> None:
-    """pix2pix's opt.txt: every option, the non-default ones marked with their default."""
-    lines = [f"dataset: {dataset}"]
-    for f in fields(TrainConfig):
-        value = getattr(config, f.name)
-        mark = f"\t[default: {f.default}]" if value != f.default else ""
-        lines.append(f"{f.name:>14}: {value}{mark}")
-    with atomic_write(run / "options.txt") as fh:
-        fh.write(("\n".join(lines) + "\n").encode())
+from dexrt_train.validate import score, validate
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -263,13 +87,6 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _saved_train_config(folder: Path, raw: dict[str, Any]) -> TrainConfig:
-    try:
-        return TrainConfig(**raw["train"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{folder}/config.json: no usable training config ({exc})") from None
 
 
 # Generator options that shape the weights or their meaning: a fine-tuning run must share them with its start.
@@ -323,7 +140,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         if not last.is_dir():
             raise InputError(f"{run}: nothing to resume (no last/ checkpoint in the run folder)")
         saved = read_config(last)
-        old = _saved_train_config(last, saved)
+        old = saved_config(last, saved)
         changed = [k for k in asdict(old) if k not in RUNTIME_OPTIONS and getattr(old, k) != getattr(config, k)]
         if changed:
             raise InputError(f"{last}: resuming with options that differ from the run's ({', '.join(changed)}); "
@@ -534,7 +351,7 @@ def run_config(run: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     last = Path(run) / "last"
     if not last.is_dir():
         raise InputError(f"{run}: nothing to resume (no last/ checkpoint in the run folder)")
-    saved = _saved_train_config(last, read_config(last))
+    saved = saved_config(last, read_config(last))
     bad = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if bad:
         raise InputError(f"{last}: a resumed run keeps its options; only {', '.join(RUNTIME_OPTIONS)} may be "

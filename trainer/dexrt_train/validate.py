@@ -9,11 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dexrt.runtime.contract import DATASET_CHANNELS, OUTPUT_CHANNELS, areal_densities, mirror_pad, unit_to_window
 from dexrt.evaluation.metrics import scored_view, summarize, write_panel
+from dexrt.runtime.contract import DATASET_CHANNELS, OUTPUT_CHANNELS, areal_densities, mirror_pad, unit_to_window
+from dexrt_train.config import BEST_METRICS
 from dexrt_train.data import PairedDataset
-
-BEST_METRICS = {"mae": "min", "psnr": "max", "ssim": "max"}
 
 
 @torch.no_grad()

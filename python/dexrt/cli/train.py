@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
 from dexrt._errors import require_extra
+from dexrt_train.config import TrainConfig
 
-# CLI option -> TrainConfig field; options left out keep TrainConfig's defaults (pix2pix's recipe).
-_FIELDS = {
-    "steps": "steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "beta1": "beta1",
-    "lambda_l1": "lambda_l1", "gan_mode": "gan_mode", "decay_start": "decay_start", "ngf": "ngf", "ndf": "ndf",
-    "depth": "depth", "norm": "norm", "dropout": "dropout", "crop": "crop", "hflip": "hflip", "vflip": "vflip",
-    "windows": "windows", "normalisation": "normalisation", "upsample": "upsample", "soft_from_se": "soft_from_se",
-    "head": "head", "lambda_gan": "lambda_gan", "lambda_grad": "lambda_grad",
-    "lambda_consistency": "lambda_consistency", "lambda_laplacian": "lambda_laplacian",
-    "lambda_msssim": "lambda_msssim",
-    "val_every": "val_every", "val_views": "val_views", "log_every": "log_every",
-    "best_metric": "best_metric", "seed": "seed", "device": "device", "amp": "amp", "num_workers": "num_workers",
-    "cache_mb": "cache_mb",
-}
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def _d(name: str) -> str:
+    """``[default]`` for a help text: TrainConfig's default of the field (one home: the dataclass)."""
+    value = _DEFAULTS[name]
+    if isinstance(value, bool):
+        return "[on]" if value else "[off]"
+    return f"[{value:g}]" if isinstance(value, float) else f"[{value}]"
+
 
 
 @click.command("train")
@@ -37,48 +36,60 @@ _FIELDS = {
                    "the generator options must match it (docs/training.md).")
 @click.option("--stop-at", type=click.IntRange(min=1), default=None,
               help="End this invocation after step N (checkpointed); continue later with --resume.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Views per step and process [1].")
-@click.option("--lr", type=float, help="Adam learning rate [2e-4].")
-@click.option("--beta1", type=float, help="Adam beta1 [0.5].")
-@click.option("--lambda-l1", type=float, help="Weight of the L1 term [100].")
-@click.option("--gan-mode", type=click.Choice(["vanilla", "lsgan"]), help="GAN loss [vanilla].")
-@click.option("--decay-start", type=click.FloatRange(0, 1), help="Fraction of the steps before LR decay [0.5].")
-@click.option("--ngf", type=click.IntRange(min=1), help="Generator width [64].")
-@click.option("--ndf", type=click.IntRange(min=1), help="Discriminator width [64].")
-@click.option("--depth", type=click.IntRange(2, 12), help="U-Net levels; sizes are multiples of 2**depth [8].")
-@click.option("--norm", type=click.Choice(["batch", "instance"]), help="Norm layers [batch].")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout [0.5].")
-@click.option("--crop", type=click.IntRange(min=1), help="Random crop size, a multiple of 2**depth [256].")
-@click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips [on].")
-@click.option("--vflip/--no-vflip", default=None, help="Random vertical flips [off].")
+@click.option("--batch-size", type=click.IntRange(min=1), help=f"Views per step and process {_d('batch_size')}.")
+@click.option("--lr", type=float, help=f"Adam learning rate {_d('lr')}.")
+@click.option("--beta1", type=float, help=f"Adam beta1 {_d('beta1')}.")
+@click.option("--lambda-l1", type=float, help=f"Weight of the L1 term {_d('lambda_l1')}.")
+@click.option("--gan-mode", type=click.Choice(["vanilla", "lsgan"]), help=f"GAN loss {_d('gan_mode')}.")
+@click.option("--decay-start", type=click.FloatRange(0, 1),
+              help=f"Fraction of the steps before LR decay {_d('decay_start')}.")
+@click.option("--ngf", type=click.IntRange(min=1), help=f"Generator width {_d('ngf')}.")
+@click.option("--ndf", type=click.IntRange(min=1), help=f"Discriminator width {_d('ndf')}.")
+@click.option("--depth", type=click.IntRange(2, 12),
+              help=f"U-Net levels; sizes are multiples of 2**depth {_d('depth')}.")
+@click.option("--norm", type=click.Choice(["batch", "instance"]), help=f"Norm layers {_d('norm')}.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help=f"Decoder dropout {_d('dropout')}.")
+@click.option("--crop", type=click.IntRange(min=1), help=f"Random crop size, a multiple of 2**depth {_d('crop')}.")
+@click.option("--hflip/--no-hflip", default=None, help=f"Random horizontal flips {_d('hflip')}.")
+@click.option("--vflip/--no-vflip", default=None, help=f"Random vertical flips {_d('vflip')}.")
 @click.option("--windows", type=click.Choice(["full", "data"]),
-              help="Physical value windows: each quantity's fixed window, or the train split's range + 5% [full].")
+              help=f"Physical value windows: each quantity's fixed window, or the train split's range + 5% "
+                   f"{_d('windows')}.")
 @click.option("--normalisation", type=click.Choice(["window", "robust"]),
-              help="SE input through its window, or scale-free: each image by its robust range [window].")
+              help=f"SE input through its window, or scale-free: each image by its robust range {_d('normalisation')}.")
 @click.option("--upsample", type=click.Choice(["transpose", "resize"]),
-              help="Decoder upsampling: transposed conv, or nearest 2x + 3x3 conv (no checkerboard) [transpose].")
+              help=f"Decoder upsampling: transposed conv, or nearest 2x + 3x3 conv (no checkerboard) {_d('upsample')}.")
 @click.option("--head", type=click.IntRange(min=0),
-              help="Channels of a full-resolution head (two 3x3 convs on SE + features); 0: none [0].")
+              help=f"Channels of a full-resolution head (two 3x3 convs on SE + features); 0: none {_d('head')}.")
 @click.option("--soft-from-se/--free-soft", "soft_from_se", default=None,
               help="Predict bone and a correction, soft = SE - bone + correction (needs --normalisation robust).")
-@click.option("--lambda-gan", type=float, help="Weight of the GAN term; 0 trains without a discriminator [1].")
-@click.option("--lambda-grad", type=float, help="Weight of the L1 of the outputs' neighbour differences [0].")
+@click.option("--lambda-gan", type=float,
+              help=f"Weight of the GAN term; 0 trains without a discriminator {_d('lambda_gan')}.")
+@click.option("--lambda-grad", type=float,
+              help=f"Weight of the L1 of the outputs' neighbour differences {_d('lambda_grad')}.")
 @click.option("--lambda-laplacian", type=float,
-              help="Weight of the L1 of the outputs' Laplacian-pyramid bands (1-8 px structure) [0].")
-@click.option("--lambda-msssim", type=float, help="Weight of 1 - MS-SSIM of the outputs (5 scales) [0].")
+              help=f"Weight of the L1 of the outputs' Laplacian-pyramid bands (1-8 px structure) "
+                   f"{_d('lambda_laplacian')}.")
+@click.option("--lambda-msssim", type=float,
+              help=f"Weight of 1 - MS-SSIM of the outputs (5 scales) {_d('lambda_msssim')}.")
 @click.option("--lambda-consistency", type=float,
-              help="Weight of the L1 of SE - (bone + soft), the parts' sum (needs --normalisation robust) [0].")
+              help=f"Weight of the L1 of SE - (bone + soft), the parts' sum (needs --normalisation robust) "
+                   f"{_d('lambda_consistency')}.")
 @click.option("--val-data", "val_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Take the val views from this dataset (a `dexrt synth --pool` has train views only).")
-@click.option("--val-every", type=click.IntRange(min=1), help="Validate and checkpoint every N steps [500].")
-@click.option("--val-views", type=click.IntRange(min=0), help="Validate on the first N val views, 0 = all [0].")
-@click.option("--log-every", type=click.IntRange(min=1), help="Log training losses every N steps [10].")
-@click.option("--best-metric", type=click.Choice(["mae", "psnr", "ssim"]), help="Picks RUN/best/ [mae].")
-@click.option("--seed", type=int, help="Seed of weights, data order, augmentation and dropout [0].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[auto: CUDA if available].")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), help="Mixed precision on CUDA [auto].")
-@click.option("--num-workers", type=click.IntRange(min=0), help="Data loader processes [2].")
-@click.option("--cache-mb", type=click.IntRange(min=0), help="Keep decoded views in RAM up to this size [2048].")
+@click.option("--val-every", type=click.IntRange(min=1),
+              help=f"Validate and checkpoint every N steps {_d('val_every')}.")
+@click.option("--val-views", type=click.IntRange(min=0),
+              help=f"Validate on the first N val views, 0 = all {_d('val_views')}.")
+@click.option("--log-every", type=click.IntRange(min=1), help=f"Log training losses every N steps {_d('log_every')}.")
+@click.option("--best-metric", type=click.Choice(["mae", "psnr", "ssim"]), help=f"Picks RUN/best/ {_d('best_metric')}.")
+@click.option("--seed", type=int, help=f"Seed of weights, data order, augmentation and dropout {_d('seed')}.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help=f"Where to train; auto: CUDA if available {_d('device')}.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), help=f"Mixed precision on CUDA {_d('amp')}.")
+@click.option("--num-workers", type=click.IntRange(min=0), help=f"Data loader processes {_d('num_workers')}.")
+@click.option("--cache-mb", type=click.IntRange(min=0),
+              help=f"Keep decoded views in RAM up to this size {_d('cache_mb')}.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress: bool, as_json: bool,
@@ -89,10 +100,10 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
     `torchrun --nproc_per_node 2 $(which dexrt) train DATASET -o RUN ...`. See docs/training.md.
     """
     require_extra("train", "`dexrt train`", "torch", "safetensors", "dexrt_train")
-    from dexrt_train.train import TrainConfig, run_config, summary_line
+    from dexrt_train.train import run_config, summary_line
     from dexrt_train.train import train as run_training
 
-    given = {_FIELDS[k]: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None}  # the others keep TrainConfig's defaults
     if init is not None and resume:
         raise click.UsageError("--init starts a new run; --resume continues one from its own weights")
     start = None
