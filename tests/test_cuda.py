@@ -15,7 +15,7 @@ import pytest
 
 import dexrt
 from dexrt import _core
-from dexrt._errors import BundleError, EngineError
+from dexrt._errors import BundleError, EngineError, MissingExtraError
 from dexrt.runtime.gpu import GpuRuntime, check_plan, gpu_available, same_release
 
 from conftest import gpu_unavailable_reason
@@ -155,7 +155,7 @@ def test_build_without_tensorrt_says_what_to_install(monkeypatch: pytest.MonkeyP
     from dexrt.build.tensorrt import build_tensorrt
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-    with pytest.raises(EngineError, match=r"pip install \"?tensorrt-cu1\d"):
+    with pytest.raises(MissingExtraError, match=r"pip install \"?tensorrt-cu1\d"):
         build_tensorrt(read_onnx_contract(plain_onnx, size_multiple=64), plain_onnx)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DexrtError(Exception):
     """Base of every error dexrt raises on purpose."""
@@ -32,16 +34,23 @@ class ConfigError(DexrtError, ValueError):
 
 
 class MissingExtraError(DexrtError, ImportError):
-    """An optional part of dexrt needs packages that are not installed; the message names the extra to install."""
+    """A part of dexrt needs a package that is not installed; the message says what to install (an extra of
+    dexrt's, or a package of its own such as NVIDIA's TensorRT). The one error of that kind, wherever it happens."""
+
+
+def require_package(module: str, what: str, install: str, package: str | None = None) -> Any:
+    """The imported ``module``, or a `MissingExtraError` saying that ``what`` needs ``package`` (default: the
+    module's name) and that ``install`` (a command, or a sentence naming one) installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"{what} needs {package or module}, which is not installed ({module}: {exc}); "
+                                f"{install}") from exc
 
 
 def require_extra(extra: str, what: str, *modules: str) -> None:
     """Import ``modules`` or raise one `MissingExtraError` saying that ``what`` needs ``pip install 'dexrt[extra]'``."""
-    import importlib
-
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise MissingExtraError(f"{what} needs the '{extra}' extra, which is not installed ({module}: {exc}); "
-                                    f"install it with: pip install 'dexrt[{extra}]'") from exc
+        require_package(module, what, f"install it with: pip install 'dexrt[{extra}]'", f"the '{extra}' extra")

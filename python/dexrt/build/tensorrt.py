@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import EngineError, ModelError
+from dexrt._errors import EngineError, ModelError, require_package
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,9 @@ def build_tensorrt(
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or an EngineError saying exactly what to install."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise EngineError(f"building a GPU engine needs NVIDIA TensorRT for Python, which is not installed: "
-                          f"{install_hint()}") from exc
-    return tensorrt
+    """The ``tensorrt`` module, or a MissingExtraError saying exactly what to install."""
+    return require_package("tensorrt", "building a GPU engine", install_hint(),
+                           "NVIDIA TensorRT for Python")
 
 
 def install_hint() -> str:

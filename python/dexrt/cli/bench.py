@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from dexrt._errors import DexrtError, require_extra
+from dexrt._errors import require_extra
+from dexrt.pipelines.bench import SCHEMA
 
 
 @click.command()
@@ -29,7 +30,7 @@ from dexrt._errors import DexrtError, require_extra
                    "INT8 (NNCF PTQ) of the same ONNX, and feeds every engine a real image of it (needs the "
                    "quantize extra).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("dexrt-bench.json"),
-              show_default=True, help="Results file (JSON, schema dexrt-bench/1).")
+              show_default=True, help=f"Results file (JSON, schema {SCHEMA}).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Latency-vs-size plot (PNG; default: next to the results file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout instead of a table.")

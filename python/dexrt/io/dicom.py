@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import InputError
+from dexrt._errors import InputError, require_package
 from dexrt._limits import check_image_size
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,9 @@ MAX_SEQUENCE_DEPTH = 16  # radiograph headers nest 3 or 4 levels; 100 levels bro
 
 
 def _pydicom() -> Any:
-    try:
-        import pydicom
-    except ImportError as exc:  # pydicom is a dependency of dexrt, but an environment can lose it
-        raise InputError(f"reading DICOM needs pydicom, which is not installed: pip install pydicom "
-                         f"(and for compressed files {_INSTALL_CODECS})") from exc
-    return pydicom
+    # pydicom is a dependency of dexrt, but an environment can lose it
+    return require_package("pydicom", "reading DICOM", f"install it with: pip install pydicom (and for compressed "
+                           f"files {_INSTALL_CODECS})")
 
 
 def is_dicom_file(path: Path) -> bool:

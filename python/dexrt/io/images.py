@@ -34,10 +34,6 @@ SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES  # what read_image reads
 METADATA_KEY = "dexrt"
 
 
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES
-
-
 def image_kind(path: Path) -> str | None:
     """``"png"``, ``"tiff"`` or ``"dicom"`` from the suffix; a file with another or no suffix is DICOM if it has
     the DICOM preamble (clinical archives often store DICOM without a suffix); otherwise None."""

@@ -10,7 +10,7 @@ reported; FP16 engines get the looser ``TOLERANCE_FP16``. GPU figures are host t
 INT8 engine (`dexrt build-engine --precision int8`, accuracy-controlled) and OpenVINO's own INT8 of the same ONNX
 (NNCF post-training quantization with its defaults, used from Python) join, and every engine is fed a real SE image
 of that dataset instead of noise. Results are a JSON document
-(`schema: dexrt-bench/1`) that two runs can be compared with, a printed table and a latency-vs-size plot.
+(``schema``: `SCHEMA`) that two runs can be compared with, a printed table and a latency-vs-size plot.
 """
 
 from __future__ import annotations

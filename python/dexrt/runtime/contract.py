@@ -139,16 +139,6 @@ def fixed_encoding(channel: str) -> Encoding:
     return QUANTITIES[channel].encoding
 
 
-def check_window(window: Sequence[float], what: str = "window") -> tuple[float, float]:
-    """``(lo, hi)`` as floats, finite and ``lo < hi``; ValueError otherwise."""
-    if len(window) != 2:
-        raise ValueError(f"{what} must be (lo, hi), got {tuple(window)!r}")
-    lo, hi = float(window[0]), float(window[1])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"{what} must be finite with lo < hi, got ({lo}, {hi})")
-    return lo, hi
-
-
 def window_to_unit(values: np.ndarray, window: Sequence[float]) -> np.ndarray:
     """Values -> network range: ``lo -> -1``, ``hi -> +1`` (float32), as the runtime's pre-processing."""
     lo, hi = float(window[0]), float(window[1])

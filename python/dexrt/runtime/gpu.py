@@ -24,11 +24,6 @@ class GpuRuntime:
     tensorrt_version: str  # "10.13.0" (major.minor.patch of the loaded libnvinfer)
 
 
-def cuda_status() -> dict[str, Any]:
-    """CUDA as this build and machine see it: compiled, runtime/driver versions, device count, error."""
-    return dict(_core.cuda.status())
-
-
 def gpu_available() -> bool:
     """True when dexrt was built with CUDA and a CUDA device is usable now."""
     return bool(_core.cuda.compiled) and int(_core.cuda.status()["device_count"]) > 0

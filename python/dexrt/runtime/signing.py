@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from dexrt._atomic import atomic_write
-from dexrt._errors import BundleError, DexrtError
+from dexrt._errors import BundleError, DexrtError, require_package
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "ed25519"
 ENV_TRUSTED_KEYS = "DEXRT_TRUSTED_KEYS"
 PROJECT_KEYS = Path(__file__).parent.parent / "models" / "trusted_keys"
-_INSTALL = "pip install cryptography"
+_INSTALL = "install it with: pip install cryptography"
 
 
 class SigningError(DexrtError, ValueError):
@@ -71,12 +71,8 @@ class Verdict:
 
 
 def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError as exc:
-        raise SigningError("signed engines need the 'cryptography' package, which is not installed: "
-                           f"{_INSTALL}") from exc
-    return ed25519
+    return require_package("cryptography.hazmat.primitives.asymmetric.ed25519", "signing or checking an engine",
+                           _INSTALL, "the 'cryptography' package")
 
 
 # -- keys -------------------------------------------------------------------------------------------------------
