@@ -315,6 +315,9 @@ def test_config_file_with_overrides(tmp_path: Path) -> None:
     assert [d.name for d in replaced.forward] == ["OTHER@::1:11113"]
 
 
+_VALID = 'spool = "s"\noutput = "o"\n[[allow]]\nae_title = "A"\n'  # a complete file, to which a case adds one line
+
+
 @pytest.mark.parametrize("text, message", [
     ('spool = "s"\nalow = []\n', "unknown key"),
     ('spool = "s"\n[[forward]]\nae_title = "P"\nhost = "h"\nport = 1\n', "no calling AE title"),
@@ -322,11 +325,46 @@ def test_config_file_with_overrides(tmp_path: Path) -> None:
     ('spool = "s"\n[[allow]]\nae_title = "WAY_TOO_LONG_AE_TITLE"\n', "not an AE title"),
     ('spool = "s"\n[[allow]]\nae_title = "A"\n', "would go nowhere"),
     ('spool = [\n', "not valid TOML"),
-], ids=["unknown-key", "no-allow", "port-type", "ae-title", "no-destination", "syntax"])
+    (f'timeout_s = inf\n{_VALID}', "timeout_s must be a number from 0.1 to 3600, got inf"),
+    (f'timeout_s = nan\n{_VALID}', "timeout_s must be a number from 0.1 to 3600, got nan"),
+    (f'jobs = 1000000000\n{_VALID}', "jobs must be an integer from 1 to 256, got 1000000000"),
+    (f'max_associations = 0\n{_VALID}', "max_associations must be an integer from 1 to 1024"),
+    (f'handshake_s = 1e9\n{_VALID}', "handshake_s must be a number"),
+    (f'host = "999.1.1.1"\n{_VALID}', "host must be an IP address to listen on"),
+    (f'host = "dexrt.example.org"\n{_VALID}', "host must be an IP address to listen on"),
+    (f'nested = {"[" * 5000}{"]" * 5000}\n{_VALID}', "nested too deeply"),
+    (f'{_VALID}[[forward]]\nae_title = "P"\nhost = "999.1.1.1"\nport = 104\n', "neither an IP address nor a host"),
+    (f'{_VALID}[[allow]]\nae_title = "B"\nhosts = [5]\n', "5 is not an IP address or network"),
+    (f'{_VALID}[retry]\ninitial_s = 10\nmax_s = 5\n', "initial_s .* is more than max_s"),
+    (f'ledger_entries = 10\n{_VALID}', "ledger_entries must be an integer from 1000"),
+], ids=["unknown-key", "no-allow", "port-type", "ae-title", "no-destination", "syntax", "timeout-inf", "timeout-nan",
+        "jobs-huge", "associations-0", "handshake-huge", "host-999", "host-name", "nesting-5000", "forward-999",
+        "allow-int", "retry-order", "ledger-tiny"])
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    """Every value out of bounds is a ConfigError naming the key: never an OverflowError or RecursionError
+    traceback at start, never a node that accepts a billion jobs or an impossible address."""
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         build_config(tmp_path / "bad.toml")
+
+
+def test_config_file_too_large_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "big.toml").write_text(_VALID + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="larger than"):
+        build_config(tmp_path / "big.toml")
+
+
+def test_command_line_values_are_bounded_too(tmp_path: Path, plain_engine_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    base = ["serve", "--check", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"),
+            "--output", str(tmp_path / "o"), "--engine", str(plain_engine_path)]
+    for extra, message in ((["--jobs", "1000000000"], "jobs must be an integer from 1 to 256"),
+                           (["--host", "999.1.1.1"], "host must be an IP address to listen on")):
+        result = CliRunner().invoke(cli, [*base, *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
 
 
 @pytest.mark.parametrize("text", ["PACS", "PACS@host", "@host:104", "PACS@host:0", "PACS@host:http"])

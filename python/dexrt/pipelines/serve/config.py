@@ -1,7 +1,7 @@
 """`dexrt serve` configuration: a TOML file, command-line overrides, and the checks both go through.
 
     ae_title = "DEXRT"            # this node's AE title (called AE title the senders must use)
-    host = "0.0.0.0"              # address to listen on
+    host = "0.0.0.0"              # IP address to listen on (0.0.0.0: every IPv4 address; "::": every IPv6 one)
     port = 11112
     spool = "/var/spool/dexrt"    # received instances, work in progress, outboxes (one filesystem)
     output = "/srv/dexrt/out"     # optional: also write the derived instances here
@@ -13,12 +13,15 @@
     input_spacing_mm = 0.2        # optional: pixel spacing of senders' images that carry none usable
     max_associations = 16
     timeout_s = 30                # ACSE/DIMSE/network timeout, each way
+    handshake_s = 5               # a connection must finish TLS and send its association request within this
+    drain_s = 30                  # SIGTERM: the longest the node takes to stop
+    ledger_entries = 100000       # SOP Instance UIDs remembered after hand-on (resends recognised)
     [[allow]]                     # who may send (at least one entry)
     ae_title = "MODALITY1"
     hosts = ["10.1.2.3", "10.1.4.0/24"]   # optional
     [[forward]]                   # where the bone and soft instances go (none: only --output)
     ae_title = "PACS"
-    host = "10.1.9.9"
+    host = "10.1.9.9"             # an IP address or a host name
     port = 104
     tls = false                   # optional: TLS to this destination (tls_ca, tls_cert, tls_key)
     [tls]                         # optional: TLS on the listening port
@@ -30,12 +33,15 @@
     max_s = 300
 
 Relative paths in the file are taken relative to the file's folder. A key given on the command line replaces the
-file's; a repeatable option (``--allow-ae``, ``--forward``) given at all replaces the file's whole list.
+file's; a repeatable option (``--allow-ae``, ``--forward``) given at all replaces the file's whole list. Every
+number has bounds (:data:`BOUNDS`): a value outside them is a :class:`ConfigError` naming the key, never a
+traceback at start or a node that takes the machine down.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -44,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dexrt._errors import ConfigError
-from dexrt.inputs.spacing import check_option
+from dexrt.runtime.pixel_spacing import check_option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +61,23 @@ DEFAULT_PORT = 11112
 # DICOM PS3.5 AE title: 1-16 characters of the default repertoire, no backslash or control characters; leading
 # and trailing spaces are not significant.
 _AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+# A host name (RFC 1123 labels); a name whose last label is all digits is a mistyped IP address, not a name.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+MAX_CONFIG_BYTES = 1 << 20  # a node's settings are a few hundred bytes; a bigger file is a mistake
+# (lowest, highest) of each number. Beyond them a value is a typo or an attack on the file: `timeout_s = inf`
+# ended in an OverflowError inside the network library, `jobs = 1e9` would start a billion threads.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),  # 0: the system picks a free port
+    "jobs": (1, 256),
+    "max_associations": (1, 1024),
+    "timeout_s": (0.1, 3600),
+    "handshake_s": (0.1, 120),
+    "drain_s": (0, 3600),
+    "retry_initial_s": (0.01, 3600),
+    "retry_max_s": (0.01, 86400),
+    "ledger_entries": (1000, 10_000_000),
+}
+_INTEGERS = ("port", "jobs", "max_associations", "ledger_entries")
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,9 @@ class ServeConfig:
     jobs: int = 8
     max_associations: int = 16
     timeout_s: float = 30.0
+    handshake_s: float = 5.0
+    drain_s: float = 30.0
+    ledger_entries: int = 100_000
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
@@ -141,11 +167,14 @@ def parse_forward(text: str) -> Destination:
     host, colon, port = rest.rpartition(":")
     if not at or not colon or not host:
         raise ConfigError(f"--forward {text}: expected AE@HOST:PORT")
-    return Destination(ae_title(title, f"--forward {text}"), host.strip("[]"), _port(port, f"--forward {text}"))
+    return Destination(ae_title(title, f"--forward {text}"), _host(host.strip("[]"), f"--forward {text}"),
+                       _port(port, f"--forward {text}"))
 
 
-def _network(text: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
+        if not isinstance(text, str):
+            raise ValueError
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not an IP address or network (host names are not accepted: "
@@ -160,6 +189,29 @@ def _port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not 0 < port < 65536:
         raise ConfigError(f"{where}: {value!r} is not a TCP port (1-65535)")
     return port
+
+
+def _host(value: Any, where: str) -> str:
+    """A destination's host: an IP address or a host name (RFC 1123); `999.1.1.1` is neither."""
+    if not value:
+        raise ConfigError(f"{where}: 'host' is required")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".") if isinstance(value, str) else []
+    if (not labels or len(value) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise ConfigError(f"{where}: {value!r} is neither an IP address nor a host name")
+    return str(value)
+
+
+def _listen_address(value: Any, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(f"{where}: host must be an IP address to listen on (0.0.0.0: every IPv4 address, "
+                          f"'::': every IPv6 one), got {value!r}") from None
 
 
 class _Table:
@@ -190,21 +242,35 @@ def _kind(kind: type | tuple[type, ...]) -> str:
                         list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """The settings in a TOML file, as keyword arguments of :class:`ServeConfig` (paths resolved)."""
+def _load(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a node's configuration")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: {exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{path}: not valid TOML for a node (arrays or tables nested too deeply)") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file, as keyword arguments of :class:`ServeConfig` (paths resolved)."""
+    data = _load(path)
     base = path.parent
     top = _Table(data, str(path), base)
     out: dict[str, Any] = {"source": path}
+    number = (int, float)
     for key, kind in (("ae_title", str), ("host", str), ("device", str), ("port", int), ("jobs", int),
-                      ("max_associations", int), ("timeout_s", (int, float)), ("require_signed", bool),
-                      ("strict", bool), ("input_spacing_mm", (int, float))):
+                      ("max_associations", int), ("timeout_s", number), ("handshake_s", number),
+                      ("drain_s", number), ("ledger_entries", int), ("require_signed", bool), ("strict", bool),
+                      ("input_spacing_mm", number)):
         value = top.take(key, kind)
         if value is not None:
             out[key] = value
@@ -236,17 +302,11 @@ def read_toml(path: Path) -> dict[str, Any]:
     tls.done()
     retry = _Table(top.take("retry", dict, {}), f"{path}: [retry]", base)
     for key in ("initial_s", "max_s"):
-        if (value := retry.take(key, (int, float))) is not None:
+        if (value := retry.take(key, number)) is not None:
             out[f"retry_{key}"] = float(value)
     retry.done()
     top.done()
     return out
-
-
-def _host(value: str | None, where: str) -> str:
-    if not value:
-        raise ConfigError(f"{where}: 'host' is required")
-    return value
 
 
 def build_config(file: Path | None = None, **overrides: Any) -> ServeConfig:
@@ -266,18 +326,28 @@ def build_config(file: Path | None = None, **overrides: Any) -> ServeConfig:
     return check(config, where)
 
 
+def _bounded(config: ServeConfig, where: str) -> None:
+    for key, (low, high) in BOUNDS.items():
+        value = getattr(config, key)
+        integral = key in _INTEGERS
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not low <= value <= high or (integral and not isinstance(value, int))):
+            kind = "an integer" if integral else "a number"
+            raise ConfigError(f"{where}: {key} must be {kind} from {low:g} to {high:g}, got {value!r}")
+
+
 def check(config: ServeConfig, where: str) -> ServeConfig:
     """Range and consistency checks shared by the file and the command line."""
-    config = replace(config, ae_title=ae_title(config.ae_title, f"{where}: ae_title"))
-    if isinstance(config.port, bool) or not 0 <= config.port <= 65535:  # 0: the system picks a free port
-        raise ConfigError(f"{where}: port must be 0-65535, got {config.port!r}")
+    config = replace(config, ae_title=ae_title(config.ae_title, f"{where}: ae_title"),
+                     host=_listen_address(config.host, where),
+                     forward=tuple(replace(d, host=_host(d.host, f"{where}: forward {d.name}"))
+                                   for d in config.forward))
+    _bounded(config, where)
     if config.device not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"{where}: device must be auto, cpu or gpu, got {config.device!r}")
-    for key in ("jobs", "max_associations"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(config, key)}")
-    if not config.timeout_s > 0 or not 0 < config.retry_initial_s <= config.retry_max_s:
-        raise ConfigError(f"{where}: timeout_s must be > 0 and 0 < retry initial_s <= max_s")
+    if config.retry_initial_s > config.retry_max_s:
+        raise ConfigError(f"{where}: retry initial_s ({config.retry_initial_s}) is more than max_s "
+                          f"({config.retry_max_s})")
     try:
         check_option("input_spacing_mm", config.input_spacing_mm)
     except ValueError as exc:
