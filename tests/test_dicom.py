@@ -15,7 +15,8 @@ from dexrt._errors import MissingExtraError
 from dexrt.pipelines.convert import Converter
 from dexrt.io.layout import find_images
 from dexrt.io.images import read_radiograph
-from dexrt.inputs.resample import model_spacing_mm, working_size
+from dexrt.inputs.resample import working_size
+from dexrt.runtime.pixel_spacing import model_spacing_mm
 from helpers import build_bundle
 from infer_helpers import make_dicom, make_identity_onnx, marked_image, raw_dicom
 

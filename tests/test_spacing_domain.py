@@ -329,7 +329,7 @@ def test_bad_spacing_options(spaced_engine: Path, tmp_path: Path, option: str, v
 
 
 def test_bad_spacing_in_python() -> None:
-    from dexrt.inputs.spacing import check_option
+    from dexrt.runtime.pixel_spacing import check_option
 
     for value in (-1.0, 0.0, math.inf, 100.0):
         with pytest.raises(ValueError, match="input_spacing_mm"):

@@ -45,6 +45,7 @@ from dexrt.runtime.contract import (
     read_onnx_metadata,
     write_onnx_metadata,
 )
+from dexrt.runtime.pixel_spacing import check_option
 from dexrt_train.checkpoint import (
     DEFAULT_WINDOW,
     load_checkpoint,
@@ -90,8 +91,7 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
     if normalisation is not None:  # scale-free input: each image mapped by its own robust range (dexrt.runtime.contract)
         meta["input"].update(quantity="se", normalisation=normalisation)
     if pixel_spacing_mm is not None:
-        if not pixel_spacing_mm > 0:
-            raise ValueError(f"pixel spacing must be > 0 mm, got {pixel_spacing_mm}")
+        check_option("pixel spacing", pixel_spacing_mm)
         meta["pixel_spacing_mm"] = float(pixel_spacing_mm)  # of the training images, at the patient
     if flip_average:
         meta["flip_average"] = True

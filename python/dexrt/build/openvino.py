@@ -29,7 +29,7 @@ from dexrt.runtime.contract import (
     read_onnx_metadata,
     recorded_encodings,
 )
-from dexrt.inputs.spacing import check_option
+from dexrt.runtime.pixel_spacing import check_option
 
 log = logging.getLogger(__name__)
 

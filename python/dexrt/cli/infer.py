@@ -35,7 +35,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    from dexrt.inputs.spacing import check_option
+    from dexrt.runtime.pixel_spacing import check_option
 
     try:
         check_option(f"--{param.name.replace('_', '-')}" if param.name != "old_spacing" else "--spacing", value)
@@ -66,7 +66,8 @@ def _spacing_option(ctx: click.Context, param: click.Parameter, value: float | N
               help="Deprecated: --model-spacing.")
 @click.option("--no-resample", is_flag=True, help="Never resample to the training pixel spacing.")
 @click.option("--strict", is_flag=True,
-              help="Refuse inputs that do not look like frontal chest radiographs (default: convert with a warning).")
+              help="Refuse inputs that do not look like frontal chest radiographs, and, with a patient engine "
+                   "(`dexrt fit`), inputs not shown to be its patient (default: convert with a warning).")
 @click.option("--preview", is_flag=True, help="Also write NAME_preview.png (SE | bone | soft, 8-bit).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
               help="Files in flight at once (decoding, waiting for the engine, writing).")

@@ -11,7 +11,6 @@ C resampler (no extra dependency).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -24,19 +23,6 @@ TOLERANCE = 0.01
 # the default model's 1.477 mm is 291 pixels; 4096 leaves room for fine-spacing models while keeping one U-Net
 # pass within a few GB (a 9.9 mm PixelSpacing on a 1024-pixel image asked for 6912 pixels and std::bad_alloc).
 MAX_WORKING_SIDE = 4096
-
-
-def model_spacing_mm(manifest: dict[str, Any]) -> float | None:
-    """The training pixel spacing recorded in an engine manifest, or None.
-
-    Looked up, in order, as ``pixel_spacing_mm`` at the top level, in ``model`` and in ``model.config``.
-    """
-    model = manifest.get("model") or {}
-    for where in (manifest, model, model.get("config") or {}):
-        value = where.get("pixel_spacing_mm") if isinstance(where, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-            return float(value)
-    return None
 
 
 def working_size(shape: tuple[int, int], spacing_mm: tuple[float, float] | None,

@@ -36,10 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dexrt.inputs.chest import Anatomy
+from dexrt.runtime.pixel_spacing import PLAUSIBLE_MM, plausible
 
-# Real radiograph pixels (dental sensors to binned fluoroscopy) lie well inside this; outside it a value is a
-# typo or a placeholder, never a spacing.
-PLAUSIBLE_MM = (0.01, 10.0)
 # The mid-plane of an adult PA chest sits about 12-18 cm in front of the detector at 180 cm SID (180 / 165):
 # 1.1 is a typical chest magnification; an AP bedside film at 100 cm is nearer 1.15-1.2 (docs/infer.md).
 TYPICAL_MAGNIFICATION = 1.1
@@ -85,21 +83,6 @@ class InputSpacing:
         same = math.isclose(self.row_mm, self.col_mm, rel_tol=1e-3)
         value = f"{self.row_mm:.4g} mm" if same else f"{self.row_mm:.4g} x {self.col_mm:.4g} mm"
         return f"pixel spacing {value}, {'ESTIMATED: ' if self.estimated else ''}{self.detail}"
-
-
-def plausible(value: float) -> bool:
-    return math.isfinite(value) and PLAUSIBLE_MM[0] <= value <= PLAUSIBLE_MM[1]
-
-
-def check_option(name: str, value: float | None) -> None:
-    """A spacing given as an option: positive, finite and plausible, else a ValueError saying so."""
-    if value is None:
-        return
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number of mm, got {value!r}")
-    if not plausible(value):
-        raise ValueError(f"{name} {value:g} mm is not a radiograph's pixel spacing "
-                         f"(expected {PLAUSIBLE_MM[0]:g} to {PLAUSIBLE_MM[1]:g} mm)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@ calibration.
 
 `open_dataset` checks the manifest once: its format and version, a linear encoding for each channel, and that
 every file it names stays inside the dataset folder (a manifest naming ``../x.png`` is refused, never followed).
+
+This module is the one home of the format's constants (`FORMAT`, `FORMAT_VERSION`, `MANIFEST_NAME`, `SPLITS`): the
+writer (`dexrt.synth.writer`) and the split plans (`dexrt.synth.splits`) import them from here.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import numpy as np
 from dexrt._errors import InputError
 from dexrt._json import read_versioned
 from dexrt.runtime.contract import DATASET_CHANNELS, Encoding
+from dexrt.runtime.pixel_spacing import spacing_problem
 
 FORMAT = "dexrt-dataset"
-FORMAT_VERSION = 1
+# 2: every view names its patient ("patient"), the manifest lists them ("patients"). Version 1 (one CT per
+# dataset) is still read, as one patient named after its CT file.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 _MAX_MANIFEST_BYTES = 256 << 20
@@ -34,6 +41,7 @@ class StoredView:
     files: dict[str, Path]  # channel -> image file
     mask: Path | None
     split: str = ""
+    patient: str = ""  # the CT the view was rendered from (docs/dataset-format.md)
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,15 @@ class Dataset:
         return [v for v in self.views if v.split == name]
 
     @property
+    def patients(self) -> list[str]:
+        """The patients of the dataset's views, in the order they first appear."""
+        return list(dict.fromkeys(v.patient for v in self.views))
+
+    @property
     def pixel_spacing_mm(self) -> float | None:
         """The pixel spacing at the patient (isocentre), or None when the manifest does not record it."""
         value = self.manifest.get("geometry", {}).get("pixel_at_iso_mm")
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        return float(value) if ok else None
+        return float(value) if spacing_problem(value) is None else None
 
     def stored(self, view: StoredView, channel: str) -> np.ndarray:
         """One image of a view as stored (uint16, or float32 TIFF)."""
@@ -88,7 +100,9 @@ def open_dataset(root: str | os.PathLike[str], *, processed: bool = False) -> Da
         raise InputError(f"{root}: not a dexrt dataset (no {MANIFEST_NAME})")
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise InputError(f"{path}: {path.stat().st_size} bytes, larger than any dexrt dataset manifest")
-    manifest = read_versioned(path, fmt=FORMAT, version=FORMAT_VERSION, kind="dataset manifest", error=InputError)
+    manifest = read_versioned(path, fmt=FORMAT, version=READABLE_VERSIONS, kind="dataset manifest",
+                              error=InputError)
+    single = single_patient(manifest) if manifest["format_version"] == 1 else None
     use = processed and set(PROCESSED.values()) <= set(manifest.get("channels") or ())
     names = {c: PROCESSED.get(c, c) if use else c for c in DATASET_CHANNELS}  # channel -> the one read for it
     encodings = _encodings(path, manifest, names)
@@ -102,13 +116,26 @@ def open_dataset(root: str | os.PathLike[str], *, processed: bool = False) -> Da
             split = v["split"]
             files = {c: _inside(resolved_root, v["files"][names[c]], path) for c in DATASET_CHANNELS}
             mask = _inside(resolved_root, v["mask"], path) if v.get("mask") else None
-            views.append(StoredView(str(v["id"]), files, mask, split))
+            patient = single if single is not None else v["patient"]
+            views.append(StoredView(str(v["id"]), files, mask, split, patient))
         except (KeyError, TypeError) as exc:
             raise InputError(f"{path}: view {i} lacks {exc} (needs id, split, files "
-                             f"{'/'.join(names.values())})") from None
+                             f"{'/'.join(names.values())}{'' if single else ', patient'})") from None
+        if not isinstance(patient, str) or not patient:
+            raise InputError(f"{path}: view {i} has patient {patient!r}, not a name")
         if split not in SPLITS:
             raise InputError(f"{path}: view {i} has split {split!r}, not one of {', '.join(SPLITS)}")
     return Dataset(root, manifest, encodings, tuple(views))
+
+
+def single_patient(manifest: dict[str, Any]) -> str:
+    """The patient of a version-1 dataset (one CT): its CT file's name without extension, or "patient"."""
+    source = manifest.get("source")
+    ct = source.get("ct") if isinstance(source, dict) else None
+    name = Path(ct).name if isinstance(ct, str) else ""
+    for suffix in (".gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        name = name.removesuffix(suffix)
+    return name or "patient"
 
 
 def _encodings(path: Path, manifest: dict[str, Any], names: dict[str, str]) -> dict[str, Encoding]:

@@ -38,9 +38,11 @@ from dexrt._errors import DexrtError, DomainError, InputError
 from dexrt.inputs.chest import measure
 from dexrt.io.dicom import write_dicom
 from dexrt.runtime.engine import Engine
+from dexrt.runtime.patient import PatientMismatchError, patient_problem
 from dexrt.io.images import read_radiograph, write_image, write_preview
 from dexrt.io.layout import PREVIEW, output_clashes, output_paths
-from dexrt.inputs.resample import model_spacing_mm, resample, to_dtype, working_size
+from dexrt.inputs.resample import resample, to_dtype, working_size
+from dexrt.runtime.pixel_spacing import check_option, model_spacing_mm
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,8 @@ class Converter:
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
-        _spacing.check_option("model_spacing_mm", model_spacing_mm)
-        _spacing.check_option("input_spacing_mm", input_spacing_mm)
+        check_option("model_spacing_mm", model_spacing_mm)
+        check_option("input_spacing_mm", input_spacing_mm)
         self.input_spacing_mm = input_spacing_mm
         self.strict = strict
         self.engine = engine
@@ -273,10 +275,16 @@ class Converter:
             outcome.outputs.append(target)
 
     def _assess(self, source: Path, image: Any, outcome: Outcome) -> _spacing.InputSpacing | None:
-        """Check the input's domain (refusing it when strict) and resolve its pixel spacing; warnings go into the
-        outcome. The anatomy is measured on the first frame, at most 512 pixels a side (dexrt.inputs.chest)."""
+        """Check the input's patient (for a patient engine) and domain, refusing either when strict, and resolve
+        its pixel spacing; warnings go into the outcome. The anatomy is measured on the first frame, at most 512
+        pixels a side (dexrt.inputs.chest)."""
         frames = image.frames
         dataset = image.dicom.dataset if image.dicom is not None else None
+        doubt = patient_problem(self.engine.manifest, dataset)  # a patient engine (`dexrt fit`): its patient?
+        if doubt:
+            if self.strict:
+                raise PatientMismatchError(f"{source}: refused (strict): {doubt}")
+            outcome.warnings.append(f"{source}: {doubt}")
         anatomy = measure(frames[0])
         report = _domain.check(dataset, anatomy)
         outcome.domain = report.as_dict()

@@ -40,7 +40,7 @@ from dexrt.pipelines.convert import DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Convert
 from dexrt.io.layout import find_images, inputs_at_risk, output_clashes
 from dexrt.runtime.signing import check_origin
 from dexrt.models import resolve_engine
-from dexrt.inputs.spacing import check_option
+from dexrt.runtime.pixel_spacing import check_option
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any, TypeGuard
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import BundleError
-from dexrt.inputs.spacing import PLAUSIBLE_MM, plausible
+from dexrt.runtime.pixel_spacing import recorded_spacings, spacing_problem
 
 FORMAT = "dexrt-engine"
 FORMAT_VERSION = 1
@@ -301,12 +301,9 @@ def check_manifest(path: Path, m: Any) -> None:
     model = m.get("model", {})
     if not isinstance(model, dict) or not isinstance(model.get("config", {}), dict):
         raise bad("'model' must be an object")
-    for where, holder in (("pixel_spacing_mm", m), ("model.pixel_spacing_mm", model),
-                          ("model.config.pixel_spacing_mm", model.get("config", {}))):
-        value = holder.get("pixel_spacing_mm")
-        if value is not None and not _plausible_spacing(value):
-            raise bad(f"'{where}' {value!r} mm is not a plausible pixel spacing (expected {PLAUSIBLE_MM[0]:g} to "
-                      f"{PLAUSIBLE_MM[1]:g} mm)")
+    for where, value in recorded_spacings(m):
+        if problem := spacing_problem(value):
+            raise bad(f"'{where}' {problem}")
 
 
 def _check_payload(payload: Any, expected: frozenset[str], bad: Any) -> None:
@@ -341,11 +338,6 @@ def window_problem(w: Any) -> str | None:
     if not hi - lo >= max(1e-6, 1e-5 * max(abs(lo), abs(hi))):
         return f"{w!r} is empty, reversed or too narrow (lo < hi by at least 1e-6 and 1e-5 of the bounds)"
     return None
-
-
-def _plausible_spacing(v: Any) -> bool:
-    # abs() first: a JSON integer of hundreds of digits overflows float() (and math.isfinite)
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e6 and plausible(float(v))
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

@@ -8,7 +8,7 @@
     engine = "/opt/dexrt/model.dexrt"  # optional: default is the bundled model
     device = "auto"
     jobs = 8                      # instances being converted at once
-    require_signed = false        # optional: refuse an engine not signed by a trusted key (docs/runtime.md)
+    allow_unsigned = false        # optional: run an engine not signed by a trusted key (docs/runtime.md)
     strict = false                # optional: refuse (DIMSE-accept, then set aside) inputs that are not chest PA/AP
     input_spacing_mm = 0.2        # optional: pixel spacing of senders' images that carry none usable
     max_associations = 16
@@ -143,10 +143,15 @@ class ServeConfig:
     tls_ca: Path | None = None
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
-    require_signed: bool = False
+    allow_unsigned: bool = False
     strict: bool = False
     input_spacing_mm: float | None = None
     source: Path | None = field(default=None, compare=False)  # the TOML file, if any
+
+    @property
+    def require_signed(self) -> bool:
+        """A node runs only an engine signed by a trusted key unless told otherwise (docs/runtime.md)."""
+        return not self.allow_unsigned
 
 
 def ae_title(value: Any, where: str) -> str:
@@ -269,11 +274,14 @@ def read_toml(path: Path) -> dict[str, Any]:
     number = (int, float)
     for key, kind in (("ae_title", str), ("host", str), ("device", str), ("port", int), ("jobs", int),
                       ("max_associations", int), ("timeout_s", number), ("handshake_s", number),
-                      ("drain_s", number), ("ledger_entries", int), ("require_signed", bool), ("strict", bool),
+                      ("drain_s", number), ("ledger_entries", int), ("allow_unsigned", bool), ("strict", bool),
                       ("input_spacing_mm", number)):
         value = top.take(key, kind)
         if value is not None:
             out[key] = value
+    if top.take("require_signed", bool) is False:
+        raise ConfigError(f"{path}: require_signed = false: a node now requires a signed engine by default; to run "
+                          "one that is not signed by a trusted key, say so with allow_unsigned = true")
     for key in ("spool", "output", "engine"):
         if (value := top.path(key)) is not None:
             out[key] = value
