@@ -337,9 +337,10 @@ _VALID = 'spool = "s"\noutput = "o"\n[[allow]]\nae_title = "A"\n'  # a complete 
     (f'{_VALID}[[allow]]\nae_title = "B"\nhosts = [5]\n', "5 is not an IP address or network"),
     (f'{_VALID}[retry]\ninitial_s = 10\nmax_s = 5\n', "initial_s .* is more than max_s"),
     (f'ledger_entries = 10\n{_VALID}', "ledger_entries must be an integer from 1000"),
+    (f'require_signed = false\n{_VALID}', "allow_unsigned = true"),
 ], ids=["unknown-key", "no-allow", "port-type", "ae-title", "no-destination", "syntax", "timeout-inf", "timeout-nan",
         "jobs-huge", "associations-0", "handshake-huge", "host-999", "host-name", "nesting-5000", "forward-999",
-        "allow-int", "retry-order", "ledger-tiny"])
+        "allow-int", "retry-order", "ledger-tiny", "require-signed-false"])
 def test_config_errors(tmp_path: Path, text: str, message: str) -> None:
     """Every value out of bounds is a ConfigError naming the key: never an OverflowError or RecursionError
     traceback at start, never a node that accepts a billion jobs or an impossible address."""
@@ -360,7 +361,7 @@ def test_command_line_values_are_bounded_too(tmp_path: Path, plain_engine_path: 
     from dexrt.cli import cli
 
     base = ["serve", "--check", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"),
-            "--output", str(tmp_path / "o"), "--engine", str(plain_engine_path)]
+            "--output", str(tmp_path / "o"), "--engine", str(plain_engine_path), "--allow-unsigned"]
     for extra, message in ((["--jobs", "1000000000"], "jobs must be an integer from 1 to 256"),
                            (["--host", "999.1.1.1"], "host must be an IP address to listen on")):
         result = CliRunner().invoke(cli, [*base, *extra])
@@ -380,7 +381,7 @@ def test_check_echoes_each_destination(destination: Destination, tmp_path: Path,
 
     dead = f"GONE@{LOOPBACK}:{free_port()}"
     base = ["serve", "--check", "--json", "--allow-ae", "MODALITY", "--spool", str(tmp_path / "spool"),
-            "--engine", str(plain_engine_path), "--forward", destination.address]
+            "--engine", str(plain_engine_path), "--allow-unsigned", "--forward", destination.address]
     ok = CliRunner().invoke(cli, base)
     assert ok.exit_code == 0, ok.output
     report = json.loads(ok.stdout)
@@ -405,7 +406,8 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, plain_engine_path: Path) -
         taken.listen()
         result = CliRunner().invoke(cli, ["serve", "--host", LOOPBACK, "--port", str(taken.getsockname()[1]),
                                           "--allow-ae", "MODALITY", "--output", str(tmp_path / "out"),
-                                          "--spool", str(tmp_path / "spool"), "--engine", str(plain_engine_path)])
+                                          "--spool", str(tmp_path / "spool"), "--engine", str(plain_engine_path),
+                                          "--allow-unsigned"])
     assert result.exit_code == 1 and "cannot listen on" in result.output, result.output
 
 
@@ -439,7 +441,7 @@ class NodeProcess:
 def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination, tmp_path: Path,
                                                        plain_engine_path: Path) -> None:
     args = ["--allow-ae", "MODALITY", "--forward", destination.address, "--spool", str(tmp_path / "spool"),
-            "--engine", str(plain_engine_path), "--jobs", "2"]
+            "--engine", str(plain_engine_path), "--allow-unsigned", "--jobs", "2"]
     sources = [radiograph(128, DX, i) for i in range(40)]
     acked: list[str] = []
     node = NodeProcess(args, tmp_path / "node.log")

@@ -180,3 +180,76 @@ def test_engine_from_in_memory_parts_is_trusted_without_a_warning(plain_engine_p
     with caplog.at_level(logging.WARNING, logger="dexrt.runtime.signing"):
         engine = dexrt.Engine.from_parts(bundle.manifest, bundle.payload, require_signed=True)
     assert engine.signer is not None and not caplog.records
+
+
+# -- trusted-keys files: only their owner may write them (as ssh's authorized_keys) --------------------------------
+@pytest.mark.parametrize("unsafe", ["file-0666", "file-0620", "folder-0777"])
+def test_trusted_keys_writable_by_others_are_refused(signed: Path, keys: tuple[Path, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, unsafe: str) -> None:
+    from dexrt.runtime.signing import SigningError
+
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o755)
+    copy = folder / "trusted_keys"
+    shutil.copy(keys[1], copy)
+    copy.chmod(0o644)
+    monkeypatch.setenv(ENV_TRUSTED_KEYS, str(copy))
+    assert dexrt.Engine(signed, require_signed=True).signer.name == "team"  # safe as made: trusted
+    if unsafe == "folder-0777":
+        folder.chmod(0o777)
+    else:
+        copy.chmod(int(unsafe[-4:], 8))
+    with pytest.raises(SigningError, match="writable by others"):
+        dexrt.Engine(signed, require_signed=True)
+    with pytest.raises(SigningError, match="writable by others"):  # also when passed by path
+        dexrt.Engine(signed, trusted_keys=[copy], require_signed=True)
+
+
+def test_sticky_folder_like_tmp_is_fine_for_ones_own_file(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)  # like /tmp: others may add files, but cannot replace ours
+    copy = Path(shutil.copy(keys[1], folder / "trusted_keys"))
+    assert [k.name for k in read_trusted_keys(copy)] == ["team"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="giving a file to another user needs root")
+def test_trusted_keys_owned_by_another_user_are_refused(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    import os
+
+    from dexrt.runtime.signing import SigningError
+
+    copy = Path(shutil.copy(keys[1], tmp_path / "theirs"))
+    os.chown(copy, 65534, 65534)  # nobody
+    with pytest.raises(SigningError, match="belongs to another user"):
+        read_trusted_keys(copy)
+
+
+def test_relative_trusted_keys_path_in_the_environment_is_refused(signed: Path, keys: tuple[Path, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from dexrt.runtime.signing import SigningError
+
+    monkeypatch.chdir(keys[1].parent)
+    monkeypatch.setenv(ENV_TRUSTED_KEYS, keys[1].name)  # exists in this working folder, and only in this one
+    with pytest.raises(SigningError, match="not an absolute path"):
+        dexrt.Engine(signed, require_signed=True)
+
+
+def test_serve_requires_a_signed_engine_unless_allowed(plain_engine_path: Path, tmp_path: Path) -> None:
+    """`dexrt serve` refuses an unsigned engine by default; --allow-unsigned (allow_unsigned = true) runs it."""
+    pytest.importorskip("pynetdicom")
+    base = ["serve", "--check", "--json", "--allow-ae", "MODALITY", "--spool", tmp_path / "spool",
+            "--output", tmp_path / "out", "--engine", plain_engine_path]
+    refused = run(*base)
+    assert refused.exit_code == 1
+    engine = json.loads(refused.stdout)["checks"][0]
+    assert engine["check"] == "engine" and not engine["ok"] and "a signed engine is required" in engine["detail"]
+    allowed = run(*base, "--allow-unsigned")
+    assert allowed.exit_code == 0, allowed.output
+    both = run(*base, "--allow-unsigned", "--require-signed")
+    assert both.exit_code == 2 and "contradict" in both.output
+    (tmp_path / "serve.toml").write_text(f'spool = "spool"\noutput = "out"\nengine = "{plain_engine_path}"\n'
+                                         'allow_unsigned = true\n[[allow]]\nae_title = "MODALITY"\n')
+    from_file = run("serve", "--check", "--config", tmp_path / "serve.toml")
+    assert from_file.exit_code == 0, from_file.output

@@ -35,10 +35,14 @@ def _parsed(values: tuple[str, ...], parse: Any) -> tuple[Any, ...] | None:
               help="Engine bundle (.dexrt) (default: dexrt's bundled model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Engine device (default auto).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), help="Instances converted at once (default 8).")
-@click.option("--require-signed", is_flag=True, default=None,
-              help="Refuse an engine that is not signed by a trusted key (docs/runtime.md).")
+@click.option("--allow-unsigned", is_flag=True, default=None,
+              help="Run an engine that is not signed by a trusted key (by default the node refuses it; "
+                   "docs/runtime.md).")
+@click.option("--require-signed", is_flag=True, hidden=True,
+              help="Refuse an engine that is not signed by a trusted key: the default (kept for existing scripts).")
 @click.option("--strict", is_flag=True, default=None,
-              help="Set aside inputs that are not frontal chest radiographs instead of converting them with a warning.")
+              help="Set aside inputs that are not frontal chest radiographs, or not the patient of a patient engine "
+                   "(`dexrt fit`), instead of converting them with a warning.")
 @click.option("--input-spacing", "input_spacing_mm", type=float, metavar="MM",
               help="Pixel spacing of received images that carry none usable (else estimated, see docs/infer.md).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
@@ -50,24 +54,28 @@ def _parsed(values: tuple[str, ...], parse: Any) -> tuple[Any, ...] | None:
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: str | None, ae_title: str | None,
           allow_ae: tuple[str, ...], forward: tuple[str, ...], spool: Path | None, output: Path | None,
-          engine: Path | None, device: str | None, jobs: int | None, require_signed: bool | None, strict: bool | None,
+          engine: Path | None, device: str | None, jobs: int | None, allow_unsigned: bool | None,
+          require_signed: bool, strict: bool | None,
           input_spacing_mm: float | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
           as_json: bool, check: bool) -> None:
     """Receive radiographs (C-STORE), convert them, send the bone and soft images on.
 
     Accepts CR, DX and X-ray angiographic/RF instances from the allowed calling AE titles, acknowledges each
-    once it is safely in the spool, converts it with the engine, and sends the two derived instances to every
-    --forward destination (retrying one that is down) and/or writes them into --output. SIGTERM (or Ctrl-C)
+    once it is safely in the spool, converts it with the engine (which must be signed by a trusted key unless
+    --allow-unsigned), and sends the two derived instances to every --forward destination (retrying one that
+    is down) and/or writes them into --output. SIGTERM (or Ctrl-C)
     stops it cleanly; work not finished stays in the spool and resumes at the next start. See docs/serve.md.
     """
     from dexrt._errors import require_extra
 
     require_extra("serve", "`dexrt serve`", "pynetdicom")
+    if allow_unsigned and require_signed:
+        raise click.UsageError("--allow-unsigned and --require-signed contradict each other; give one")
     from dexrt.pipelines.serve.config import build_config, parse_allow, parse_forward
     from dexrt.pipelines.serve.logs import configure
 
     config = build_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, output=output,
-                          engine=engine, device=device, jobs=jobs, require_signed=require_signed, strict=strict,
+                          engine=engine, device=device, jobs=jobs, allow_unsigned=allow_unsigned, strict=strict,
                           input_spacing_mm=input_spacing_mm, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                           allow=_parsed(allow_ae, parse_allow), forward=_parsed(forward, parse_forward))
     verbose = (ctx.parent.params.get("verbose") or 0) if ctx.parent else 0

@@ -9,8 +9,14 @@ one line, ``ed25519 <base64 of the 32 key bytes> [name]``. A **trusted-keys file
 and ``#`` comments ignored). The keys an `Engine` trusts, unless ``trusted_keys=`` names them:
 
 * the dexrt project's key, shipped in the package (`dexrt/models/trusted_keys`; it signs the bundled model);
-* the files listed in ``DEXRT_TRUSTED_KEYS`` (paths separated by ``os.pathsep``), or, when that variable is not
-  set, ``$XDG_CONFIG_HOME/dexrt/trusted_keys`` (``~/.config/dexrt/trusted_keys``) if it exists.
+* the files listed in ``DEXRT_TRUSTED_KEYS`` (absolute paths separated by ``os.pathsep``), or, when that variable
+  is not set, ``$XDG_CONFIG_HOME/dexrt/trusted_keys`` (``~/.config/dexrt/trusted_keys``) if it exists.
+
+A trusted-keys file decides which engines run, so, as ssh does with ``authorized_keys``, one that someone else could
+have written is refused (:func:`check_private`): the file and every folder above it must belong to the current user
+or root and must not be writable by group or others (a sticky folder such as ``/tmp`` may be: nobody else can
+replace what is in it). A relative path in ``DEXRT_TRUSTED_KEYS`` is refused too: it would name a different file
+from every working folder.
 
 An unsigned bundle, one signed by a key not trusted, or one whose signature does not verify loads only where
 signatures are not required, with a logged warning; with ``require_signed`` it is a `BundleError`.
@@ -24,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,9 +149,39 @@ def parse_public_key(text: str, where: str = "key") -> PublicKey:
     return PublicKey(raw, parts[1] if len(parts) > 1 else "")
 
 
-def read_trusted_keys(path: str | os.PathLike[str]) -> list[PublicKey]:
-    """The keys of a trusted-keys file (one per line; blank lines and # comments ignored)."""
+def check_private(path: str | os.PathLike[str]) -> None:
+    """SigningError unless `path` (a trusted-keys file) and every folder above it belong to this user or root and
+    are not writable by group or others; a sticky folder (``/tmp``) may be, its entries are checked by owner."""
+    given = Path(os.path.abspath(path))
+    try:
+        real = given.resolve(strict=True)
+    except OSError as exc:
+        raise SigningError(f"{path}: cannot read the trusted keys ({exc.strerror or exc})") from exc
+    me = os.geteuid()
+    for chain in ((given, *given.parents), (real, *real.parents)):
+        for i, p in enumerate(chain):
+            try:
+                st = os.stat(p)
+            except OSError as exc:
+                raise SigningError(f"{path}: cannot check {p} ({exc.strerror or exc})") from exc
+            what = "trusted-keys file" if i == 0 else "folder"
+            if i == 0 and not stat.S_ISREG(st.st_mode):
+                raise SigningError(f"{path}: not a regular file")
+            if st.st_uid not in (0, me):
+                raise SigningError(f"{path}: refusing it: the {what} {p} belongs to another user (uid {st.st_uid}), "
+                                   "who could change which engines are trusted")
+            sticky_folder = i > 0 and st.st_mode & stat.S_ISVTX
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_folder:
+                raise SigningError(f"{path}: refusing it: the {what} {p} is writable by others (mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o}), so anyone could add a key (chmod go-w {p})")
+
+
+def read_trusted_keys(path: str | os.PathLike[str], *, private: bool = True) -> list[PublicKey]:
+    """The keys of a trusted-keys file (one per line; blank lines and # comments ignored). With `private` (the
+    default) the file must pass :func:`check_private`; the package's own file is read without it."""
     path = Path(path)
+    if private:
+        check_private(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,10 +192,15 @@ def read_trusted_keys(path: str | os.PathLike[str]) -> list[PublicKey]:
 
 def default_trusted_keys() -> list[PublicKey]:
     """The project's key plus the user's trusted-keys files (see the module docstring)."""
-    keys = read_trusted_keys(PROJECT_KEYS) if PROJECT_KEYS.is_file() else []
+    # The package's own file: whoever can change it can change the code that checks it.
+    keys = read_trusted_keys(PROJECT_KEYS, private=False) if PROJECT_KEYS.is_file() else []
     listed = os.environ.get(ENV_TRUSTED_KEYS)
     if listed is not None:
         files = [Path(p) for p in listed.split(os.pathsep) if p]
+        for f in files:
+            if not f.is_absolute():
+                raise SigningError(f"{ENV_TRUSTED_KEYS}: {str(f)!r} is not an absolute path (a relative one would "
+                                   "name another file from every working folder)")
     else:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         files = [p for p in (config / "dexrt" / "trusted_keys",) if p.is_file()]
