@@ -9,9 +9,12 @@ import sys
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import click
+
+if TYPE_CHECKING:
+    from dexrt.pipelines.convert import ConvertOptions
 
 
 class Terminated(KeyboardInterrupt):
@@ -100,12 +103,15 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     from dexrt.io.layout import find_images
     from dexrt.models import DEFAULT_ENGINE, resolve_engine
 
-    if old_spacing is not None:
-        click.echo("Warning: --spacing is deprecated and means the MODEL's spacing: use --model-spacing (an input's "
-                   "own spacing is --input-spacing)", err=True)
-        if model_spacing is not None and model_spacing != old_spacing:
-            raise click.UsageError("--spacing (deprecated) and --model-spacing disagree; give --model-spacing only")
-        model_spacing = old_spacing
+    from dexrt.pipelines.convert import ConvertOptions, deprecated_spacing
+
+    try:
+        model_spacing, warning = deprecated_spacing(model_spacing, old_spacing, names=("--model-spacing", "--spacing"),
+                                                    input_name="--input-spacing")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
     if model_spacing is not None and no_resample:
         raise click.UsageError("--model-spacing and --no-resample contradict each other; give one")
     if ray_actors is not None and ray_address is None:
@@ -119,8 +125,8 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
     channels = read_manifest(engine_path)["output"]["channels"]  # checked; names the outputs not to take as inputs
     sources = find_images(source, recursive=recursive, include=include, exclude=exclude, skip=output,
                           channels=channels)
-    options = dict(root=root, overwrite=overwrite, resample=not no_resample, model_spacing_mm=model_spacing,
-                   input_spacing_mm=input_spacing, strict=strict, preview=preview, jobs=jobs)
+    options = ConvertOptions(root=root, overwrite=overwrite, resample=not no_resample, model_spacing_mm=model_spacing,
+                             input_spacing_mm=input_spacing, strict=strict, preview=preview, jobs=jobs)
     show_progress = sys.stderr.isatty() and not as_json
     if ray_address is None:
         run = _run(sources, engine_path, device, output, options, show_progress=show_progress, note=not no_resample,
@@ -173,7 +179,7 @@ def infer(source: Path, output: Path, engine_path: Path, device: str, recursive:
         sys.exit(1)
 
 
-def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: dict[str, Any], *,
+def _run(sources: list[Path], engine_path: Path, device: str, output: Path, options: ConvertOptions, *,
          show_progress: bool, note: bool, require_signed: bool) -> dict[str, Any]:
     """Convert `sources` in this process; returns plain results (outcomes in input order, engine facts, timing,
     interruption).
@@ -186,7 +192,7 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
 
     engine = Engine(engine_path, device=device, require_signed=require_signed, **FOLDER_ENGINE_OPTIONS)
     try:
-        converter = Converter(engine, output, **options)
+        converter = Converter(engine, output, options)
         if converter.model_spacing_mm is None and note:
             click.echo(f"Note: {converter.resampling_note}", err=True)
         run = _drive(lambda: closing(converter.run(sources)), sources, show_progress)
@@ -196,7 +202,7 @@ def _run(sources: list[Path], engine_path: Path, device: str, output: Path, opti
             "model_spacing_mm": converter.model_spacing_mm}
 
 
-def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output: Path, options: dict[str, Any], *,
+def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output: Path, options: ConvertOptions, *,
              address: str, actors: int | None, show_progress: bool, note: bool, require_signed: bool
              ) -> dict[str, Any]:
     """Convert `sources` on a Ray cluster (dexrt.pipelines.distributed); the same results as `_run`, plus the pool's."""
@@ -206,7 +212,7 @@ def _run_ray(sources: list[Path], engine_path: Path | None, device: str, output:
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # without -v, Ray Data's execution log is noise
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     converter = RayConverter(output, engine=engine_path, device=device, address=address, actors=actors,
-                             require_signed=require_signed, **options)
+                             require_signed=require_signed, options=options)
     if converter.model_spacing_mm is None and note:
         click.echo(f"Note: {converter.resampling_note}", err=True)
     run = _drive(lambda: closing(converter.run(sources)), sources, show_progress)

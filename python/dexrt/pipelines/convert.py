@@ -53,6 +53,67 @@ DEFAULT_JOBS = 16  # files in flight: enough to keep two batches of 8 queued whi
 _TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.part")  # atomic_write's temporary for a target: .NAME.XXXXXXXX.part
 
 
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How files are converted: one object, checked once, shared by `Converter`, the Ray actors
+    (`dexrt.pipelines.distributed`), the DICOM node and `dexrt infer`.
+
+    ``model_spacing_mm`` overrides the model's training pixel spacing from the engine manifest; ``resample=False``
+    turns resampling off. ``input_spacing_mm`` is the spacing of inputs whose files give none (dexrt.inputs.spacing
+    has the order; without it such inputs are estimated). ``strict`` refuses inputs that do not look like frontal
+    chest radiographs (dexrt.inputs.domain) with a DomainError instead of converting them with a warning.
+    ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit, for looking at). ``root``: outputs mirror the
+    inputs' folders below it. ``jobs``: files in flight. ``overwrite``: convert again files whose outputs exist.
+    """
+
+    root: Path | None = None
+    overwrite: bool = False
+    resample: bool = True
+    model_spacing_mm: float | None = None
+    input_spacing_mm: float | None = None
+    strict: bool = False
+    preview: bool = False
+    jobs: int = DEFAULT_JOBS
+
+    def __post_init__(self) -> None:
+        if self.root is not None and not isinstance(self.root, Path):
+            object.__setattr__(self, "root", Path(self.root))
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        check_option("model_spacing_mm", self.model_spacing_mm)
+        check_option("input_spacing_mm", self.input_spacing_mm)
+
+    @classmethod
+    def of(cls, options: ConvertOptions | None = None, /, *, spacing_mm: float | None = None,
+           **keywords: Any) -> ConvertOptions:
+        """``options``, or the options given as keywords (``spacing_mm``: the deprecated name of
+        ``model_spacing_mm``); not both."""
+        if options is not None:
+            if keywords or spacing_mm is not None:
+                raise TypeError("give a ConvertOptions or keyword options, not both")
+            return options
+        model, warning = deprecated_spacing(keywords.pop("model_spacing_mm", None), spacing_mm)
+        if warning:
+            import warnings
+
+            warnings.warn(warning, DeprecationWarning, stacklevel=3)
+        return cls(model_spacing_mm=model, **keywords)
+
+
+def deprecated_spacing(model_spacing: float | None, old_spacing: float | None, *,
+                       names: tuple[str, str] = ("model_spacing_mm", "spacing_mm"),
+                       input_name: str = "input_spacing_mm") -> tuple[float | None, str | None]:
+    """The model spacing from its name or its old, deprecated one (``names``: new, old), and the warning to give
+    when the old name was used; a ValueError when both are given and disagree. The one rule for the Python
+    keywords and the command line's options."""
+    if old_spacing is None:
+        return model_spacing, None
+    if model_spacing is not None and model_spacing != old_spacing:
+        raise ValueError(f"{names[1]} (deprecated) and {names[0]} disagree; give {names[0]} only")
+    return old_spacing, (f"{names[1]} is deprecated: it is the model's spacing, now {names[0]} (the input's own "
+                         f"spacing is {input_name})")
+
+
 @dataclass
 class Outcome:
     source: Path
@@ -106,34 +167,22 @@ class Interrupted(DexrtError):
 
 
 class Converter:
-    """Converts radiograph files with one engine into `out_dir` (see the module docstring).
-
-    ``model_spacing_mm`` overrides the model's training pixel spacing from the engine manifest (``spacing_mm`` is
-    its old, deprecated name); ``resample=False`` turns resampling off. ``input_spacing_mm`` is the spacing of
-    inputs whose files give none (dexrt.inputs.spacing has the order; without it such inputs are estimated).
-    ``strict`` refuses inputs that do not look like frontal chest radiographs (dexrt.inputs.domain) with a DomainError
-    instead of converting them with a warning. ``preview`` adds `<name>_preview.png` (SE | bone | soft, 8-bit,
-    for looking at).
+    """Converts radiograph files with one engine into `out_dir` (see the module docstring), as ``options`` (a
+    `ConvertOptions`, or its fields as keywords) say.
     """
 
-    def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
-                 overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
-                 input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
-                 jobs: int = DEFAULT_JOBS, spacing_mm: float | None = None) -> None:
-        if jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {jobs}")
-        model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
-        check_option("model_spacing_mm", model_spacing_mm)
-        check_option("input_spacing_mm", input_spacing_mm)
-        self.input_spacing_mm = input_spacing_mm
-        self.strict = strict
+    def __init__(self, engine: Engine, out_dir: str | os.PathLike[str], options: ConvertOptions | None = None,
+                 /, **keywords: Any) -> None:
+        self.options = o = ConvertOptions.of(options, **keywords)
+        self.input_spacing_mm = o.input_spacing_mm
+        self.strict = o.strict
         self.engine = engine
         self.out_dir = Path(out_dir)
-        self.root = Path(root) if root is not None else None
-        self.overwrite = overwrite
-        self.preview = preview
-        self.jobs = jobs
-        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, resample, model_spacing_mm)
+        self.root = o.root
+        self.overwrite = o.overwrite
+        self.preview = o.preview
+        self.jobs = o.jobs
+        self.model_spacing_mm, self.resampling_note = resampling_plan(engine.manifest, o.resample, o.model_spacing_mm)
         self._protected: set[Path] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -355,18 +404,6 @@ class Converter:
             "domain": domain,
         }
 
-
-def deprecated_spacing(model_spacing_mm: float | None, spacing_mm: float | None) -> float | None:
-    """The model spacing from the new keyword or its old name ``spacing_mm`` (with a DeprecationWarning)."""
-    if spacing_mm is None:
-        return model_spacing_mm
-    import warnings
-
-    warnings.warn("spacing_mm is deprecated: it is the model's spacing, now model_spacing_mm (the input's own "
-                  "spacing is input_spacing_mm)", DeprecationWarning, stacklevel=3)
-    if model_spacing_mm is not None and model_spacing_mm != spacing_mm:
-        raise ValueError("spacing_mm (deprecated) and model_spacing_mm disagree; give model_spacing_mm only")
-    return spacing_mm
 
 
 def convert_files(engine: Engine, sources: Iterable[Path], out_dir: str | os.PathLike[str],

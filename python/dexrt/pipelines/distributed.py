@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,10 @@ import numpy as np
 
 from dexrt._errors import DexrtError, EngineError, require_extra
 from dexrt.runtime.bundle import read_bundle, read_manifest
-from dexrt.pipelines.convert import DEFAULT_JOBS, FOLDER_ENGINE_OPTIONS, Converter, Outcome, deprecated_spacing, resampling_plan
+from dexrt.pipelines.convert import FOLDER_ENGINE_OPTIONS, ConvertOptions, Converter, Outcome, resampling_plan
 from dexrt.io.layout import find_images, inputs_at_risk, output_clashes
 from dexrt.runtime.signing import check_origin
 from dexrt.models import resolve_engine
-from dexrt.runtime.pixel_spacing import check_option
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ class _ConvertActor:
     """
 
     def __init__(self, engine: str | None, device: str, num_threads: int, out_dir: str,
-                 options: dict[str, Any], protect: list[str], require_signed: bool = False) -> None:
+                 options: ConvertOptions, protect: list[str], require_signed: bool = False) -> None:
         from dexrt.runtime.engine import Engine
 
         path = resolve_engine(Path(engine) if engine is not None else None)
         self.engine = Engine(path, device=device, num_threads=num_threads, require_signed=require_signed,
                              **FOLDER_ENGINE_OPTIONS)
-        self.converter = Converter(self.engine, out_dir, **options)
+        self.converter = Converter(self.engine, out_dir, options)
         self.protect = [Path(p) for p in protect]
         self.worker = {"backend": self.engine.backend, "device": self.engine.device,
                        "worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -95,27 +95,21 @@ class RayConverter:
     job, or a caller that ran ``ray.init``), that session is used and ``address`` is ignored.
 
     ``actors``: the pool size (default: the cluster's CPUs // ``cpus_per_actor`` for a CPU engine, its GPUs for
-    a GPU engine). ``batch_size``: files per actor call. ``jobs``, ``overwrite``, ``resample``,
-    ``model_spacing_mm`` (old name ``spacing_mm``), ``input_spacing_mm``, ``strict``, ``preview``, ``root``: as for
-    :class:`Converter`, applied in every actor. ``require_signed``: every actor's engine must be signed by a
-    trusted key (see :class:`dexrt.Engine`); checked here first.
+    a GPU engine). ``batch_size``: files per actor call. ``options``: a `ConvertOptions` (or its fields as
+    keywords), applied in every actor. ``require_signed``: every actor's engine must be signed by a trusted key
+    (see :class:`dexrt.Engine`); checked here first.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], *, engine: str | os.PathLike[str] | None = None,
                  device: str = "auto", address: str | None = None, actors: int | None = None,
-                 cpus_per_actor: int = 1, batch_size: int = DEFAULT_BATCH, root: str | os.PathLike[str] | None = None,
-                 overwrite: bool = False, resample: bool = True, model_spacing_mm: float | None = None,
-                 input_spacing_mm: float | None = None, strict: bool = False, preview: bool = False,
-                 jobs: int = DEFAULT_JOBS, progress: bool = False, spacing_mm: float | None = None,
-                 require_signed: bool = False) -> None:
-        for name, value in (("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size), ("jobs", jobs)):
+                 cpus_per_actor: int = 1, batch_size: int = DEFAULT_BATCH, progress: bool = False,
+                 require_signed: bool = False, options: ConvertOptions | None = None, **keywords: Any) -> None:
+        for name, value in (("cpus_per_actor", cpus_per_actor), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if actors is not None and actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors}")
-        model_spacing_mm = deprecated_spacing(model_spacing_mm, spacing_mm)
-        check_option("model_spacing_mm", model_spacing_mm)
-        check_option("input_spacing_mm", input_spacing_mm)
+        self.options = ConvertOptions.of(options, **keywords)
         # The driver reads only the manifest (checked, so a bad bundle fails here and not in every actor);
         # the actors load the engine. None stays None: each actor finds the bundled engine in its own install.
         self.engine = Path(engine) if engine is not None else None
@@ -126,18 +120,16 @@ class RayConverter:
         manifest = read_manifest(resolve_engine(self.engine))
         self.gpu = manifest["backend"] == "tensorrt"
         self.channels: tuple[str, ...] = tuple(manifest["output"]["channels"])
-        self.model_spacing_mm, self.resampling_note = resampling_plan(manifest, resample, model_spacing_mm)
+        self.model_spacing_mm, self.resampling_note = resampling_plan(manifest, self.options.resample,
+                                                                      self.options.model_spacing_mm)
         self.out_dir = Path(out_dir)
-        self.root = Path(root) if root is not None else None
+        self.root = self.options.root
         self.device = device
         self.address = address
         self.actors = actors
         self.cpus_per_actor = cpus_per_actor
         self.batch_size = batch_size
         self.progress = progress
-        self.options = dict(root=self.root, overwrite=overwrite, resample=resample,
-                            model_spacing_mm=model_spacing_mm, input_spacing_mm=input_spacing_mm, strict=strict,
-                            preview=preview, jobs=jobs)
         # Updated as rows arrive: what the actors' engines resolved to, and who converted.
         self.backend: str = manifest["backend"]
         self.engine_device: str = "GPU" if self.gpu else "CPU"
@@ -176,7 +168,7 @@ class RayConverter:
         given = {p.absolute(): p for p in sources}
         out_abs = self.out_dir.absolute()
         root = self.root.absolute() if self.root is not None else None
-        preview = bool(self.options["preview"])
+        preview = self.options.preview
         protect = inputs_at_risk(list(given), out_abs, self.channels, root=root, preview=preview)
         # Files of different actors' batches may claim one output: the later ones fail here, before any actor.
         clashes = output_clashes(list(given), out_abs, self.channels, root=root, preview=preview)
@@ -187,7 +179,7 @@ class RayConverter:
             return
         context = DataContext.get_current()
         progress_before, context.enable_progress_bars = context.enable_progress_bars, self.progress
-        options = {**self.options, "root": str(root) if root is not None else None}
+        options = replace(self.options, root=root)  # a frozen dataclass: pickled to every actor as it is
         dataset = ray.data.from_items([{"path": str(p)} for p in given])
         results = dataset.map_batches(
             _ConvertActor,
@@ -248,8 +240,8 @@ def convert_folder_ray(source: str | os.PathLike[str], output: str | os.PathLike
     """Convert the images in `source` (a folder or one file) into `output` on a Ray cluster, like `dexrt infer`.
 
     Inputs are found as `dexrt infer` finds them; ``options`` are those of :class:`RayConverter` (``engine``,
-    ``address``, ``actors``, ``cpus_per_actor``, ``batch_size``, ``device``, ``overwrite``, ``resample``,
-    ``model_spacing_mm``, ``input_spacing_mm``, ``strict``, ``preview``, ``jobs``). Returns the Outcomes in input order.
+    ``address``, ``actors``, ``cpus_per_actor``, ``batch_size``, ``device``, and a `ConvertOptions`'s fields).
+    Returns the Outcomes in input order.
     """
     source, output = Path(source), Path(output)
     engine = options.get("engine")

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from dexrt._errors import InputError
-from dexrt.pipelines.convert import Converter
-from dexrt.io.dicom import read_dicom
+from dexrt.pipelines.convert import ConvertOptions, Converter
+from dexrt.io.dicom import check_uid, read_dicom
 from dexrt.runtime.engine import Engine
+from dexrt.runtime.patient import engine_patient
 from dexrt.pipelines.serve.config import ServeConfig
 from dexrt.pipelines.serve.contexts import STORAGE_CLASSES, add_scp_contexts, server_tls
 from dexrt.pipelines.serve.forward import Forwarder
 from dexrt.pipelines.serve.logs import event
-from dexrt.pipelines.serve.spool import Spool, check_uid
+from dexrt.pipelines.serve.spool import Spool
 
 # C-STORE statuses (PS3.4 B.2.3 and PS3.7 C)
 SUCCESS = 0x0000
@@ -51,8 +52,8 @@ class Node:
         self.config = config
         self.engine = engine
         self.spool = Spool(config.spool, [d.key for d in config.forward])
-        self.converter = Converter(engine, self.spool.work, jobs=config.jobs, strict=config.strict,
-                                   input_spacing_mm=config.input_spacing_mm)
+        self.converter = Converter(engine, self.spool.work, ConvertOptions(
+            jobs=config.jobs, strict=config.strict, input_spacing_mm=config.input_spacing_mm))
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self.forwarders = [Forwarder(config, d, self.spool, self._count) for d in config.forward]
@@ -90,6 +91,7 @@ class Node:
                                              evt_handlers=handlers, ssl_context=tls)
         event("listening", ae_title=self.config.ae_title, host=self.config.host, port=self.port, tls=tls is not None,
               engine=self.engine.path.name, backend=self.engine.backend, resumed=len(resumed) or None,
+              patient=(engine_patient(self.engine.manifest) or {}).get("patient_id"),  # a `dexrt fit` engine
               destinations=",".join(d.name for d in self.config.forward) or None,
               output=str(self.config.output) if self.config.output else None,
               outbox_waiting=sum(v for k, v in self.spool.counts().items() if k.startswith("outbox:")) or None)
@@ -161,7 +163,8 @@ class Node:
             return rsp
 
         try:
-            uid = check_uid(str(req.AffectedSOPInstanceUID))
+            uid = check_uid(req.AffectedSOPInstanceUID, "Affected SOP Instance UID")
+            check_uid(sop_class, "Affected SOP Class UID")
         except InputError as exc:
             return refuse(CANNOT_UNDERSTAND, str(exc))
         data = ev.encoded_dataset(include_meta=True)
