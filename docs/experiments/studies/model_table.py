@@ -1,6 +1,6 @@
 """Quality against speed for trained engine bundles: test-split metrics and CPU latency, measured in one run.
 
-    python benchmarks/model_table.py --dataset DATA [--split test] [--sizes 256,512] [--rounds 30] \
+    python docs/experiments/studies/model_table.py --dataset DATA [--split test] [--sizes 256,512] [--rounds 30] \
         [--onnx MODEL.onnx [--calibration DATA]] -o table.json ngf16_fp32.dexrt ngf16_int8.dexrt ...
 
 Each engine is scored with `dexrt eval`'s metrics on the split, then timed end to end on one uint16 image per size

@@ -2,7 +2,7 @@
 
     dexrt synth --ct example -o drr_256_567 --views 24 --size 256 --detector-mm 567
     ...  (other --size / --detector-mm pairs)
-    python benchmarks/spacing_estimate.py drr_256_567 drr_384_567 ... [--frontal-deg 15]
+    python docs/experiments/studies/spacing_estimate.py drr_256_567 drr_384_567 ... [--frontal-deg 15]
 
 For every view of every dataset, the SE image is measured (dexrt.inputs.chest) as it is and after what real radiographs
 go through: a gamma 0.5 look-up table, unsharp masking (sigma 8 px, amount 1), collimated borders (8 % of each side

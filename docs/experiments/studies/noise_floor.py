@@ -4,7 +4,7 @@ the stored (noisy) one with `dexrt eval`'s metrics.
 A model sees one noisy SE image and cannot predict the independent quantum noise of the two DE exposures, so
 its ideal output is the noise-free DE pair; the metrics of that pair are the ceiling of any model's.
 
-    python benchmarks/noise_floor.py DATASET [--views 12]
+    python docs/experiments/studies/noise_floor.py DATASET [--views 12]
 
 Re-renders the first N views of the test split with and without noise, with this dexrt and the dataset's view
 plan (re-drawn from its manifest's seed; the dataset must come from `dexrt synth --ct example` with default

@@ -1,6 +1,6 @@
 """Where an engine's error lies in scale: each channel's mean squared error split by spatial wavelength.
 
-    python benchmarks/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] [--json out.json]
+    python docs/experiments/studies/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] [--json out.json]
 
 The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split in the
 Fourier domain into six bands of wavelength (`dexrt.evaluation.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64

@@ -1,6 +1,6 @@
 """One ablation row of the Model v2 study: train -> export -> build-engine -> `dexrt eval` on every eval set.
 
-    python benchmarks/ablation.py ROW --data DATASET --eval unseen=DS:test inside=DS:train shifted=DS2:test \
+    python docs/experiments/studies/ablation.py ROW --data DATASET --eval unseen=DS:test inside=DS:train shifted=DS2:test \
         --out docs/experiments/v2 --steps 1000 [-- extra dexrt train options]
 
 Rows (each adds one change to the one before it, same seed, steps and data):
