@@ -349,3 +349,38 @@ def test_unknown_value_representation_is_an_input_error(tmp_path: Path) -> None:
     path.write_bytes(data.replace(tag, b"(\x00\x04\x00C\x00"))
     with pytest.raises(InputError, match=f"{path}: corrupt or truncated DICOM .NotImplementedError"):
         read_radiograph(path)
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("StudyInstanceUID", "../x"),
+    ("SeriesInstanceUID", "1.2.840." + "1" * 60),  # 68 characters
+    ("FrameOfReferenceUID", "1.2..3"),
+    ("ReferencedSOPInstanceUID", "1.2.3/../../etc"),  # inside a sequence
+    ("MediaStorageSOPInstanceUID", "1.2.3 4"),  # the file meta
+], ids=["study-path", "series-too-long", "empty-component", "nested", "file-meta"])
+def test_invalid_uid_anywhere_is_refused(tmp_path: Path, where: str, value: str) -> None:
+    """Every UID read from the file is checked (PS3.5 9.1: digits and dots, at most 64 characters): the outputs
+    copy the study's and series' UIDs, and a DICOM node names files after them."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    path = make_dicom(tmp_path / "bad.dcm", marked_image((8, 8), 4095), bits=12)
+    ds = pydicom.dcmread(path)
+    if where == "ReferencedSOPInstanceUID":
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", value
+        ds.ReferencedImageSequence = Sequence([item])
+    elif where.startswith("MediaStorage"):
+        setattr(ds.file_meta, where, value)
+    else:
+        setattr(ds, where, value)
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(InputError, match=f"{where} .* is not a valid UID") as info:
+        read_radiograph(path)
+    assert str(path) in str(info.value)
+
+
+def test_leading_zero_uid_component_is_tolerated(tmp_path: Path) -> None:
+    """Seen from real devices; harmless (digits and dots only), so not a reason to refuse a patient's image."""
+    path = make_dicom(tmp_path / "ok.dcm", marked_image((8, 8), 4095), bits=12, study_uid="1.2.840.0113.07")
+    assert read_radiograph(path).dicom.dataset.StudyInstanceUID == "1.2.840.0113.07"

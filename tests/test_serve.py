@@ -170,6 +170,24 @@ def test_corrupt_instance_fails_alone(make_node: Callable[..., Node], destinatio
     assert not list(node.spool.incoming.iterdir()) and node.spool.counts()["received"] == 0
 
 
+def test_path_like_study_uid_refused_patient_id_never_a_path(make_node: Callable[..., Node],
+                                                            destination: Destination, tmp_path: Path) -> None:
+    """A StudyInstanceUID `../x` is not a UID: refused (0xC000), nothing kept. A PatientID `../../y` is a valid
+    LO value: the instance is accepted and its outputs carry it unchanged, but no file name is made from it."""
+    node = make_node(destination.address, output=tmp_path / "out")
+    bad_study = radiograph(64, DX, 1, study_uid="../x")
+    odd_patient = radiograph(64, DX, 2, patient_id="../../y")
+    assert send([bad_study, odd_patient], node.port) == [0xC000, 0x0000]
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs of the accepted instance")
+    assert_derived(destination, [odd_patient])
+    assert {d.PatientID for d in destination.received} == {"../../y"}
+    assert node.stats["store_failed"] == 1 and str(bad_study.SOPInstanceUID) not in destination.by_source()
+    made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert not any("y" in p.parts or "x" in p.parts for p in made)  # nothing named after either value
+    uid = str(odd_patient.SOPInstanceUID)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{uid}_bone.dcm", f"{uid}_soft.dcm"]
+
+
 def test_resent_instance_recognised(make_node: Callable[..., Node], destination: Destination) -> None:
     node = make_node(destination.address)
     ds = radiograph(64)
@@ -251,7 +269,7 @@ def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
         assert spool.admit("1.2.3", b"x", lambda p: None) is False  # handed on before the crash: a resend
         assert spool.admit("1.2.5", b"x", lambda p: None) is True
         assert spool.admit("1.2.5", b"x", lambda p: None) is False  # already waiting in received/
-        with pytest.raises(InputError, match="not a valid SOP Instance UID"):
+        with pytest.raises(InputError, match="SOP Instance UID '1.2./../x' is not a valid UID"):
             spool.admit("1.2./../x", b"x", lambda p: None)
 
         def bad(path: Path) -> None:

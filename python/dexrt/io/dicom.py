@@ -14,6 +14,7 @@ import copy
 import datetime as _dt
 import logging
 import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,27 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 MODALITIES = ("CR", "DX", "RF", "XA", "MG", "PX", "IO", "OT")
 _INSTALL_CODECS = "pip install 'dexrt[dicom]'"
 MAX_SEQUENCE_DEPTH = 16  # radiograph headers nest 3 or 4 levels; 100 levels broke copying the header
+# PS3.5 9.1: a UID is numeric components separated by dots, at most 64 characters (stored padded with one NUL to
+# an even length). A component with a leading zero breaks the rule's letter, is seen from real devices and harms
+# nothing; letters, slashes, spaces or empty components never reach a file name, a log line or a destination.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_LENGTH = 64
 
 
 def _pydicom() -> Any:
     # pydicom is a dependency of dexrt, but an environment can lose it
     return require_package("pydicom", "reading DICOM", f"install it with: pip install pydicom (and for compressed "
                            f"files {_INSTALL_CODECS})")
+
+
+def check_uid(value: Any, what: str = "UID") -> str:
+    """`value` as a UID (trailing NUL or space padding removed); InputError naming `what` unless it is digits and
+    dots (PS3.5 9.1), at most 64 characters. Every UID read from outside goes through here before it is used."""
+    uid = str(value).rstrip("\0 ")
+    if len(uid) > MAX_UID_LENGTH or not _UID.fullmatch(uid):
+        raise InputError(f"{what} {uid[:80]!r} is not a valid UID (digits and dots, at most {MAX_UID_LENGTH} "
+                         "characters)")
+    return uid
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -188,25 +204,27 @@ def _check_header(path: Path, ds: Any) -> None:
         if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
             raise InputError(f"{path}: {keyword} {number!r} is not a usable "
                              + ("(finite, non-zero) slope" if keyword == "RescaleSlope" else "finite intercept"))
-    depth = _sequence_depth(ds)
-    if depth > MAX_SEQUENCE_DEPTH:
-        raise InputError(f"{path}: sequences nested more than {MAX_SEQUENCE_DEPTH} deep; no radiograph header "
-                         "needs that (a hostile or broken file)")
+    _check_elements(path, ds)
 
 
-def _sequence_depth(ds: Any) -> int:
-    """How deep sequences nest in `ds`, walked iteratively (copying or writing a deeply nested header recurses
-    once per level in pydicom and Python's copy), stopping one past the limit."""
-    deepest, stack = 0, [(ds, 0)]
+def _check_elements(path: Path, ds: Any) -> None:
+    """Walk the header once, iteratively (copying or writing a deeply nested header recurses once per level in
+    pydicom and Python's copy): sequences nested at most MAX_SEQUENCE_DEPTH deep, and every UID, in the file meta
+    and at any depth, valid (the outputs copy the study's and series' UIDs, a node names files by them). Private
+    elements are not checked: the outputs drop them."""
+    stack = [(ds.file_meta, 0), (ds, 0)] if getattr(ds, "file_meta", None) is not None else [(ds, 0)]
     while stack:
         dataset, depth = stack.pop()
-        deepest = max(deepest, depth)
         if depth > MAX_SEQUENCE_DEPTH:
-            break
+            raise InputError(f"{path}: sequences nested more than {MAX_SEQUENCE_DEPTH} deep; no radiograph header "
+                             "needs that (a hostile or broken file)")
         for element in dataset:
             if element.VR == "SQ":
                 stack.extend((item, depth + 1) for item in element.value)
-    return deepest
+            elif element.VR == "UI" and not element.tag.is_private and not element.is_empty:
+                values = element.value if element.VM > 1 else [element.value]
+                for value in values:
+                    check_uid(value, f"{path}: {element.keyword or element.tag}")
 
 
 def _check_decoder(path: Path, syntax: Any) -> None:

@@ -11,15 +11,16 @@
 
 Each step is a rename or a hard link inside one filesystem, followed by syncing the folder, so at any instant an
 instance is in exactly one durable place, and every step can be repeated after a crash (see docs/serve.md).
-File names are SOP Instance UIDs, checked to be digits and dots before they touch the filesystem.
+File names are SOP Instance UIDs, checked (dexrt.io.dicom.check_uid: digits and dots, at most 64 characters)
+before they touch the filesystem, and again wherever one is read back (file names, ledger lines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Iterable
@@ -28,17 +29,20 @@ from typing import Any
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import ConfigError, InputError
+from dexrt.io.dicom import check_uid
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SUFFIX = ".dcm"
+log = logging.getLogger(__name__)
 
 
-def check_uid(uid: str) -> str:
-    """A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots, at most 64 characters)."""
-    uid = uid.rstrip("\0 ")
-    if len(uid) > 64 or not _UID.fullmatch(uid):
-        raise InputError(f"{uid[:80]!r} is not a valid SOP Instance UID")
-    return uid
+def uid_of(name: str) -> str | None:
+    """The SOP Instance UID a spool file is named after (``<uid>.dcm``), or None for any other name."""
+    if not name.endswith(SUFFIX) or name.startswith("."):
+        return None
+    try:
+        return check_uid(name[: -len(SUFFIX)])
+    except InputError:
+        return None
 
 
 def sync_folder(folder: Path) -> None:
@@ -87,7 +91,7 @@ class Spool:
             return set()
         lines = self._ledger_path.read_bytes().split(b"\n")
         # The last line lacks its newline only if the node died while appending it: that entry never counted.
-        return {line.decode("ascii", "replace") for line in lines[:-1] if line}
+        return {uid for line in lines[:-1] if (uid := uid_of(line.decode("ascii", "replace") + SUFFIX))}
 
     # -- receiving ----------------------------------------------------------------------------------------------
     def admit(self, uid: str, data: bytes, check: Callable[[Path], Any]) -> bool:
@@ -95,7 +99,7 @@ class Spool:
 
         `check(path)` runs on the synced file before it is admitted and raises on a bad instance, which is then
         removed. Only when this returns True may the instance be acknowledged."""
-        uid = check_uid(uid)
+        uid = check_uid(uid, "SOP Instance UID")
         with self._mutex:
             if uid in self._ledger or uid in self._reserved or (self.received / f"{uid}{SUFFIX}").exists():
                 return False
@@ -120,10 +124,13 @@ class Spool:
         """The received instances not yet handed on, oldest first (a restart resumes from these)."""
         found = []
         for entry in os.scandir(self.received):
-            if not entry.name.endswith(SUFFIX) or entry.name.startswith("."):
+            uid = uid_of(entry.name)
+            if uid is None:
+                if not entry.name.startswith("."):
+                    log.warning("%s: not named <SOP Instance UID>.dcm; left alone", entry.path)
                 continue
-            if entry.name[: -len(SUFFIX)] in self._ledger:  # handed on; the node died before removing it
-                self._remove(entry.name[: -len(SUFFIX)], [])
+            if uid in self._ledger:  # handed on; the node died before removing it
+                self._remove(uid, [])
                 continue
             found.append((entry.stat().st_mtime_ns, Path(entry.path)))
         return [p for _, p in sorted(found)]
