@@ -153,7 +153,10 @@ def test_dataset_writer_manifest_and_splits(tmp_path: Path) -> None:
     r, cfg, out, manifest = _write_small_dataset(tmp_path)
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest))
-    assert on_disk["format"] == "dexrt-dataset" and on_disk["format_version"] == 1
+    from dexrt.io.dataset import FORMAT, FORMAT_VERSION
+
+    assert on_disk["format"] == FORMAT and on_disk["format_version"] == FORMAT_VERSION
+    assert {v["patient"] for v in on_disk["views"]} == {"phantom"} and list(on_disk["patients"]) == ["phantom"]
     assert on_disk["image_format"] == "png" and on_disk["size"] == [32, 32]
     assert set(on_disk["encoding"]) == {"se", "bone", "soft", "bone_ideal", "soft_ideal"}
     assert len(on_disk["views"]) == 40 and (out / "contact_sheet.png").is_file()

@@ -1,22 +1,33 @@
-"""CT input: NIfTI files and DICOM series, in Hounsfield units, with an index -> world (RAS+ mm) affine.
+"""CT input in Hounsfield units, with an index -> world (RAS+ mm) affine: NIfTI (nibabel), NRRD and MetaImage
+(SimpleITK), DICOM series (pydicom, `dexrt.synth.ct_dicom`).
 
 World coordinates everywhere in `dexrt.synth` are patient RAS+ millimetres, the NIfTI convention: +x towards
-the patient's right, +y anterior, +z superior. DICOM's LPS+ patient coordinates are flipped into it.
+the patient's right, +y anterior, +z superior. ITK (NRRD, MetaImage) and DICOM give LPS+ patient coordinates;
+they are flipped into RAS+ here, once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from dexrt._errors import InputError
 
+log = logging.getLogger(__name__)
+
 _HU_MIN, _HU_MAX = -1024.0, 3071.0  # the range a CT scanner writes; values outside are padding or corrupt
+_PADDING_HU = -1500.0  # below: outside the scanner's field of view (often -2048 or -3024), not air
 _MAX_VOXELS = 1024**3
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+THICK_SLICE_MM = 3.0  # slices at least this thick are interpolated before rendering (`resample_axial`)
 
 
 @dataclass
@@ -29,7 +40,7 @@ class CTVolume:
     path: str = ""
     labels_path: str | None = None
     sha256: str = ""
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # reader, notes (resampling done on reading), ...
 
     @property
     def spacing(self) -> np.ndarray:
@@ -60,21 +71,46 @@ def _sha256(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _check_hu(hu: np.ndarray, path: str) -> np.ndarray:
+def check_hu(hu: np.ndarray, path: str) -> np.ndarray:
+    """The volume as float32 HU clipped to the scanner's range, or InputError saying why it is not a CT in HU:
+    air not near -1000 (a shifted volume, e.g. stored values without their -1024 intercept), a volume clipped to
+    a display window, or something that is no CT at all."""
     if hu.ndim != 3:
         raise InputError(f"{path}: a CT must be a 3-D volume, got shape {hu.shape}")
     if min(hu.shape) < 2 or hu.size > _MAX_VOXELS:
         raise InputError(f"{path}: unusable volume shape {hu.shape}")
     if not np.all(np.isfinite(hu)):
         raise InputError(f"{path}: the volume contains NaN or infinite values")
+    sample = hu[:: max(1, hu.shape[0] // 64)].astype(np.float32).ravel()
     lo, hi = float(hu.min()), float(hu.max())
-    # A CT in HU has air near -1000 and tissue near 0..100; anything else is some other image.
-    p5, p50 = np.percentile(hu[:: max(1, hu.shape[0] // 64)], [5, 50])
-    if lo > -500 or hi < 0 or p5 > -300 or p50 > 1500 or lo < -10000 or hi > 40000:
+    inside = sample[sample > _PADDING_HU]  # padding outside the reconstruction circle is no measurement
+    if inside.size < 0.2 * sample.size:
+        raise InputError(f"{path}: {100 * (1 - inside.size / sample.size):.0f} % of the voxels are below "
+                         f"{_PADDING_HU:.0f} HU: not a CT in Hounsfield units (or only padding)")
+    air, p50, p99 = (float(v) for v in np.percentile(inside, [1, 50, 99]))
+    # Shares of voxels at exactly the extreme values (a clipped volume piles up there; 50 voxels at least, so
+    # that a tiny volume of random values is not "clipped").
+    n_min, n_max = int(np.sum(inside == inside.min())), int(np.sum(inside == inside.max()))
+    at_min = n_min / inside.size if n_min >= 50 else 0.0
+    at_max = n_max / inside.size if n_max >= 50 else 0.0
+    if -200.0 <= air <= 200.0 and 900.0 <= p99 <= 2200.0:
         raise InputError(
-            f"{path}: does not look like a CT in Hounsfield units (min {lo:.0f}, max {hi:.0f}, 5th percentile "
-            f"{p5:.0f}); expected air near -1000 HU and soft tissue near 0 HU"
-        )
+            f"{path}: air is at {air:.0f} and soft tissue near {p99:.0f}: the values look shifted by about +1024 "
+            "(stored pixel values without their rescale intercept of -1024?); convert to Hounsfield units "
+            "(air -1000, water 0) first")
+    if inside.min() > -950.0 and at_min > 0.02:
+        raise InputError(
+            f"{path}: {100 * at_min:.0f} % of the voxels sit at the minimum, {inside.min():.0f} HU: the volume "
+            "looks clipped to a display window (air must reach about -1000 HU); use the CT as reconstructed")
+    if 100.0 <= inside.max() < 1500.0 and at_max > 0.002 and air < -800.0:  # water phantoms top out at 0
+        raise InputError(
+            f"{path}: {100 * at_max:.1f} % of the voxels sit at the maximum, {inside.max():.0f} HU: the volume "
+            "looks clipped to a display window (bone and contrast above it are lost); use the CT as reconstructed")
+    # A CT in HU has air near -1000 and tissue near 0..100; anything else is some other image.
+    if air > -800.0 or air < -1100.0 or hi < 0 or p50 > 1500 or lo < -10000 or hi > 40000:
+        raise InputError(
+            f"{path}: does not look like a CT in Hounsfield units (min {lo:.0f}, max {hi:.0f}, 1st percentile "
+            f"{air:.0f}); expected air near -1000 HU and soft tissue near 0 HU")
     # Padding (often -2048 or -3024) becomes air; beyond 3071 HU is metal or clipping, kept at the scanner max.
     return np.clip(hu, _HU_MIN, _HU_MAX).astype(np.float32, copy=False)
 
@@ -120,80 +156,87 @@ def load_nifti(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def load_dicom_series(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """(HU volume, RAS affine, files) of one DICOM CT series: a folder of slices, or one slice of the folder."""
-    import pydicom
+def load_itk(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """(data, RAS affine, files) of an NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) volume, read by SimpleITK.
+
+    ITK gives origin, spacing and direction cosines in LPS+; the array it returns is indexed (k, j, i). Both
+    are turned round here: `data[i, j, k]` sits at `LPS_TO_RAS @ (origin + direction @ (spacing * (i, j, k)))`.
+    """
+    import SimpleITK as sitk
 
     p = Path(path)
-    files = sorted(f for f in (p.iterdir() if p.is_dir() else p.parent.iterdir()) if f.is_file())
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=False)
-        except Exception:  # not DICOM: skipped, the folder may hold other files
-            continue
-        if "PixelData" in ds and "ImagePositionPatient" in ds:
-            slices.append((f, ds))
-    if not slices:
-        raise InputError(f"{p}: no DICOM image slices with a position found")
-    uid = slices[0][1].get("SeriesInstanceUID")
-    slices = [s for s in slices if s[1].get("SeriesInstanceUID") == uid]
-    ds0 = slices[0][1]
-    if ds0.get("Modality", "CT") != "CT":
-        raise InputError(f"{p}: DICOM modality is {ds0.get('Modality')!r}, not CT")
-    for tag in ("ImageOrientationPatient", "PixelSpacing"):
-        if tag not in ds0:
-            raise InputError(f"{p}: DICOM series has no {tag} (spacing/orientation missing)")
-    row_dir = np.array(ds0.ImageOrientationPatient[:3], float)  # direction of increasing column index
-    col_dir = np.array(ds0.ImageOrientationPatient[3:], float)  # direction of increasing row index
-    normal = np.cross(row_dir, col_dir)
-    slices.sort(key=lambda s: float(np.dot(normal, np.array(s[1].ImagePositionPatient, float))))
-    positions = np.array([np.array(s[1].ImagePositionPatient, float) for s in slices])
-    if len(slices) < 2:
-        raise InputError(f"{p}: a CT series needs at least 2 slices, found {len(slices)}")
-    steps = np.diff(positions @ normal)
-    if np.any(steps <= 1e-3) or np.ptp(steps) > 0.01 * np.mean(steps) + 1e-3:
-        raise InputError(f"{p}: slices are duplicated or unevenly spaced (steps {np.round(steps, 3).tolist()} mm)")
-    dr, dc = (float(v) for v in ds0.PixelSpacing)  # row spacing, column spacing
-    vol = []
-    for f, ds in slices:
-        try:
-            arr = ds.pixel_array.astype(np.float32)
-        except Exception as exc:  # compressed syntaxes need optional decoders (pylibjpeg, gdcm)
-            raise InputError(f"{f}: cannot decode the pixel data ({exc})") from exc
-        if arr.shape != (int(ds0.Rows), int(ds0.Columns)):
-            raise InputError(f"{f}: slice size {arr.shape} differs from the series' {ds0.Rows}x{ds0.Columns}")
-        slope, inter = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
-        vol.append(arr * slope + inter)
-    # pixel_array is (rows, cols); index the volume as (col, row, slice) so axis 0 runs along row_dir.
-    hu = np.stack([v.T for v in vol], axis=-1)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:  # ITK's message: the first line names the cause
+        first = str(exc).strip().splitlines()
+        raise InputError(f"{p}: not a readable NRRD/MetaImage volume ({first[-1] if first else exc})") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{p}: a CT must be a 3-D scalar volume, got {img.GetDimension()}-D with "
+                         f"{img.GetNumberOfComponentsPerPixel()} values per voxel")
+    if p.suffix.lower() in (".nrrd", ".nhdr") and not img.HasMetaDataKey("NRRD_space"):
+        raise InputError(f"{p}: the NRRD header gives no 'space' (patient orientation unknown)")
+    data = np.asarray(sitk.GetArrayViewFromImage(img), dtype=np.float32).transpose(2, 1, 0).copy()
     lps = np.eye(4)
-    lps[:3, 0] = row_dir * dc
-    lps[:3, 1] = col_dir * dr
-    lps[:3, 2] = (positions[-1] - positions[0]) / (len(slices) - 1)
-    lps[:3, 3] = positions[0]
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    return hu, ras, [s[0] for s in slices]
+    lps[:3, :3] = np.array(img.GetDirection(), float).reshape(3, 3) * np.array(img.GetSpacing(), float)
+    lps[:3, 3] = img.GetOrigin()
+    return data, LPS_TO_RAS @ lps, [p, *_detached_data(p)]
+
+
+def _detached_data(p: Path) -> list[Path]:
+    """The pixel-data file a detached header (.mhd, .nhdr) names, for the CT's checksum."""
+    if p.suffix.lower() not in (".mhd", ".nhdr"):
+        return []
+    key = r"^\s*ElementDataFile\s*=\s*(\S+)" if p.suffix.lower() == ".mhd" else r"^\s*data ?file:\s*(\S+)"
+    with open(p, "rb") as f:
+        head = f.read(1 << 16).decode("latin-1")
+    m = re.search(key, head, re.MULTILINE | re.IGNORECASE)
+    if not m:
+        return []
+    target = p.parent / m.group(1)
+    return [target] if target.is_file() else []
+
+
+def _kind(p: Path) -> str:
+    name = p.name.lower()
+    if p.is_dir():
+        return "dicom"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if _is_dicom(p):
+        return "dicom"
+    raise InputError(f"{p}: neither NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) nor DICOM")
 
 
 def load_ct(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None) -> CTVolume:
-    """Read a CT (NIfTI file, DICOM folder or one DICOM file of the series) and an optional NIfTI label map."""
+    """Read a CT (NIfTI, NRRD or MetaImage file, DICOM folder or one DICOM file of the series) and an optional
+    label map (NIfTI, NRRD or MetaImage) on the same grid."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
-    name = p.name.lower()
-    if p.is_dir() or name.endswith(".dcm") or not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        if not p.is_dir() and not _is_dicom(p):
-            raise InputError(f"{p}: neither NIfTI (.nii, .nii.gz) nor DICOM")
-        hu, affine, files = load_dicom_series(p)
-    else:
+    kind = _kind(p)
+    notes: list[str] = []
+    if kind == "dicom":
+        from dexrt.synth.ct_dicom import load_dicom_series
+
+        hu, affine, files, notes = load_dicom_series(p)
+    elif kind == "nifti":
         hu, affine = load_nifti(p)
         files = [p]
+    else:
+        hu, affine, files = load_itk(p)
     affine = _check_affine(affine, str(p))
-    hu = _check_hu(hu, str(p))
-    ct = CTVolume(hu=hu, affine=affine, path=str(p), sha256=_sha256(files))
+    hu = check_hu(hu, str(p))
+    for note in notes:
+        log.warning("%s: %s", p, note)
+    ct = CTVolume(hu=hu, affine=affine, path=str(p), sha256=_sha256(files),
+                  meta={"reader": {"dicom": "pydicom", "nifti": "nibabel", "itk": "SimpleITK"}[kind],
+                        "notes": notes})
     if labels is not None:
-        lab, lab_affine = load_nifti(labels)
+        lab, lab_affine = _load_labels(Path(labels))
         if lab.shape != hu.shape:
             raise InputError(f"{labels}: label map shape {lab.shape} differs from the CT's {hu.shape}")
         if not np.allclose(lab_affine, affine, atol=1e-3 * float(ct.spacing.min()) + 1e-4):
@@ -203,6 +246,50 @@ def load_ct(path: str | os.PathLike[str], labels: str | os.PathLike[str] | None 
         ct.labels = lab.astype(np.int32)
         ct.labels_path = str(labels)
     return ct
+
+
+def _load_labels(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    name = p.name.lower()
+    if name.endswith(ITK_SUFFIXES):
+        data, affine, _ = load_itk(p)
+        return data, affine
+    return load_nifti(p)
+
+
+def resample_axial(ct: CTVolume, spacing_mm: float) -> CTVolume:
+    """The CT with its slices interpolated (linearly; labels: nearest) to at most `spacing_mm` along the axial
+    index axis, when they are at least `THICK_SLICE_MM` thick; otherwise the CT itself.
+
+    Thick slices traced as they are show every bone edge that crosses a slice boundary as a step in the DRR's
+    head-feet direction. Interpolation turns the steps into ramps; it adds no resolution: detail thinner than a
+    slice stays smeared over it. The first and last slice centres stay where they are (no extrapolation).
+    """
+    from dexrt.synth.volume import axial_axis
+
+    ax = axial_axis(ct.affine)
+    thick = float(ct.spacing[ax])
+    if thick < THICK_SLICE_MM or spacing_mm <= 0 or thick <= spacing_mm:
+        return ct
+    n_sub = int(np.ceil(thick / spacing_mm - 1e-6))
+    n = ct.hu.shape[ax]
+    pos = np.arange((n - 1) * n_sub + 1) / n_sub  # new slice positions in old slice indices
+    i0 = np.minimum(pos.astype(int), n - 2)
+    w = (pos - i0).astype(np.float32)
+    hu = np.moveaxis(ct.hu, ax, -1)
+    out = hu[..., i0] * (1.0 - w) + hu[..., i0 + 1] * w
+    affine = ct.affine.copy()
+    affine[:3, ax] = ct.affine[:3, ax] / n_sub
+    labels = None
+    if ct.labels is not None:
+        labels = np.moveaxis(np.moveaxis(ct.labels, ax, -1)[..., np.rint(pos).astype(int)], -1, ax)
+    note = (f"slices of {thick:.2f} mm interpolated linearly to {thick / n_sub:.2f} mm along the patient's long axis "
+            "(no stair-steps; no detail finer than a slice is created)")
+    meta = {**ct.meta, "notes": [*ct.meta.get("notes", []), note],
+            "slices": {"thickness_mm": round(thick, 4), "interpolated_to_mm": round(thick / n_sub, 4)}}
+    return replace(ct, hu=np.ascontiguousarray(np.moveaxis(out.astype(np.float32), -1, ax)), affine=affine,
+                   labels=labels, meta=meta)
 
 
 def _is_dicom(p: Path) -> bool:

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dexrt import _core
-from dexrt.synth.ct import CTVolume
+from dexrt.synth.ct import CTVolume, resample_axial
 from dexrt.synth.lesions import Lesion, LesionSampler, project_lesions
 from dexrt.synth.materials import MaterialModel
 from dexrt.synth.physics import Physics, PhysicsConfig
-from dexrt.synth.volume import LabelRules, MaterialVolume, axial_axis, body_mask, build_volume
+from dexrt.synth.tissue import body_mask
+from dexrt.synth.volume import CONTRAST_MODES, LabelRules, MaterialVolume, build_volume
 
 if TYPE_CHECKING:
     from dexrt.synth.anatomy import Anatomy
@@ -28,6 +29,7 @@ class ImagingConfig:
     iso_mm: tuple[float, float, float] | None = None  # None: centre of the body's bounding box
     bin: tuple[int, int, int] | None = None  # CT voxel binning; None: about one detector pixel at the isocentre
     keep_outside_body: bool = False
+    contrast: str = "remove"  # contrast-enhanced blood: "remove" (set to unenhanced blood) or "keep"
     rules: LabelRules = field(default_factory=LabelRules)
     model: MaterialModel = field(default_factory=MaterialModel)
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
@@ -41,6 +43,8 @@ class ImagingConfig:
             raise ValueError(f"need 0 < source-isocentre ({self.sid_mm} mm) < source-detector ({self.sdd_mm} mm)")
         if self.detector_mm is not None and not (10.0 <= self.detector_mm <= 2000.0):
             raise ValueError(f"detector side must be 10..2000 mm, got {self.detector_mm}")
+        if self.contrast not in CONTRAST_MODES:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRAST_MODES)}, got {self.contrast!r}")
 
 
 @dataclass
@@ -59,22 +63,16 @@ class View:
 class Renderer:
     def __init__(self, ct: CTVolume, config: ImagingConfig) -> None:
         config.validate()
-        self.ct = ct
         self.config = config
         rows, cols = config.size
-        # A first, coarse body extent (about 4 mm voxels) decides the field of view, which decides the binning.
-        stride = tuple(max(1, int(4.0 // s)) for s in ct.spacing)
-        coarse = ct.hu[::stride[0], ::stride[1], ::stride[2]]
-        body = np.zeros(ct.hu.shape, bool)
-        body[::stride[0], ::stride[1], ::stride[2]] = body_mask(coarse, axial_axis(ct.affine),
-                                                                 ct.spacing * np.array(stride))
-        lo, hi = ct.world_bounds(body)
-        extent = float(np.max(hi - lo))
         mag = config.sdd_mm / config.sid_mm
-        self.detector_mm = config.detector_mm if config.detector_mm is not None else 1.05 * extent * mag
+        self.detector_mm = config.detector_mm if config.detector_mm is not None else fit_detector_mm(ct, config)
         self.pixel_mm = self.detector_mm / max(rows, cols)
+        # Thick slices are interpolated to about the pixel at the isocentre (no stair-steps in the targets).
+        self.ct = ct = resample_axial(ct, self.pixel_mm / mag)
         self.volume: MaterialVolume = build_volume(ct, config.model, self.pixel_mm / mag, bin=config.bin,
-                                                   rules=config.rules, keep_outside_body=config.keep_outside_body)
+                                                   rules=config.rules, keep_outside_body=config.keep_outside_body,
+                                                   contrast=config.contrast)
         if config.iso_mm is not None:
             self.iso = np.array(config.iso_mm, float)
         else:
@@ -172,6 +170,23 @@ class Renderer:
             "pixel_at_iso_mm": round(self.pixel_mm * self.config.sid_mm / self.config.sdd_mm, 5),
             "iso_mm": np.round(self.iso, 3).tolist(), "volume": self.volume.info,
         }
+
+
+def body_extent_mm(ct: CTVolume) -> float:
+    """The largest side of the box around the patient's body, from a coarse (about 4 mm) body mask."""
+    stride = tuple(max(1, int(4.0 // sp)) for sp in ct.spacing)
+    coarse = ct.hu[::stride[0], ::stride[1], ::stride[2]]
+    affine = ct.affine.copy()
+    affine[:3, :3] = ct.affine[:3, :3] * np.array(stride, float)
+    body = np.zeros(ct.hu.shape, bool)
+    body[::stride[0], ::stride[1], ::stride[2]] = body_mask(coarse, affine)
+    lo, hi = ct.world_bounds(body)
+    return float(np.max(hi - lo))
+
+
+def fit_detector_mm(ct: CTVolume, config: ImagingConfig) -> float:
+    """The detector side that shows the whole body at the isocentre with a 5 % margin."""
+    return 1.05 * body_extent_mm(ct) * config.sdd_mm / config.sid_mm
 
 
 def processed_targets(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from dexrt.io.dataset import SPLITS
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,17 @@
 """The material volume the projector traces: partial densities of (adipose, soft, bone) per voxel, binned to
 about the detector's resolution at the isocentre, with body and lung masks.
 
-Label maps refine the HU model: labels listed as `blood` (contrast-filled heart and vessels) are set to blood
-(40 HU), labels listed as `soft` never hold bone (their HU excess above soft tissue is kept as soft-tissue
-density), and `lung` labels give the lung mask that lesions are placed in. When `bone` labels are given, bone
-exists only within them (grown by 2 voxels); elsewhere HU is capped at `BLOOD_HU` + 60, which removes
-unlabelled iodinated contrast (e.g. the bolus in an arm vein) that the HU model would call bone.
+Without a label map, HU decide alone (`dexrt.synth.tissue`): the body mask drops the couch and everything else
+outside the patient, contrast-enhanced blood is detected and (with contrast "remove", the default) set to blood
+(40 HU), and bone exists only within a bone mask found from HU; elsewhere the HU model's bone part counts as soft
+tissue.
+
+Label maps win over HU: labels listed as `blood` (contrast-filled heart and vessels) are set to blood (40 HU),
+labels listed as `soft` never hold bone (their HU excess above soft tissue is kept as soft-tissue density), and
+`lung` labels give the lung mask that lesions are placed in. When `bone` labels are given, bone exists only within
+them (grown by 2 voxels); elsewhere HU is capped at `BLOOD_HU` + 60, which removes unlabelled iodinated contrast
+(e.g. the bolus in an arm vein) that the HU model would call bone. A rule the labels do not give (no bone labels,
+no blood labels) is taken from HU.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from dexrt import _core
 from dexrt._errors import InputError
 from dexrt.synth.ct import CTVolume
 from dexrt.synth.materials import BASIS, MaterialModel
+from dexrt.synth.tissue import BODY_HU, BONE_EVIDENCE_HU, BONE_MIN_HU, body_mask, bone_mask, enhanced_blood
 
 BLOOD_HU = 40.0
-BODY_HU = -400.0  # above: tissue; the body is the largest connected component of it, holes filled
 LUNG_HU = -400.0  # below, inside the body: air spaces (lungs, airways)
+CONTRAST_MODES = ("remove", "keep")
 
 
 def parse_ids(text: str | None) -> frozenset[int]:
@@ -63,6 +70,7 @@ class LabelRules:
 EXAMPLE_RULES = LabelRules(lung=parse_ids("10-14"), blood=parse_ids("51-68"), soft=parse_ids("1-24,51-68,79-90"),
                            bone=parse_ids("25-50,69-78,91-118"))
 NON_BONE_CAP_HU = BLOOD_HU + 60.0
+RULE_PRESETS = {"totalsegmentator-v1": EXAMPLE_RULES}  # catalogue label maps name their preset
 
 
 @dataclass
@@ -118,63 +126,84 @@ def _block_mean(a: np.ndarray, b: tuple[int, int, int]) -> np.ndarray:
     return a.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def body_mask(hu: np.ndarray, axial: int, spacing: np.ndarray) -> np.ndarray:
-    """The patient: the largest tissue component after a ~3 mm opening, holes filled slice by slice."""
-    from scipy import ndimage
-
-    # An opening of about 3 mm cuts thin links to the table and blankets, and keeps the chest wall.
-    iterations = max(1, int(round(3.0 / float(np.min(spacing)))))
-    tissue = ndimage.binary_opening(hu > BODY_HU, iterations=iterations)
-    labels, n = ndimage.label(tissue)
-    if n == 0:
-        raise InputError("the CT holds no tissue above -400 HU: nothing to image")
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    body = labels == (1 + int(np.argmax(sizes)))
-    # Fill the lungs and airways slice by slice (in 3-D they connect to the outside through the trachea).
-    body = np.moveaxis(body, axial, 0)
-    body = np.stack([ndimage.binary_fill_holes(s) for s in body])
-    body = np.moveaxis(body, 0, axial)
-    return ndimage.binary_dilation(body, iterations=1)  # keep the skin's partial-volume voxels
+def _upsample(mask: np.ndarray, b: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """A mask on the binned grid repeated onto the CT's voxels (`shape`; voxels past the last whole bin: False)."""
+    up = mask
+    for axis, f in enumerate(b):
+        if f > 1:
+            up = np.repeat(up, f, axis=axis)
+    out = np.zeros(shape, bool)
+    out[: up.shape[0], : up.shape[1], : up.shape[2]] = up[: shape[0], : shape[1], : shape[2]]
+    return out
 
 
 def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, bin: tuple[int, int, int] | None = None,
-                 rules: LabelRules = LabelRules(), keep_outside_body: bool = False) -> MaterialVolume:
-    """HU (+ labels) -> binned partial-density volume with body and lung masks."""
+                 rules: LabelRules = LabelRules(), keep_outside_body: bool = False,
+                 contrast: str = "remove") -> MaterialVolume:
+    """HU (+ labels) -> binned partial-density volume with body and lung masks (module docstring)."""
+    if contrast not in CONTRAST_MODES:
+        raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {contrast!r}")
     b = bin if bin is not None else auto_bin(ct.spacing, pixel_at_iso_mm)
     if any(f < 1 for f in b) or any(s // f < 2 for s, f in zip(ct.hu.shape, b)):
         raise ValueError(f"bin factors {b} do not fit the CT shape {ct.hu.shape}")
-    chunks, lungs, hus = [], [], []
+    step = b[0] * max(1, 32 // b[0])
+    n0 = (ct.hu.shape[0] // b[0]) * b[0]
+    affine = ct.affine.copy()
+    affine[:3, :3] = ct.affine[:3, :3] * np.array(b, float)
+    # The binned voxel's centre is the mean of its members' centres.
+    affine[:3, 3] = ct.affine[:3, :3] @ ((np.array(b, float) - 1.0) / 2.0) + ct.affine[:3, 3]
+    # HU on the binned grid decide what is body, bone and enhanced blood; partial densities are computed per CT
+    # voxel and then binned, so partial-volume voxels keep exact mass.
+    hu_b = np.concatenate([_block_mean(ct.hu[i:i + step], b) for i in range(0, n0, step)])
+    body = body_mask(hu_b, affine)
+    labelled = ct.labels is not None
+    hu_blood = hu_bone = None
+    contrast_info: dict = {"mode": contrast}
+    if labelled and rules.blood:
+        blood_hu = ct.hu[_lookup(ct.labels, rules.blood)] if ct.labels is not None else np.zeros(0)
+        median = float(np.median(blood_hu)) if blood_hu.size else None
+        contrast_info.update({"method": "labels " + str(sorted(rules.blood)), "median_hu": median,
+                              "detected": median is not None and median >= 100.0})
+    else:
+        hu_blood, record = enhanced_blood(hu_b, body, affine)
+        contrast_info.update(record)
+    contrast_info["action"] = ("set to blood, 40 HU" if contrast == "remove" and contrast_info.get("detected")
+                               else "none")
+    if not (labelled and rules.bone):
+        hu_bone = bone_mask(hu_b, body, affine, exclude=hu_blood)
+    chunks, lungs = [], []
     bone_zone = None
     if ct.labels is not None and rules.bone:
         from scipy import ndimage
 
         bone_zone = ndimage.binary_dilation(_lookup(ct.labels, rules.bone), iterations=2)
-    step = b[0] * max(1, 32 // b[0])
-    for start in range(0, (ct.hu.shape[0] // b[0]) * b[0], step):
+    for start in range(0, n0, step):
         hu = ct.hu[start:start + step].copy()
         lab = ct.labels[start:start + step] if ct.labels is not None else None
+        sl = slice(start // b[0], (start + step) // b[0])
         if bone_zone is not None:
             outside = ~bone_zone[start:start + step]
             hu[outside] = np.minimum(hu[outside], NON_BONE_CAP_HU)
-        if lab is not None and rules.blood:
-            hu[_lookup(lab, rules.blood)] = BLOOD_HU
+        if contrast == "remove":
+            if lab is not None and rules.blood:
+                hu[_lookup(lab, rules.blood)] = BLOOD_HU
+            elif hu_blood is not None and contrast_info["detected"]:
+                hu[_upsample(hu_blood[sl], b, hu.shape)] = BLOOD_HU
         rho = model.partial_densities(hu)  # (n, n1, n2, 3)
         if lab is not None and rules.soft:
             soft = _lookup(lab, rules.soft)
             rho[soft, 1] += rho[soft, 2]  # density above soft tissue stays, as soft tissue
             rho[soft, 2] = 0.0
+        if hu_bone is not None:
+            soft = ~_upsample(hu_bone[sl], b, hu.shape)
+            rho[soft, 1] += rho[soft, 2]
+            rho[soft, 2] = 0.0
         chunks.append(_block_mean(rho, b))
-        hus.append(_block_mean(hu, b))
         if lab is not None and rules.lung:
             lungs.append(_block_mean(_lookup(lab, rules.lung).astype(np.float32), b) > 0.5)
     data = np.concatenate(chunks)
-    hu_b = np.concatenate(hus)
-    affine = ct.affine.copy()
-    affine[:3, :3] = ct.affine[:3, :3] * np.array(b, float)
-    # The binned voxel's centre is the mean of its members' centres.
-    affine[:3, 3] = ct.affine[:3, :3] @ ((np.array(b, float) - 1.0) / 2.0) + ct.affine[:3, 3]
-    body = body_mask(hu_b, axial_axis(ct.affine), np.linalg.norm(affine[:3, :3], axis=0))
     lung = np.concatenate(lungs) if lungs else (body & (hu_b < LUNG_HU))
+    removed_ml = float(np.sum((hu_b > BODY_HU) & ~body)) * float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     if not keep_outside_body:
         data[~body] = 0.0  # table, blankets and air are not part of the patient
         # Crop to the body's box (+1 voxel): rays then skip the empty margin of the CT's field of view.
@@ -191,9 +220,14 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
         affine[:3, :3] = affine[:3, perm]
     info = {
         "bin": list(b), "shape": list(data.shape[:3]), "spacing_mm": np.round(np.linalg.norm(affine[:3, :3], axis=0), 4).tolist(),
-        "outside_body": "kept" if keep_outside_body else "removed (largest tissue component, holes filled)",
+        "outside_body": ("kept" if keep_outside_body
+                         else "removed (dexrt.synth.tissue.body_mask: couch, blankets, devices)"),
+        "outside_body_tissue_ml": round(removed_ml, 1),
         "lung_mask": "labels " + str(sorted(rules.lung)) if lungs else f"HU < {LUNG_HU} inside the body",
         "label_rules": rules.describe() if ct.labels is not None else None,
+        "bone": ("labels " + str(sorted(rules.bone)) if hu_bone is None
+                 else f"HU: regions >= {BONE_MIN_HU:.0f} HU reaching {BONE_EVIDENCE_HU:.0f} HU (dexrt.synth.tissue.bone_mask)"),
+        "contrast": contrast_info,
         "channels": list(BASIS),
     }
     return MaterialVolume(np.ascontiguousarray(data, np.float32), affine, body, lung, b, info)

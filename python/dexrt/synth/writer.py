@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,9 @@ from dexrt.synth.anatomy import AnatomyConfig, draw_anatomy
 from dexrt.synth.chain import ChainConfig, draw_chain
 from dexrt.synth.pool import pool_angles
 from dexrt.synth.render import Renderer, View
-from dexrt.synth.splits import SPLITS, SplitPlan
+from dexrt.io.dataset import FORMAT, FORMAT_VERSION, MANIFEST_NAME, SPLITS
+from dexrt.synth.splits import SplitPlan
 
-FORMAT_VERSION = 1
 CHANNELS = ("se", "bone", "soft")
 IDEAL = ("bone_ideal", "soft_ideal")
 RAW = "se_raw"  # with a chain: the SE attenuation before post-processing
@@ -184,12 +184,59 @@ def _prepare_output(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
 
 
+@dataclass
+class Patient:
+    """One CT of a dataset: its name, its renderer (or a function that builds it when its turn comes, so only
+    one material volume is in memory at a time), and what the manifest records about its source."""
+
+    id: str
+    renderer: Renderer | Callable[[], Renderer]
+    provenance: dict = field(default_factory=dict)
+    holdout: bool = False  # every view of a held-out patient is a test view (its angle's split is kept too)
+
+
+def patient_seed(seed: int, index: int) -> int:
+    """The seed of the `index`-th patient's views: the dataset's seed for the first (so a one-CT dataset is what
+    it always was), one drawn from (seed, index) for the others."""
+    return seed if index == 0 else int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
+
+
 def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.PathLike[str], *,
-                  provenance: dict | None = None, progress: Callable[[int], None] | None = None) -> dict:
-    """Render every view and write the dataset; returns the manifest."""
+                  provenance: dict | None = None, progress: Callable[[int], None] | None = None,
+                  planned: tuple[list[View], list[str]] | None = None, patient: str | None = None) -> dict:
+    """Render every view and write the dataset; returns the manifest. `planned` (views, their splits) replaces
+    the views `plan_views` would draw from `cfg` (e.g. `dexrt fit`'s views at a plan's angles); the manifest's
+    split ranges are then `cfg`'s, which the caller corrects. `patient` names the CT (default: its file name)."""
+    name = patient or patient_name(renderer.ct.path)
+    return write_patients([Patient(name, renderer, provenance or {})], cfg, out_dir, progress=progress,
+                          planned=planned)
+
+
+def patient_name(path: str) -> str:
+    """A patient's default name: its CT file's (or DICOM folder's) name without extension."""
+    name = Path(path).name
+    for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        name = name.removesuffix(suffix)
+    return name or "patient"
+
+
+def write_patients(patients: list[Patient], cfg: DatasetConfig, out_dir: str | os.PathLike[str], *,
+                   progress: Callable[[int], None] | None = None,
+                   planned: tuple[list[View], list[str]] | None = None) -> dict:
+    """Render `cfg.views` views of every patient and write them as one dataset; returns the manifest.
+
+    Every patient gets the same split plan (gantry ranges); each view records its patient; a held-out patient's
+    views are all test views. All renderers must share the detector (size and pixel spacing), so that every
+    patient is seen at the same scale."""
     t0 = time.perf_counter()
     out = Path(out_dir)
-    views, splits = plan_views(renderer, cfg)
+    ids = [p.id for p in patients]
+    if not patients or len(set(ids)) != len(ids) or any(not i for i in ids):
+        raise ValueError(f"patients need distinct, non-empty names, got {ids}")
+    if cfg.pool and any(p.holdout for p in patients):
+        raise ValueError("a pool holds train views only: leave the held-out patient out of it")
+    if planned is not None and len(patients) != 1:
+        raise ValueError("planned views are for a dataset of one patient")
     channels = CHANNELS + ((RAW, *PROCESSED) if cfg.chain is not None else ()) + (IDEAL if cfg.ideal else ())
     encoding = _encoding(channels)
     tmp = _prepare_output(out)
@@ -199,43 +246,64 @@ def write_dataset(renderer: Renderer, cfg: DatasetConfig, out_dir: str | os.Path
         (tmp / "masks").mkdir()
         ext = "png" if cfg.image_format == "png" else "tif"
         clipped = dict.fromkeys(channels, 0)
-        sheet_at = _sheet_views(views, cfg.contact_views)
-        sheet_rows: dict[int, tuple[dict, np.ndarray]] = {}
-        records = []
-        # Files are encoded and written on a second thread (PNG/TIFF encoders release the GIL) while the next
-        # view is traced; at most two views wait, so memory stays flat.
-        pending: deque[Future] = deque()
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            for i, (view, split) in enumerate(zip(views, splits)):
-                im = renderer.render(view)
-                files, jobs = {}, []
-                for c in channels:
-                    u16, n = fixed_encoding(quantity_of(c)).stored(im[c])
-                    clipped[c] += n
-                    files[c] = f"{c}/{view.id}.{ext}"
-                    jobs.append((tmp / files[c], u16, cfg.image_format))
-                mask_file = None
-                if view.lesions and im["mask"].any():  # a lesion smaller than the ray spacing falls between rays
-                    mask_file = f"masks/{view.id}.png"
-                    jobs.append((tmp / mask_file, im["mask"].astype(np.uint8) * 255, "png"))
-                pending.append(writer.submit(_write_all, jobs))
-                while len(pending) > 2:
-                    pending.popleft().result()  # re-raises a failed write here
-                if i in sheet_at:
-                    sheet_rows[i] = ({c: im[c] for c in CHANNELS}, im["mask"])
-                records.append(_view_record(renderer, view, split, files, mask_file))
-                if progress is not None:
-                    progress(1)
-            while pending:
-                pending.popleft().result()
+        sheet_rows: list[tuple[dict, np.ndarray]] = []
+        records: list[dict] = []
+        described: dict[str, dict] = {}
+        first: Renderer | None = None
+        n_pix = 0
+        for k, pat in enumerate(patients):
+            renderer = pat.renderer if isinstance(pat.renderer, Renderer) else pat.renderer()
+            if first is None:
+                first = renderer
+            elif renderer.config.size != first.config.size or abs(renderer.pixel_mm - first.pixel_mm) > 1e-9:
+                raise ValueError(f"patient {pat.id}: its detector ({renderer.config.size}, {renderer.pixel_mm:.4f} "
+                                 f"mm pixels) differs from {first.ct.path}'s; give every CT the same --detector-mm")
+            seed = patient_seed(cfg.seed, k)
+            views, splits = planned if planned is not None else plan_views(renderer, replace(cfg, seed=seed))
+            if k:  # view ids run on through the dataset
+                views = [replace(v, id=f"view_{len(records) + i:05d}") for i, v in enumerate(views)]
+            sheet_at = _sheet_views(views, cfg.contact_views if k < 4 else 0)
+            # Files are encoded and written on a second thread (PNG/TIFF encoders release the GIL) while the next
+            # view is traced; at most two views wait, so memory stays flat.
+            pending: deque[Future] = deque()
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                for i, (view, split) in enumerate(zip(views, splits)):
+                    im = renderer.render(view)
+                    files, jobs = {}, []
+                    for c in channels:
+                        u16, n = fixed_encoding(quantity_of(c)).stored(im[c])
+                        clipped[c] += n
+                        files[c] = f"{c}/{view.id}.{ext}"
+                        jobs.append((tmp / files[c], u16, cfg.image_format))
+                    mask_file = None
+                    if view.lesions and im["mask"].any():  # a lesion smaller than the ray spacing falls between rays
+                        mask_file = f"masks/{view.id}.png"
+                        jobs.append((tmp / mask_file, im["mask"].astype(np.uint8) * 255, "png"))
+                    pending.append(writer.submit(_write_all, jobs))
+                    while len(pending) > 2:
+                        pending.popleft().result()  # re-raises a failed write here
+                    if i in sheet_at:
+                        sheet_rows.append(({c: im[c] for c in CHANNELS}, im["mask"]))
+                    record = _view_record(renderer, view, "test" if pat.holdout else split, files, mask_file)
+                    record["patient"] = pat.id
+                    if pat.holdout:
+                        record["angle_split"] = split  # the split its angle has in the plan
+                    records.append(record)
+                    n_pix += renderer.config.size[0] * renderer.config.size[1]
+                    if progress is not None:
+                        progress(1)
+                while pending:
+                    pending.popleft().result()
+            described[pat.id] = {"source": _source(renderer, pat.provenance), "geometry": renderer.describe(),
+                                 "seed": seed, "holdout": pat.holdout, "views": len(views)}
         if sheet_rows:
-            contact_sheet([sheet_rows[i] for i in sorted(sheet_rows)], tmp / "contact_sheet.png")
-        n_pix = len(views) * renderer.config.size[0] * renderer.config.size[1]
+            contact_sheet(sheet_rows, tmp / "contact_sheet.png")
         for c in channels:
-            encoding[c]["clipped_fraction"] = clipped[c] / n_pix
-        manifest = _manifest(renderer, cfg, channels, encoding, records, provenance or {})
+            encoding[c]["clipped_fraction"] = clipped[c] / max(n_pix, 1)
+        assert first is not None
+        manifest = _manifest(first, cfg, channels, encoding, records, described)
         manifest["generator"]["seconds"] = round(time.perf_counter() - t0, 2)
-        with atomic_write(tmp / "manifest.json") as f:
+        with atomic_write(tmp / MANIFEST_NAME) as f:
             f.write(json.dumps(manifest, indent=1).encode())
         if out.exists():
             out.rmdir()  # checked empty above
@@ -283,15 +351,25 @@ def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: 
     return rec
 
 
+def _source(renderer: Renderer, provenance: dict) -> dict:
+    ct = renderer.ct
+    return {"ct": ct.path, "sha256": ct.sha256, "shape": list(ct.hu.shape),
+            "spacing_mm": np.round(ct.spacing, 5).tolist(), "affine": np.round(ct.affine, 6).tolist(),
+            "labels": ct.labels_path, "reader": ct.meta.get("reader"), "notes": ct.meta.get("notes", []),
+            **provenance}
+
+
 def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...], encoding: dict, records: list,
-              provenance: dict) -> dict:
+              patients: dict[str, dict]) -> dict:
+    """The manifest; `renderer` is the first patient's: its geometry is the top-level one (detector and pixel
+    spacing are every patient's; isocentre and volume are in `patients`)."""
     from dexrt import __version__
 
-    ct = renderer.ct
     counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
     ranges = cfg.splits.ranges()
+    first = next(iter(patients.values()))
     return {
-        "format": "dexrt-dataset",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "image_format": cfg.image_format,
         "size": list(renderer.config.size),
@@ -300,10 +378,9 @@ def _manifest(renderer: Renderer, cfg: DatasetConfig, channels: tuple[str, ...],
         "splits": {s: {"gantry_ranges_deg": ranges[s], "views": counts[s]} for s in SPLITS},
         "split_rule": {"sectors": cfg.splits.sectors, "fractions": list(cfg.splits.fractions),
                        "guard_deg": cfg.splits.guard_deg, "start_deg": cfg.splits.start_deg},
-        "source": {"ct": ct.path, "sha256": ct.sha256, "shape": list(ct.hu.shape),
-                   "spacing_mm": np.round(ct.spacing, 5).tolist(), "affine": np.round(ct.affine, 6).tolist(),
-                   "labels": ct.labels_path, **provenance},
-        "geometry": renderer.describe(),
+        "patients": patients,
+        "source": first["source"] if len(patients) == 1 else {"patients": list(patients)},
+        "geometry": first["geometry"],
         "physics": {"materials": renderer.config.model.describe(), **renderer.physics.describe()},
         "lesions": {"probability": cfg.lesion_prob, "max_per_view": cfg.max_lesions,
                     "diameter_mm": list(cfg.lesion_diameter_mm), "hu": 40.0,
