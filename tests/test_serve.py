@@ -282,6 +282,50 @@ def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
         spool.close()
 
 
+def test_torn_ledger_line_is_cut_off_not_glued_to_the_next(tmp_path: Path) -> None:
+    """A crash mid-append leaves `1.2.` without its newline: the next UID must start a line of its own, so that a
+    resend after the restart is recognised instead of converted and forwarded again."""
+    from dexrt.pipelines.serve.spool import Spool
+
+    (tmp_path / "spool").mkdir()
+    ledger = tmp_path / "spool" / "ledger"
+    ledger.write_bytes(b"1.2.3\n1.2.")
+    spool = Spool(tmp_path / "spool")
+    source = spool.received / "1.2.5.dcm"
+    source.write_bytes(b"x")
+    spool.deliver(source, [], None)
+    spool.close()
+    assert ledger.read_bytes() == b"1.2.3\n1.2.5\n"
+    spool = Spool(tmp_path / "spool")
+    try:
+        assert spool.admit("1.2.5", b"x", lambda p: None) is False  # the resend after the restart
+    finally:
+        spool.close()
+
+
+def test_ledger_is_compacted_to_its_bound(tmp_path: Path) -> None:
+    from dexrt.pipelines.serve.spool import Spool
+
+    spool = Spool(tmp_path / "spool", ledger_entries=3)
+    try:
+        for i in range(1, 11):
+            source = spool.received / f"1.2.{i}.dcm"
+            source.write_bytes(b"x")
+            spool.deliver(source, [], None)
+            assert len((tmp_path / "spool" / "ledger").read_bytes().splitlines()) < 2 * 3
+        assert [spool.admit(f"1.2.{i}", b"x", lambda p: None) for i in (8, 9, 10)] == [False] * 3
+    finally:
+        spool.close()
+    lines = (tmp_path / "spool" / "ledger").read_bytes().splitlines()
+    assert lines[-3:] == [b"1.2.8", b"1.2.9", b"1.2.10"] and b"1.2.1" not in lines
+    spool = Spool(tmp_path / "spool", ledger_entries=3)  # the bound holds across a restart
+    try:
+        assert spool.admit("1.2.1", b"x", lambda p: None) is True  # forgotten: stored (and converted) again
+        assert spool.admit("1.2.10", b"x", lambda p: None) is False
+    finally:
+        spool.close()
+
+
 def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:
     """TLS on the listening port, and to a destination that speaks only TLS."""
     import ssl

@@ -35,3 +35,12 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make a rename, link or new file in `folder` durable (a file's own fsync does not cover its directory entry)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@
       outbox/<dest>/<uid>_bone.dcm   waiting for that destination (hard links to the work files)
       failed/<uid>.dcm, .txt     acknowledged but not convertible (engine failure); the reason beside it
       ledger                     SOP Instance UIDs fully handed on, one a line: resent instances are recognised
+                                 (bounded and crash-safe: ledger.py)
 
 Each step is a rename or a hard link inside one filesystem, followed by syncing the folder, so at any instant an
 instance is in exactly one durable place, and every step can be repeated after a crash (see docs/serve.md).
@@ -27,9 +28,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dexrt._atomic import atomic_write
+from dexrt._atomic import atomic_write, sync_folder
 from dexrt._errors import ConfigError, InputError
 from dexrt.io.dicom import check_uid
+from dexrt.pipelines.serve.ledger import Ledger
 
 SUFFIX = ".dcm"
 log = logging.getLogger(__name__)
@@ -45,19 +47,11 @@ def uid_of(name: str) -> str | None:
         return None
 
 
-def sync_folder(folder: Path) -> None:
-    """Make a rename or link in `folder` durable (the file's own fsync does not cover its directory entry)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """The spool folder of one node (see the module docstring). Thread-safe."""
 
-    def __init__(self, root: str | os.PathLike[str], outboxes: Iterable[str] = ()) -> None:
+    def __init__(self, root: str | os.PathLike[str], outboxes: Iterable[str] = (), *,
+                 ledger_entries: int = 100_000) -> None:
         self.root = Path(root)
         for sub in ("incoming", "received", "work", "failed", "outbox"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -78,20 +72,11 @@ class Spool:
                 os.unlink(entry.path)
         self._mutex = threading.Lock()
         self._reserved: set[str] = set()  # being received right now
-        self._ledger_path = self.root / "ledger"
-        self._ledger = self._read_ledger()
-        self._ledger_file = open(self._ledger_path, "ab")  # noqa: SIM115
+        self._ledger = Ledger(self.root / "ledger", ledger_entries)
 
     def close(self) -> None:
-        self._ledger_file.close()
+        self._ledger.close()
         self._lock_file.close()  # releases the flock
-
-    def _read_ledger(self) -> set[str]:
-        if not self._ledger_path.exists():
-            return set()
-        lines = self._ledger_path.read_bytes().split(b"\n")
-        # The last line lacks its newline only if the node died while appending it: that entry never counted.
-        return {uid for line in lines[:-1] if (uid := uid_of(line.decode("ascii", "replace") + SUFFIX))}
 
     # -- receiving ----------------------------------------------------------------------------------------------
     def admit(self, uid: str, data: bytes, check: Callable[[Path], Any]) -> bool:
@@ -152,9 +137,6 @@ class Spool:
                         shutil.copyfileobj(src, dst)
         uid = source.name[: -len(SUFFIX)]
         with self._mutex:
-            self._ledger_file.write(uid.encode("ascii") + b"\n")
-            self._ledger_file.flush()
-            os.fsync(self._ledger_file.fileno())
             self._ledger.add(uid)
         self._remove(uid, outputs)
 
