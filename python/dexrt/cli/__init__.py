@@ -24,6 +24,7 @@ _COMMANDS = {
     "keygen": "dexrt.cli.keygen:keygen",
     "sign": "dexrt.cli.sign:sign",
     "serve": "dexrt.cli.serve:serve",
+    "fit": "dexrt.cli.fit:fit",
 }
 
 

@@ -1,0 +1,1 @@
+"""`dexrt fit`: a model of one patient from the planning CT (docs/fit.md)."""
