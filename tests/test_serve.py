@@ -326,6 +326,69 @@ def test_ledger_is_compacted_to_its_bound(tmp_path: Path) -> None:
         spool.close()
 
 
+@pytest.mark.parametrize("first_outcome", ["fails", "stored"])
+def test_resend_racing_an_unfinished_receive_waits_for_it(tmp_path: Path, first_outcome: str) -> None:
+    """The same UID arriving on a second association while the first receive is still being checked: the second
+    waits. If the first then fails, the second stores the instance itself (acknowledged means on disk); if the
+    first stores it, the second is a duplicate. Never a Success for an instance that is then lost."""
+    from dexrt.pipelines.serve.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    checking, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def slow_check(path: Path) -> None:
+        checking.set()
+        release.wait(TIMEOUT)
+        if first_outcome == "fails":
+            raise InputError(f"{path}: not decodable")
+
+    def first() -> None:
+        try:
+            results["first"] = spool.admit("1.2.7", b"first", slow_check)
+        except InputError as exc:
+            results["first"] = exc
+
+    def second() -> None:
+        results["second"] = spool.admit("1.2.7", b"second", lambda p: None)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    try:
+        threads[0].start()
+        assert checking.wait(TIMEOUT)
+        threads[1].start()
+        threads[1].join(0.5)
+        assert threads[1].is_alive(), "the resend was answered while the first receive could still fail"
+        release.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        stored = (spool.received / "1.2.7.dcm").read_bytes()
+        if first_outcome == "fails":
+            assert isinstance(results["first"], InputError) and results["second"] is True and stored == b"second"
+        else:
+            assert results == {"first": True, "second": False} and stored == b"first"
+    finally:
+        release.set()
+        spool.close()
+
+
+def test_resend_waits_only_so_long(tmp_path: Path) -> None:
+    from dexrt.pipelines.serve.spool import Spool
+
+    spool = Spool(tmp_path / "spool", wait_s=0.2)
+    release = threading.Event()
+    first = threading.Thread(target=lambda: spool.admit("1.2.8", b"x", lambda p: release.wait(TIMEOUT)))
+    try:
+        first.start()
+        wait_until(lambda: "1.2.8" in spool._reserved, TIMEOUT, "the first receive")
+        with pytest.raises(TimeoutError, match="still being received"):  # the node answers 0xA700: try again
+            spool.admit("1.2.8", b"x", lambda p: None)
+    finally:
+        release.set()
+        first.join(TIMEOUT)
+        spool.close()
+
+
 def test_tls_in_and_out(make_node: Callable[..., Node], tmp_path: Path) -> None:
     """TLS on the listening port, and to a destination that speaks only TLS."""
     import ssl

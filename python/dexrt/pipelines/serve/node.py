@@ -51,7 +51,8 @@ class Node:
 
         self.config = config
         self.engine = engine
-        self.spool = Spool(config.spool, [d.key for d in config.forward], ledger_entries=config.ledger_entries)
+        self.spool = Spool(config.spool, [d.key for d in config.forward], ledger_entries=config.ledger_entries,
+                           wait_s=config.timeout_s)
         self.converter = Converter(engine, self.spool.work, ConvertOptions(
             jobs=config.jobs, strict=config.strict, input_spacing_mm=config.input_spacing_mm))
         self.stats: Counter[str] = Counter()

@@ -51,7 +51,7 @@ class Spool:
     """The spool folder of one node (see the module docstring). Thread-safe."""
 
     def __init__(self, root: str | os.PathLike[str], outboxes: Iterable[str] = (), *,
-                 ledger_entries: int = 100_000) -> None:
+                 ledger_entries: int = 100_000, wait_s: float = 30.0) -> None:
         self.root = Path(root)
         for sub in ("incoming", "received", "work", "failed", "outbox"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,9 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
         self._mutex = threading.Lock()
+        self._settled = threading.Condition(self._mutex)  # notified whenever a receive ends, stored or not
         self._reserved: set[str] = set()  # being received right now
+        self._wait_s = wait_s
         self._ledger = Ledger(self.root / "ledger", ledger_entries)
 
     def close(self) -> None:
@@ -80,13 +82,20 @@ class Spool:
 
     # -- receiving ----------------------------------------------------------------------------------------------
     def admit(self, uid: str, data: bytes, check: Callable[[Path], Any]) -> bool:
-        """Store one received instance durably in received/; False if the UID is already known (a resend).
+        """Store one received instance durably in received/; False if it is already in the spool (a resend).
 
         `check(path)` runs on the synced file before it is admitted and raises on a bad instance, which is then
-        removed. Only when this returns True may the instance be acknowledged."""
+        removed. Only when this returns (True or False) may the instance be acknowledged: either way it is on disk.
+
+        The same UID being received on another association at this moment is waited for (up to ``wait_s``, then
+        a TimeoutError, which the node answers with "out of resources": the sender tries again): if that receive
+        stores it, this one is a resend; if it fails, this one is stored itself. A resend is never acknowledged
+        on the strength of a receive that may still fail."""
         uid = check_uid(uid, "SOP Instance UID")
-        with self._mutex:
-            if uid in self._ledger or uid in self._reserved or (self.received / f"{uid}{SUFFIX}").exists():
+        with self._settled:
+            if not self._settled.wait_for(lambda: uid not in self._reserved, self._wait_s):
+                raise TimeoutError(f"SOP Instance UID {uid} is still being received on another association")
+            if uid in self._ledger or (self.received / f"{uid}{SUFFIX}").exists():
                 return False
             self._reserved.add(uid)
         staged = self.incoming / f"{uid}{SUFFIX}"
@@ -101,8 +110,9 @@ class Spool:
                 staged.unlink()
             raise
         finally:
-            with self._mutex:
+            with self._settled:
                 self._reserved.discard(uid)
+                self._settled.notify_all()
         return True
 
     def pending(self) -> list[Path]:
