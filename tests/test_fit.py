@@ -284,7 +284,7 @@ def test_fit_refusals(tmp_path: Path) -> None:
     result = run("fit", ct, "-o", tmp_path / "p.dexrt", "--isocentre", "1,2")
     assert result.exit_code == 2 and "X,Y,Z" in result.output
     result = run("fit", tmp_path / "none.nii.gz", "-o", tmp_path / "p.dexrt")
-    assert result.exit_code == 1 and "no such CT file or folder" in result.output
+    assert result.exit_code == 1 and "no such CT file or folder, nor a name of the CT catalogue" in result.output
     result = run("fit", ct, "-o", tmp_path / "p.dexrt", "--geometry", "no-such-room")
     assert result.exit_code == 1 and "not a preset" in result.output
     assert not (tmp_path / "p.dexrt").exists()

@@ -19,6 +19,7 @@ decoded at once, so memory stays flat whatever the folder's size. `Converter.run
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 # CPU), so frames of different files batch together even when files arrive a few milliseconds apart.
 FOLDER_ENGINE_OPTIONS: dict[str, Any] = {"max_batch": 8, "max_delay_us": 10_000}
 DEFAULT_JOBS = 16  # files in flight: enough to keep two batches of 8 queued while others decode and write
+# A write failing for these is the machine's state, not the file's: the same file converts once space is freed.
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TEMPORARY = re.compile(r"\.(.+)\.[^.]+\.part")  # atomic_write's temporary for a target: .NAME.XXXXXXXX.part
 
 
@@ -125,6 +128,7 @@ class Outcome:
     geometry: dict[str, Any] | None = None  # sizes, spacings; "input_spacing" says where the spacing came from
     domain: dict[str, Any] | None = None  # dexrt.inputs.domain.DomainReport.as_dict()
     warnings: list[str] = field(default_factory=list)  # assumptions and doubts, one sentence each, naming the file
+    transient: bool = False  # failed for want of space (disk full, quota), not because of the file: retry later
 
     @property
     def ok(self) -> bool:
@@ -138,12 +142,13 @@ class Outcome:
         """Plain JSON-able values (paths as strings): how an Outcome travels between processes."""
         return {"source": str(self.source), "outputs": [str(p) for p in self.outputs], "error": self.error,
                 "skipped": self.skipped, "seconds": self.seconds, "frames": self.frames, "geometry": self.geometry,
-                "domain": self.domain, "warnings": list(self.warnings)}
+                "domain": self.domain, "warnings": list(self.warnings), "transient": self.transient}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Outcome:
         return cls(Path(d["source"]), [Path(p) for p in d["outputs"]], d["error"], d["skipped"], d["seconds"],
-                   d["frames"], d["geometry"], d.get("domain"), list(d.get("warnings") or []))
+                   d["frames"], d["geometry"], d.get("domain"), list(d.get("warnings") or []),
+                   bool(d.get("transient")))
 
 
 def resampling_plan(manifest: dict[str, Any], resample: bool = True,
@@ -269,6 +274,7 @@ class Converter:
                     exc_info=True)
             outcome.error = f"{source}: unexpected {type(exc).__name__}: {exc} (set DEXRT_DEBUG=1 for the traceback)"
             outcome.outputs = []
+            outcome.transient = isinstance(exc, OSError) and exc.errno in _OUT_OF_SPACE
         outcome.seconds = time.perf_counter() - start
         return outcome
 

@@ -322,7 +322,8 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
     identity, ct = context["identity"], context["ct"]
     fit_record: dict[str, Any] = {
         "ct": {"source": identity.source, "sha256": identity.sha256, "shape": list(ct.hu.shape),
-               "spacing_mm": np.round(ct.spacing, 4).tolist(), **context["source"].provenance},
+               "spacing_mm": np.round(ct.spacing, 4).tolist(),
+               **{k: v for k, v in context["source"].provenance.items() if k != "licence"}},  # its text: datasets
         "plan": context["plan"].record() if context["plan"] is not None else None,
         "patient_position": context["position"],
         "isocentres_lps_mm": [[round(float(v), 3) + 0.0 for v in p] for p in context["iso_lps"]],

