@@ -254,6 +254,32 @@ def test_engine_failure_sets_one_instance_aside(make_node: Callable[..., Node], 
     assert not list(node.spool.work.iterdir())
 
 
+def test_disk_full_while_converting_is_retried_not_failed(make_node: Callable[..., Node], destination: Destination,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance acknowledged before the disk filled up is the sender's no longer: a conversion that cannot write
+    its outputs (ENOSPC) is retried with backoff until space is freed, never set aside in failed/."""
+    import errno
+
+    import dexrt.pipelines.convert as convert_module
+
+    write_dicom, full = convert_module.write_dicom, {"writes_left_to_fail": 3}
+
+    def write(path: Path, *args: Any, **kwargs: Any) -> None:
+        if full["writes_left_to_fail"] > 0:
+            full["writes_left_to_fail"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_dicom(path, *args, **kwargs)
+
+    monkeypatch.setattr(convert_module, "write_dicom", write)
+    node = make_node(destination.address)
+    sources = [radiograph(64, DX, 1), radiograph(64, CR, 2)]
+    assert send(sources, node.port) == [0x0000] * 2
+    wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "every output once space is back")
+    assert_derived(destination, sources)
+    assert node.stats["convert_failed"] == 0 and node.stats["convert_retries"] == 3
+    assert node.spool.counts()["failed"] == 0 and not list(node.spool.failed.iterdir())
+
+
 def test_spool_is_one_nodes_and_survives_a_torn_ledger(tmp_path: Path) -> None:
     from dexrt.pipelines.serve.spool import Spool
 

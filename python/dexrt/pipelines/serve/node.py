@@ -60,6 +60,7 @@ class Node:
         self.forwarders = [Forwarder(config, d, self.spool, self._count) for d in config.forward]
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._attempts: dict[Path, int] = {}  # instance -> failed attempts to hand it on (for the backoff)
         self._workers = [threading.Thread(target=self._convert_loop, name=f"dexrt-serve-convert-{i}", daemon=True)
                          for i in range(config.jobs)]
         self._ae = AE(ae_title=config.ae_title)
@@ -207,11 +208,15 @@ class Node:
                 return  # an instance not started stays in received/ for the next start
             try:
                 self._convert(path)
+                self._attempts.pop(path, None)
             except Exception as exc:  # e.g. the spool's disk is full: keep the instance, try again later
                 logging.getLogger(__name__).debug("handing on %s failed", path, exc_info=True)
-                event("convert_retry", logging.ERROR, file=path.name, reason=f"{type(exc).__name__}: {exc}",
-                      retry_in_s=self.config.retry_initial_s)
-                if self._stopping.wait(self.config.retry_initial_s):
+                attempts = self._attempts[path] = self._attempts.get(path, 0) + 1
+                delay = min(self.config.retry_initial_s * 2 ** (attempts - 1), self.config.retry_max_s)
+                self._count("convert_retries")
+                event("convert_retry", logging.ERROR, file=path.name, attempts=attempts, retry_in_s=round(delay, 2),
+                      reason=str(exc) if isinstance(exc, _Retry) else f"{type(exc).__name__}: {exc}")
+                if self._stopping.wait(delay):
                     return
                 self._queue.put(path)
 
@@ -221,6 +226,8 @@ class Node:
             outputs, seconds = self.converter.targets(path), 0.0
         else:
             outcome = self.converter.convert(path)
+            if not outcome.ok and outcome.transient:  # disk full: the instance is fine, the machine is not
+                raise _Retry(outcome.error or "")
             if not outcome.ok:
                 failed = self.spool.fail(path, outcome.error or "", self.converter.targets(path))
                 self._count("convert_failed")
@@ -235,6 +242,10 @@ class Node:
             forwarder.notify()
         self._count("converted")
         event("converted", sop_instance_uid=uid, outputs=len(outputs), seconds=round(seconds, 3))
+
+
+class _Retry(Exception):
+    """A conversion failed for a reason outside the instance (disk full): it stays in received/ and is retried."""
 
 
 class _Mismatch(InputError):
