@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from helpers import build_bundle, make_plain_onnx
+from helpers import build_bundle, make_plain_onnx, normalised_metadata
 
 # The default run is reproducible: the fuzz tests replay the same examples every time, so CI cannot turn red
 # on a new random draw. `pytest tests/test_fuzz.py --hypothesis-profile explore` searches afresh, longer.
@@ -25,6 +25,14 @@ def plain_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def plain_engine_path(plain_onnx: Path) -> Path:
     """A bundle of the plain conv generator, size multiple 64 (so padding is exercised on odd sizes)."""
     return build_bundle(plain_onnx, plain_onnx.with_suffix(".dexrt"), size_multiple=64)
+
+
+@pytest.fixture(scope="session")
+def normalised_engine_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain conv generator as a normalised (bone, soft) engine trained at 1.5 mm, size multiple 64."""
+    folder = tmp_path_factory.mktemp("normalised")
+    onnx_path = make_plain_onnx(folder / "normalised.onnx", metadata=normalised_metadata(pixel_spacing_mm=1.5))
+    return build_bundle(onnx_path, folder / "normalised.dexrt", size_multiple=64)
 
 
 @pytest.fixture(scope="session")

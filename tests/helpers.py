@@ -57,3 +57,39 @@ def write_random_pngs(folder: Path, n: int, size: tuple[int, int]) -> Path:
     for i in range(n):
         write_image(folder / f"cxr{i:03d}.png", (np.random.default_rng(i).random(size) * 60000).astype(np.uint16))
     return folder
+
+
+def normalised_metadata(pixel_spacing_mm: float | None = None) -> str:
+    """ONNX metadata of a normalised engine (bone, soft) on the (-0.25, 1.25) windows, optionally with its spacing."""
+    import json
+
+    from dexrt.runtime.contract import NORMALISATION, NORMALISED_WINDOW
+
+    meta = {"input": {"window": list(NORMALISED_WINDOW), "quantity": "se", "normalisation": NORMALISATION},
+            "output": {"windows": [list(NORMALISED_WINDOW)] * 2}}
+    if pixel_spacing_mm is not None:
+        meta["pixel_spacing_mm"] = pixel_spacing_mm
+    return json.dumps(meta)
+
+
+def make_linear_onnx(path: Path, weights: list[float], biases: list[float], *, metadata: str | None = None) -> Path:
+    """A per-pixel linear generator: output channel c = weights[c] * x + biases[c] (a 1x1 convolution), no
+    activation. On normalised (-0.25, 1.25) windows, weight 0.5 and bias -1/3 make each part half the input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.asarray(weights, np.float32).reshape(-1, 1, 1, 1)
+    bias = np.asarray(biases, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["out"], kernel_shape=[1, 1])],
+        "linear_generator",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", len(weights), "H", "W"])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata is not None:
+        helper.set_model_props(model, {"dexrt": metadata})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

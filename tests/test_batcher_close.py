@@ -119,3 +119,27 @@ print("started")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT * 2)
     assert done.returncode == 0, done.stderr
     assert "started" in done.stdout
+
+
+@pytest.mark.parametrize("which", ["normalised", "default"])
+def test_normalised_engines_follow_the_executor_protocol(normalised_engine_path: Path, which: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 31, row 7: the default (normalised) engine's futures are the batcher's own, one per request, so
+    close(cancel=True) and a caller's cancel reach concurrent.futures.wait, and no done-callback meets
+    InvalidStateError (once, an outer future was only .cancel()ed while an inner one raced it)."""
+    path = normalised_engine_path if which == "normalised" else None
+    n = 200 if which == "normalised" else 40
+    engine = dexrt.Engine(path, max_batch=1, max_delay_us=0, workers=1)
+    called: list[object] = []
+    futures = [engine.submit(image(i, (64, 64))) for i in range(n)]
+    for f in futures:
+        f.add_done_callback(called.append)
+    assert futures[-1].cancel()  # its caller gives up while it is queued
+    with caplog.at_level("ERROR", logger="concurrent.futures"):
+        engine.close(cancel=True)
+        _, not_done = wait(futures, timeout=TIMEOUT)
+    assert not not_done, f"{len(not_done)} futures never reported finished to concurrent.futures.wait"
+    assert len(called) == n  # every callback ran, once
+    assert not [r for r in caplog.records if "exception calling callback" in r.getMessage()]
+    assert futures[0].result(timeout=0)[0].shape == (64, 64)  # the first ran
+    assert futures[-1].cancelled() and sum(f.cancelled() for f in futures) > 1

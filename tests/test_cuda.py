@@ -51,6 +51,35 @@ def test_cpu_postprocess_binding_rounds_and_clips() -> None:
     assert got.tolist() == [[[[0, 65535, 65535, 0, 32768, 0]]]]  # 32767.5 rounds half to even
 
 
+def image_windows_of(images: np.ndarray) -> list[tuple[float, float, float]]:
+    """Each image's own window (lo, span, inv_span) as the runtime computes it from its robust range."""
+    return [tuple(_core.prepost.image_window(*_core.robust_range(image))) for image in images]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32], ids=["uint16", "float32"])
+def test_cpu_per_image_windows_match_numpy(dtype: type) -> None:
+    """Per-image windows on the CPU: (x - lo) * inv_span before the network window, y * span (+ lo where the part
+    carries the offset) after it; each a rounded float32 operation, image by image."""
+    rng = np.random.default_rng(4)
+    images = (rng.random((2, 37, 50)) * 30000).astype(dtype)
+    images[1] = (images[1] * 0.5 + 20000).astype(dtype)
+    own = image_windows_of(images)
+    window = (-0.25, 1.25)
+    got = _core.prepost.preprocess(images, window, 16, image_windows=own)
+    normalised = np.stack([(images[b].astype(np.float32) - np.float32(lo)) * np.float32(inv)
+                           for b, (lo, _, inv) in enumerate(own)])
+    want = numpy_preprocess(normalised, window, 16)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+    net = rng.uniform(-1, 1, (2, 2, 48, 64)).astype(np.float32)
+    out = _core.prepost.postprocess(net, 37, 50, [window, window], 16, "float32", image_windows=own,
+                                    offsets=[False, True])  # bone, soft
+    plain = _core.prepost.postprocess(net, 37, 50, [window, window], 16, "float32")  # (C, N, H, W)
+    for b, (lo, span, _) in enumerate(own):
+        assert np.array_equal(out[0, b], plain[0, b] * np.float32(span))  # bone: no offset
+        assert np.array_equal(out[1, b], plain[1, b] * np.float32(span) + np.float32(lo))
+
+
 # -- what this build reports -------------------------------------------------------------------------------------
 def test_core_reports_cuda_state_consistently() -> None:
     status = _core.cuda.status()
@@ -147,6 +176,35 @@ def test_postprocess_matches_cpu_bit_for_bit(out_dtype: str, net_dtype: str) -> 
         nan = np.isnan(want)
         assert np.array_equal(nan, np.isnan(got))
         assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32], ids=["uint16", "float32"])
+@pytest.mark.parametrize("net_dtype", ["float32", "float16"])
+def test_per_image_windows_on_the_gpu_match_cpu_bit_for_bit(dtype: type, net_dtype: str) -> None:
+    """The default (normalised) model's path on the GPU: the kernels take the same per-image windows, and the
+    robust range of images that stay on the device (sampled there) is the host's."""
+    rng = np.random.default_rng(5)
+    images = (rng.random((3, 37, 50)) * 30000).astype(dtype)
+    images[2] = (images[2] * 0.25 + 9000).astype(dtype)
+    own = image_windows_of(images)
+    assert _core.cuda.robust_ranges(images) == [_core.robust_range(image) for image in images]
+    window = (-0.25, 1.25)
+    want = _core.prepost.preprocess(images, window, 16, image_windows=own)
+    got = _core.cuda.preprocess(images, window, 16, net_dtype=net_dtype, image_windows=own)
+    if net_dtype == "float16":
+        assert np.array_equal(got.view(np.uint16), want.astype(np.float16).view(np.uint16))
+    else:
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    net = network_values((3, 2, 48, 64), rng).astype(net_dtype)
+    for out_dtype in ("uint16", "float32"):
+        want = _core.prepost.postprocess(net.astype(np.float32), 37, 50, [window, window], 16, out_dtype,
+                                         image_windows=own, offsets=[False, True])
+        got = _core.cuda.postprocess(net, 37, 50, [window, window], 16, out_dtype, image_windows=own,
+                                     offsets=[False, True])
+        nan = np.isnan(want) if out_dtype == "float32" else np.zeros(want.shape, bool)
+        assert np.array_equal(nan, np.isnan(got) if out_dtype == "float32" else nan)
+        assert np.array_equal(got[~nan], want[~nan])
 
 
 # -- the TensorRT build, without TensorRT -------------------------------------------------------------------------

@@ -14,8 +14,11 @@ using Clock = std::chrono::steady_clock;
 
 double micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
+// Requests batch together when the network sees them alike: the same working size, dtype and path (resampled
+// frames reach the network as float32 working images, the others as they are).
 bool same_kind(const Request& a, const Request& b) {
-  return a.height == b.height && a.width == b.width && a.input.index() == b.input.index();
+  return a.work.work == b.work.work && a.input.index() == b.input.index() &&
+         a.work.resampled() == b.work.resampled() && (a.work.resampled() || a.work.size == b.work.size);
 }
 
 }  // namespace
@@ -80,7 +83,10 @@ void Batcher::close(bool cancel) {
     }
     joined_cv_.notify_all();
   }
-  if (!cancelled.empty()) completion_(cancelled, Outcome::Cancelled, nullptr);
+  if (!cancelled.empty()) {
+    for (auto& r : cancelled) r->outcome = Outcome::Cancelled;
+    completion_(cancelled);
+  }
   if (on_worker || joiner) return;  // a worker cannot wait for its own thread; it ends once the queue is drained
   std::unique_lock<std::mutex> lock(mutex_);
   joined_cv_.wait(lock, [&] { return joined_; });
@@ -140,48 +146,91 @@ void Batcher::worker_loop() {
 
 namespace {
 
+// Requests at their own size: one engine batch, straight into each request's output.
 template <typename T>
-StageTimes run_typed(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch) {
-  const int64_t h = batch.front()->height, w = batch.front()->width;
-  const int64_t plane = h * w;
+StageTimes run_plain(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch,
+                     std::vector<std::exception_ptr>& errors) {
+  const Size2 size = batch.front()->work.size;
+  const int64_t plane = size.height * size.width;
   std::vector<HostImage> slots;
   slots.reserve(batch.size());
   for (auto& r : batch) {
     auto& out = std::get<std::vector<T>>(r->output);
     out.resize(static_cast<size_t>(engine.output_channels() * plane));
-    slots.push_back({std::get<std::vector<T>>(r->input).data(), out.data(), plane});  // (C, H, W) per request
+    // (C, H, W) per request; the window was computed at submit
+    slots.push_back(HostImage{std::get<std::vector<T>>(r->input).data(), out.data(), plane, r->work.window});
   }
   const PixelType type = std::is_same_v<T, uint16_t> ? PixelType::UInt16 : PixelType::Float32;
-  return engine.run(ImageBatch{type, static_cast<int64_t>(slots.size()), h, w, slots.data()});
+  return engine.run(ImageBatch{type, static_cast<int64_t>(slots.size()), size.height, size.width, slots.data()},
+                    true, &errors);
+}
+
+// Resampled frames: their working images through the network as one batch, then each frame finished at its size.
+template <typename T>
+StageTimes run_resampled(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch,
+                         std::vector<std::exception_ptr>& errors) {
+  const Size2 work = batch.front()->work.work;
+  const int64_t net_block = engine.output_channels() * work.height * work.width;
+  std::vector<float> net(batch.size() * static_cast<size_t>(net_block));  // (N, C, h, w)
+  std::vector<const WorkImage*> frames;
+  std::vector<float*> outputs;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    frames.push_back(&batch[b]->work);
+    outputs.push_back(net.data() + static_cast<int64_t>(b) * net_block);
+  }
+  StageTimes times = engine.run_prepared(frames, outputs, &errors);
+  const auto finishing = Clock::now();
+  for (size_t b = 0; b < batch.size(); ++b) {
+    if (errors[b]) continue;
+    Request& r = *batch[b];
+    const int64_t plane = r.work.size.height * r.work.size.width;
+    auto& out = std::get<std::vector<T>>(r.output);
+    out.resize(static_cast<size_t>(engine.output_channels() * plane));
+    try {
+      engine.finish(std::get<std::vector<T>>(r.input).data(), r.work, outputs[b], out.data(), plane);
+    } catch (...) {
+      errors[b] = std::current_exception();
+    }
+  }
+  times.post_us += micros(Clock::now() - finishing);
+  return times;
+}
+
+template <typename T>
+StageTimes run_typed(const Engine& engine, std::vector<std::unique_ptr<Request>>& batch,
+                     std::vector<std::exception_ptr>& errors) {
+  for (auto& r : batch) r->output = std::vector<T>();
+  return batch.front()->work.resampled() ? run_resampled<T>(engine, batch, errors)
+                                         : run_plain<T>(engine, batch, errors);
 }
 
 }  // namespace
 
 void Batcher::run_batch(std::vector<std::unique_ptr<Request>>& batch) {
   const auto started = Clock::now();
-  Outcome outcome = Outcome::Done;
-  std::exception_ptr error;
+  std::vector<std::exception_ptr> errors(batch.size());
   StageTimes times;
   try {
     if (std::holds_alternative<std::vector<uint16_t>>(batch.front()->input)) {
-      for (auto& r : batch) r->output = std::vector<uint16_t>();
-      times = run_typed<uint16_t>(*engine_, batch);
+      times = run_typed<uint16_t>(*engine_, batch, errors);
     } else {
-      for (auto& r : batch) r->output = std::vector<float>();
-      times = run_typed<float>(*engine_, batch);
+      times = run_typed<float>(*engine_, batch, errors);
     }
-  } catch (...) {
-    outcome = Outcome::Failed;
-    error = std::current_exception();
+  } catch (...) {  // the batch as a whole failed: every request with it
+    std::fill(errors.begin(), errors.end(), std::current_exception());
   }
   const auto finished = Clock::now();
   std::vector<double> queue_us, total_us;
-  for (const auto& r : batch) {
-    queue_us.push_back(micros(started - r->enqueued));
-    total_us.push_back(micros(finished - r->enqueued));
+  for (size_t b = 0; b < batch.size(); ++b) {
+    Request& r = *batch[b];
+    queue_us.push_back(micros(started - r.enqueued));
+    total_us.push_back(micros(finished - r.enqueued));
+    r.outcome = errors[b] ? Outcome::Failed : Outcome::Done;
+    r.error = errors[b];
+    if (errors[b]) r.output = Pixels();
   }
   stats_->record_batch(static_cast<int64_t>(batch.size()), times, queue_us, total_us);
-  completion_(batch, outcome, error);
+  completion_(batch);
 }
 
 }  // namespace dexrt

@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = DEXRT_VERSION;
   dexrt::register_errors(m);
   dexrt::register_engine(m);
+  dexrt::register_contract(m);
   dexrt::register_drr(m);
   dexrt::register_cuda(m);
 }

@@ -145,11 +145,11 @@ StageTimes OpenVinoBackend::run(const ImageBatch& batch, const PadGeometry& g, c
     PooledRequest request(compiled->mutex, compiled->idle, compiled->model);
     ov::InferRequest& r = request.get();
     const auto t0 = Clock::now();
-    preprocess_batch(batch, g, contract.input, r.get_input_tensor().data<float>());  // (N, 1, Hp, Wp) f32
+    preprocess_batch(batch, g, contract, r.get_input_tensor().data<float>());  // (N, 1, Hp, Wp) f32
     const auto t1 = Clock::now();
     r.infer();
     const auto t2 = Clock::now();
-    postprocess_batch(r.get_output_tensor().data<const float>(), batch, g, contract.outputs);  // (N, C, Hp, Wp)
+    postprocess_batch(r.get_output_tensor().data<const float>(), batch, g, contract);  // (N, C, Hp, Wp)
     times = {micros(t1 - t0), micros(t2 - t1), micros(Clock::now() - t2)};
   } catch (const ov::Exception& e) {
     throw Error(ErrorKind::Engine, std::string("OpenVINO inference failed: ") + e.what());

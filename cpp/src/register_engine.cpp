@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <condition_variable>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -112,7 +113,7 @@ class Runtime {
   const BatcherOptions& options() const { return options_; }
 
  private:
-  static void complete(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome, std::exception_ptr error);
+  static void complete(std::vector<std::unique_ptr<Request>>& batch);
 
   std::shared_ptr<const Engine> engine_;
   std::shared_ptr<StatsRecorder> stats_;
@@ -134,29 +135,28 @@ py::tuple to_arrays(std::vector<T>&& pixels, int64_t channels, int64_t h, int64_
   return out;
 }
 
-void Runtime::complete(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome, std::exception_ptr error) {
+void Runtime::complete(std::vector<std::unique_ptr<Request>>& batch) {
   py::gil_scoped_acquire gil;
-  py::object exception = outcome == Outcome::Failed ? python_exception(error) : py::none();
   for (auto& r : batch) {
     // Each future is resolved on its own: one that its caller cancelled meanwhile must not stop the others.
     try {
       py::object future = *static_cast<py::object*>(r->tag.get());
-      if (outcome == Outcome::Cancelled) future.attr("cancel")();
+      if (r->outcome == Outcome::Cancelled) future.attr("cancel")();
       if (future.attr("done")().cast<bool>() && !future.attr("cancelled")().cast<bool>()) continue;
       // The executor protocol: a pending future becomes RUNNING, while a cancelled one (by close(cancel) just
       // above, or by its caller while it was queued) has its waiters notified and returns False. Future.cancel()
       // alone wakes result() but not concurrent.futures.wait/as_completed, which would then wait forever.
       // Each request passes here exactly once, so a cancelled future is never notified twice.
       if (!future.attr("set_running_or_notify_cancel")().cast<bool>()) continue;
-      if (outcome == Outcome::Failed) {
-        future.attr("set_exception")(exception);
+      if (r->outcome == Outcome::Failed) {
+        future.attr("set_exception")(python_exception(r->error));
         continue;
       }
-      const int64_t plane = r->height * r->width;
+      const int64_t h = r->work.size.height, w = r->work.size.width;
       py::tuple result = std::visit(
           [&](auto&& pixels) {
-            const auto channels = static_cast<int64_t>(pixels.size()) / plane;  // (C, H, W)
-            return to_arrays(std::move(pixels), channels, r->height, r->width);
+            const auto channels = static_cast<int64_t>(pixels.size()) / (h * w);  // (C, H, W)
+            return to_arrays(std::move(pixels), channels, h, w);
           },
           r->output);
       future.attr("set_result")(result);
@@ -167,26 +167,61 @@ void Runtime::complete(std::vector<std::unique_ptr<Request>>& batch, Outcome out
   }
 }
 
+FullResolutionOptions full_resolution_options(const std::string& upsampling, int64_t radius, float epsilon,
+                                              bool correction, int threads) {
+  FullResolutionOptions o;
+  if (upsampling == "guided") {
+    o.upsampling = Upsampling::Guided;
+  } else if (upsampling == "bicubic") {
+    o.upsampling = Upsampling::Bicubic;
+  } else {
+    throw py::value_error("upsampling must be 'guided' or 'bicubic', got '" + upsampling + "'");
+  }
+  if (radius < 1 || !(epsilon > 0.0f) || threads < 0) {
+    throw py::value_error("guide_radius must be >= 1, guide_epsilon > 0 and threads >= 0");
+  }
+  o.radius = radius;
+  o.epsilon = epsilon;
+  o.correction = correction;
+  o.threads = threads;
+  return o;
+}
+
+std::shared_ptr<Engine> make_engine(std::unique_ptr<Backend> backend, Contract contract, double model_spacing_mm,
+                                    const FullResolutionOptions& full) {
+  auto engine = std::make_shared<Engine>(std::move(backend), std::move(contract), model_spacing_mm, full.threads);
+  engine->set_full_resolution(full);
+  return engine;
+}
+
 std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::string& device, const py::bytes& model,
                                       const py::bytes& weights, WindowPair input_window,
                                       const std::vector<WindowPair>& output_windows, int64_t size_multiple,
                                       const std::string& performance_hint, int num_threads, int64_t max_batch,
                                       int64_t max_delay_us, int workers, int cuda_device, int contexts,
-                                      bool cuda_graphs, const std::string& cache_dir) {
+                                      bool cuda_graphs, const std::string& cache_dir, bool normalised,
+                                      const std::vector<std::string>& channels, double model_spacing_mm,
+                                      const std::string& upsampling, int64_t guide_radius, float guide_epsilon,
+                                      bool soft_correction) {
   if (max_batch < 1 || max_delay_us < 0 || workers < 1) {
     throw py::value_error("max_batch and workers must be at least 1, max_delay_us at least 0");
   }
+  if (!(model_spacing_mm >= 0.0)) throw py::value_error("model_spacing_mm must be >= 0 (0: not recorded)");
   Contract contract;
   contract.input = Window{input_window.first, input_window.second};
   contract.outputs = to_windows(output_windows);
   contract.size_multiple = size_multiple;
+  contract.normalised = normalised;
+  contract.channels = channels;
+  const FullResolutionOptions full =
+      full_resolution_options(upsampling, guide_radius, guide_epsilon, soft_correction, num_threads);
 #ifdef DEXRT_WITH_TENSORRT
   if (backend == "tensorrt") {  // `model` is the serialized plan; `weights` is unused
     const TensorRtOptions options{cuda_device, contexts, cuda_graphs};
     std::string plan = model;
     py::gil_scoped_release release;
-    auto engine = std::make_shared<const Engine>(std::make_unique<TensorRtBackend>(plan, options),
-                                                 std::move(contract));
+    auto engine = make_engine(std::make_unique<TensorRtBackend>(plan, options), std::move(contract),
+                              model_spacing_mm, full);
     return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers});
   }
   const char* const available = "openvino, tensorrt";
@@ -207,25 +242,34 @@ std::unique_ptr<Runtime> make_runtime(const std::string& backend, const std::str
   std::string xml = model;  // copies out of the Python objects while the GIL is held
   std::string bin = weights;
   py::gil_scoped_release release;
-  auto engine = std::make_shared<const Engine>(std::make_unique<OpenVinoBackend>(xml, bin, std::move(options)),
-                                               std::move(contract));
+  auto engine = make_engine(std::make_unique<OpenVinoBackend>(xml, bin, std::move(options)), std::move(contract),
+                            model_spacing_mm, full);
   // OpenVINO compiles one static-shape model per batch size: keep their number small (see BatcherOptions).
   return std::make_unique<Runtime>(std::move(engine), BatcherOptions{max_batch, max_delay_us, workers, true});
 }
 
+// The size the network runs an (H, W) image at: its own, or with a pixel spacing the model's.
+Size2 work_size(const Runtime& rt, Size2 size, const std::optional<WindowPair>& spacing_mm, double model_spacing_mm) {
+  if (!spacing_mm) return size;
+  return rt.engine().working_size(size, spacing_mm->first, spacing_mm->second, model_spacing_mm);
+}
+
 template <typename T>
-py::array infer_typed(Runtime& rt, const py::array& images) {
+py::array infer_typed(Runtime& rt, const py::array& images, const std::optional<WindowPair>& spacing_mm,
+                      double model_spacing_mm) {
   // A C-contiguous array is used in place; any other layout is copied once into a contiguous buffer.
   auto contiguous = py::array_t<T, py::array::c_style>::ensure(images);
   const int64_t n = images.shape(0), h = images.shape(1), w = images.shape(2);
   const int64_t c = rt.engine().output_channels();
+  const Size2 size{h, w};
+  const Size2 work = work_size(rt, size, spacing_mm, model_spacing_mm);
   py::array_t<T> out({c, n, h, w});  // (C, N, H, W), the input's dtype
   const T* src = contiguous.data();
   T* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
     const auto started = std::chrono::steady_clock::now();
-    const StageTimes times = rt.engine().infer(src, n, h, w, dst);
+    const StageTimes times = rt.engine().infer_full(src, n, size, work, dst);
     const double total = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - started).count();
     rt.stats().record_batch(n, times, std::vector<double>(static_cast<size_t>(n), 0.0),
                             std::vector<double>(static_cast<size_t>(n), total));
@@ -262,38 +306,47 @@ py::array infer_device(Runtime& rt, uintptr_t pointer, int64_t n, int64_t height
 bool is_uint16(const py::array& a) { return py::isinstance<py::array_t<uint16_t>>(a); }
 bool is_float32(const py::array& a) { return py::isinstance<py::array_t<float>>(a); }
 
-py::array infer(Runtime& rt, const py::array& images) {
+py::array infer(Runtime& rt, const py::array& images, const std::optional<WindowPair>& spacing_mm,
+                double model_spacing_mm) {
   rt.check_open();
   if (images.ndim() != 3) {
     throw Error(ErrorKind::Input, "images must be a 3-D array (N, H, W), got " + std::to_string(images.ndim()) +
                                       "-D");
   }
-  if (is_uint16(images)) return infer_typed<uint16_t>(rt, images);
-  if (is_float32(images)) return infer_typed<float>(rt, images);
+  if (is_uint16(images)) return infer_typed<uint16_t>(rt, images, spacing_mm, model_spacing_mm);
+  if (is_float32(images)) return infer_typed<float>(rt, images, spacing_mm, model_spacing_mm);
   throw Error(ErrorKind::Input, "images must be uint16 or float32 (native byte order), got " + dtype_name(images));
 }
 
+// The pixels copied into the request, and the request prepared for the network (working image, window) on the
+// caller's thread, without the GIL: that work then spreads over the submitting threads.
 template <typename T>
-Pixels copy_pixels(const py::array& image) {
+void prepare_request(const Runtime& rt, const py::array& image, Request& request, Size2 size, Size2 work) {
   auto contiguous = py::array_t<T, py::array::c_style>::ensure(image);
-  return std::vector<T>(contiguous.data(), contiguous.data() + contiguous.size());
+  const T* data = contiguous.data();
+  py::gil_scoped_release release;
+  std::vector<T> pixels(data, data + size.height * size.width);
+  request.work = rt.engine().prepare(pixels.data(), size, work);
+  request.input = std::move(pixels);
 }
 
-void submit(Runtime& rt, const py::array& image, py::object future) {
+void submit(Runtime& rt, const py::array& image, py::object future, const std::optional<WindowPair>& spacing_mm,
+            double model_spacing_mm) {
   if (image.ndim() != 2) {
     throw Error(ErrorKind::Input, "submit takes one (H, W) image, got " + std::to_string(image.ndim()) + "-D");
   }
   if (image.shape(0) <= 0 || image.shape(1) <= 0) throw Error(ErrorKind::Input, "the image is empty");
+  rt.check_open();
+  const Size2 size{image.shape(0), image.shape(1)};
+  const Size2 work = work_size(rt, size, spacing_mm, model_spacing_mm);
   auto request = std::make_unique<Request>();
   if (is_uint16(image)) {
-    request->input = copy_pixels<uint16_t>(image);
+    prepare_request<uint16_t>(rt, image, *request, size, work);
   } else if (is_float32(image)) {
-    request->input = copy_pixels<float>(image);
+    prepare_request<float>(rt, image, *request, size, work);
   } else {
     throw Error(ErrorKind::Input, "the image must be uint16 or float32 (native byte order), got " + dtype_name(image));
   }
-  request->height = image.shape(0);
-  request->width = image.shape(1);
   // The future may be released on a worker thread: its deleter takes the GIL.
   request->tag = std::shared_ptr<void>(new py::object(std::move(future)), [](void* p) {
     py::gil_scoped_acquire gil;
@@ -330,7 +383,10 @@ void register_engine(py::module_& m) {
            py::arg("weights"), py::arg("input_window"), py::arg("output_windows"), py::arg("size_multiple"),
            py::arg("performance_hint") = "LATENCY", py::arg("num_threads") = 0, py::arg("max_batch") = 8,
            py::arg("max_delay_us") = 1000, py::arg("workers") = 2, py::arg("cuda_device") = 0,
-           py::arg("contexts") = 2, py::arg("cuda_graphs") = false, py::arg("cache_dir") = "")
+           py::arg("contexts") = 2, py::arg("cuda_graphs") = false, py::arg("cache_dir") = "",
+           py::arg("normalised") = false, py::arg("channels") = std::vector<std::string>{},
+           py::arg("model_spacing_mm") = 0.0, py::arg("upsampling") = "guided", py::arg("guide_radius") = 2,
+           py::arg("guide_epsilon") = 1e-4f, py::arg("soft_correction") = true)
       .def_property_readonly("backend", [](const Runtime& r) { return r.engine().backend().name(); })
       .def_property_readonly("device", [](const Runtime& r) { return r.engine().backend().device(); })
       .def_property_readonly("output_channels", [](const Runtime& r) { return r.engine().output_channels(); })
@@ -338,14 +394,19 @@ void register_engine(py::module_& m) {
       .def_property_readonly("max_batch", [](const Runtime& r) { return r.options().max_batch; })
       .def_property_readonly("max_delay_us", [](const Runtime& r) { return r.options().max_delay_us; })
       .def_property_readonly("workers", [](const Runtime& r) { return r.options().workers; })
-      .def("infer", &infer, py::arg("images"),
-           "(N, H, W) uint16 or float32 -> (C, N, H, W) of the same dtype. Releases the GIL.")
+      .def_property_readonly("normalised", [](const Runtime& r) { return r.engine().contract().normalised; })
+      .def_property_readonly("model_spacing_mm", [](const Runtime& r) { return r.engine().model_spacing_mm(); })
+      .def("infer", &infer, py::arg("images"), py::arg("spacing_mm") = py::none(), py::arg("model_spacing_mm") = 0.0,
+           "(N, H, W) uint16 or float32 -> (C, N, H, W) of the same dtype. With spacing_mm (row, col), the images "
+           "run at the model's pixel spacing (model_spacing_mm, 0: the engine's) and come back at their own size. "
+           "Releases the GIL.")
       .def("infer_device", &infer_device, py::arg("pointer"), py::arg("n"), py::arg("height"), py::arg("width"),
            py::arg("dtype"), py::arg("stream") = 0,
            "(N, H, W) images in CUDA device memory -> (C, N, H, W) host array. GPU backends only.")
-      .def("submit", &submit, py::arg("image"), py::arg("future"),
+      .def("submit", &submit, py::arg("image"), py::arg("future"), py::arg("spacing_mm") = py::none(),
+           py::arg("model_spacing_mm") = 0.0,
            "Queue one (H, W) image (copied); `future` (concurrent.futures.Future) receives a tuple of C (H, W) "
-           "arrays, or the exception.")
+           "arrays, or the exception. spacing_mm as for infer.")
       .def("close", &Runtime::close, py::arg("cancel") = false,
            "Stop accepting work; run (or, with cancel, cancel) what is queued; wait for the workers.")
       .def_property_readonly("pending", &Runtime::pending, "Requests queued and not yet running.")

@@ -100,6 +100,8 @@ struct TensorRtBackend::Slot {
   cuda::DeviceBuffer input, output;          // the bindings, at the profile's largest shape: never moved
   cuda::DeviceBuffer images_in, images_out;  // stored images: (n, H, W) and (C, n, H, W)
   cuda::PinnedBuffer host_in, host_out;
+  cuda::DeviceBuffer windows, samples;  // per-image windows of a chunk; sampled pixels of a device batch
+  cuda::PinnedBuffer host_windows, host_samples;
   std::unique_ptr<nvinfer1::IExecutionContext> context;  // uses input/output: declared after them
   BatchShape shape;                                      // the context's current input shape
   std::map<std::tuple<int64_t, int64_t, int64_t>, cuda::GraphExec> graphs;  // destroyed before the context
@@ -331,13 +333,26 @@ StageTimes TensorRtBackend::run(const ImageBatch& batch, const PadGeometry& g, c
                   "cudaMemcpyAsync (images)");
       images = s.images_in.get();
     }
+    // The chunk's per-image windows, when the contract has them (the identity needs no upload).
+    const ImageWindow* own = nullptr;
+    if (contract.normalised) {
+      const size_t bytes = static_cast<size_t>(k) * sizeof(ImageWindow);
+      s.windows.reserve(bytes);
+      s.host_windows.reserve(bytes);
+      auto* host = static_cast<ImageWindow*>(s.host_windows.get());
+      for (int64_t b = 0; b < k; ++b) host[b] = batch.images[first + b].window;
+      cuda::check(cudaMemcpyAsync(s.windows.get(), host, bytes, cudaMemcpyHostToDevice, stream),
+                  "cudaMemcpyAsync (windows)");
+      own = static_cast<const ImageWindow*>(s.windows.get());
+    }
     times.pre_us += micros(Clock::now() - gather_started);
-    cuda::preprocess(images, image_type, k, g, contract.input, s.input.get(), input_type_, stream);  // (k, 1, Hp, Wp)
+    cuda::preprocess(images, image_type, k, g, contract.input, own, s.input.get(), input_type_,
+                     stream);  // (k, 1, Hp, Wp)
     s.preprocessed.record(stream);
     enqueue(s, shape);  // (k, C, Hp, Wp)
     s.inferred.record(stream);
-    cuda::postprocess(s.output.get(), output_type_, k, channels, g, contract.outputs, s.images_out.get(), image_type,
-                      stream);  // (C, k, H, W)
+    cuda::postprocess(s.output.get(), output_type_, k, channels, g, contract.outputs, own, contract.offsets,
+                      s.images_out.get(), image_type, stream);  // (C, k, H, W)
     cuda::check(cudaMemcpyAsync(s.host_out.get(), s.images_out.get(), in_bytes * static_cast<size_t>(channels),
                                 cudaMemcpyDeviceToHost, stream),
                 "cudaMemcpyAsync (results)");
@@ -357,6 +372,29 @@ StageTimes TensorRtBackend::run(const ImageBatch& batch, const PadGeometry& g, c
     times.post_us += cuda::Event::elapsed_us(s.inferred, s.downloaded) + micros(Clock::now() - scatter_started);
   }
   return times;
+}
+
+std::vector<float> TensorRtBackend::device_samples(const ImageBatch& batch, const SampleGrid& grid) {
+  if (batch.device_data == nullptr) throw Error(ErrorKind::Engine, "device_samples needs a device batch");
+  cuda::DeviceGuard guard(options_.device);
+  Lease lease(*this);
+  Slot& s = *lease;
+  const cudaStream_t stream = s.stream.get();
+  if (batch.stream != 0) {  // the producer's pending writes come first
+    s.producer_ready.record(producer_stream(batch.stream));
+    cuda::check(cudaStreamWaitEvent(stream, s.producer_ready.get(), 0), "cudaStreamWaitEvent");
+  }
+  const size_t bytes = static_cast<size_t>(batch.n * grid.size()) * sizeof(float);
+  s.samples.reserve(bytes);
+  s.host_samples.reserve(bytes);
+  const cuda::DType type = batch.type == PixelType::UInt16 ? cuda::DType::UInt16 : cuda::DType::Float32;
+  cuda::gather_samples(batch.device_data, type, batch.n, batch.height, batch.width, grid,
+                       static_cast<float*>(s.samples.get()), stream);  // (N, rows, cols)
+  cuda::check(cudaMemcpyAsync(s.host_samples.get(), s.samples.get(), bytes, cudaMemcpyDeviceToHost, stream),
+              "cudaMemcpyAsync (samples)");
+  s.stream.synchronize();
+  const auto* host = static_cast<const float*>(s.host_samples.get());
+  return std::vector<float>(host, host + batch.n * grid.size());
 }
 
 }  // namespace dexrt

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "dexrt/prepost.h"
+#include "dexrt/robust_range.h"
 
 namespace dexrt {
 
@@ -14,6 +15,10 @@ struct Contract {
   Window input;
   std::vector<Window> outputs;  // one per output channel
   int64_t size_multiple = 1;
+  // Each image mapped by its own robust range (robust_range.h) before the network window, and its outputs back.
+  bool normalised = false;
+  std::vector<std::string> channels;  // output names, one per output channel (may be empty: unnamed)
+  std::vector<char> offsets;          // per output channel: adds the image's lo on the way out (parts.h)
 };
 
 enum class PixelType { UInt16, Float32 };
@@ -24,6 +29,7 @@ struct HostImage {
   const void* input = nullptr;  // (H, W); unused when the batch's images are on the device
   void* output = nullptr;       // channel 0's (H, W) plane; channel c at output + c * channel_stride elements
   int64_t channel_stride = 0;   // in elements
+  ImageWindow window;           // the image's own window (identity unless the contract is normalised)
 };
 
 // A batch of n same-sized stored images of one pixel type.
@@ -56,14 +62,19 @@ class Backend {
   // into each image's output planes. The network's output must be (N, C, Hp, Wp); any other shape is an
   // EngineError before a byte of it is read. Thread-safe: concurrent calls run on separate requests/contexts.
   virtual StageTimes run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) = 0;
+
+  // The pixels of a device batch at the rows and columns of `grid` (robust_range.h): (N, rows, cols) f32 in host
+  // memory, for the per-image windows of images that never come to the host. Backends without a device pipeline
+  // refuse device batches anyway.
+  virtual std::vector<float> device_samples(const ImageBatch& batch, const SampleGrid& grid);
 };
 
 // The CPU pre/post of a batch in host memory, for backends that run the network on host buffers.
 // preprocess_batch writes the (N, 1, Hp, Wp) f32 network input; postprocess_batch reads the (N, C, Hp, Wp) f32
 // network output into each image's output planes. Both refuse a batch whose images are on the device.
-void preprocess_batch(const ImageBatch& batch, const PadGeometry& g, Window input, float* net_input);
+void preprocess_batch(const ImageBatch& batch, const PadGeometry& g, const Contract& contract, float* net_input);
 void postprocess_batch(const float* net_output, const ImageBatch& batch, const PadGeometry& g,
-                       const std::vector<Window>& outputs);
+                       const Contract& contract);
 
 // The network input shape of a batch: (N, 1, H, W), H and W already padded.
 struct BatchShape {

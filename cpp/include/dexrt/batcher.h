@@ -1,7 +1,7 @@
 // Dynamic batching: requests from any thread are grouped into batches of up to max_batch images of the same
-// size and dtype, waiting at most max_delay_us after the oldest queued request; `workers` threads each form
-// and run batches, so several batches are in flight at once. No Python runs here: completion is a C++
-// callback, invoked once per batch on the worker thread.
+// working size and dtype, waiting at most max_delay_us after the oldest queued request; `workers` threads each
+// form and run batches, so several batches are in flight at once. No Python runs here: completion is a C++
+// callback, invoked once per batch on the worker thread, each request with its own outcome.
 #pragma once
 
 #include <chrono>
@@ -33,20 +33,21 @@ struct BatcherOptions {
 
 using Pixels = std::variant<std::vector<uint16_t>, std::vector<float>>;
 
-// One submitted image. The batcher owns a copy of the pixels, so the caller may reuse its buffer at once.
-struct Request {
-  Pixels input;   // (H, W)
-  Pixels output;  // (C, H, W), same dtype as input; filled when the request succeeds
-  int64_t height = 0, width = 0;
-  std::shared_ptr<void> tag;  // the caller's handle (e.g. a future), carried through untouched
-  std::chrono::steady_clock::time_point enqueued;
-};
-
 enum class Outcome { Done, Failed, Cancelled };
 
-// Called once per batch: every request in `batch` has the same outcome; `error` is set when Failed.
-using Completion = std::function<void(std::vector<std::unique_ptr<Request>>& batch, Outcome outcome,
-                                      std::exception_ptr error)>;
+// One submitted image. The batcher owns a copy of the pixels, so the caller may reuse its buffer at once.
+struct Request {
+  Pixels input;    // (H, W)
+  Pixels output;   // (C, H, W), same dtype as input; filled when the request succeeds
+  WorkImage work;  // Engine::prepare's: its size, working size, window (and working image when resampled)
+  std::shared_ptr<void> tag;  // the caller's handle (e.g. a future), carried through untouched
+  std::chrono::steady_clock::time_point enqueued;
+  Outcome outcome = Outcome::Done;
+  std::exception_ptr error;  // set when Failed
+};
+
+// Called once per batch with the batch's requests, each with its outcome.
+using Completion = std::function<void(std::vector<std::unique_ptr<Request>>& batch)>;
 
 class Batcher {
  public:

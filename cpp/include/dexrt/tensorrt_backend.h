@@ -53,6 +53,9 @@ class TensorRtBackend final : public Backend {
   // includes the gather and upload, post the download and scatter).
   StageTimes run(const ImageBatch& batch, const PadGeometry& g, const Contract& contract) override;
 
+  // The sampled pixels of a device batch, gathered on the GPU: only they come to the host.
+  std::vector<float> device_samples(const ImageBatch& batch, const SampleGrid& grid) override;
+
  private:
   class Logger;
   struct Slot;

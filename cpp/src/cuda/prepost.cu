@@ -18,6 +18,7 @@ constexpr unsigned kMaxGridZ = 65535;  // CUDA's limit on gridDim.z; larger batc
 struct Affines {
   float scale[kMaxChannels];
   float offset[kMaxChannels];
+  bool carries[kMaxChannels];  // adds the image's lo on the way out (parts.h)
 };
 
 __device__ __forceinline__ float apply(float v, float scale, float offset) {
@@ -55,18 +56,38 @@ __device__ __forceinline__ uint16_t store<uint16_t>(float v) {
   return static_cast<uint16_t>(rintf(v));  // half to even
 }
 
+// The CPU's ImageWindow::identity(): such a window is left out there, and so here.
+__device__ __forceinline__ bool is_identity(const ImageWindow& w) {
+  return w.lo == 0.0f && w.span == 1.0f && w.inv_span == 1.0f;
+}
+
 // One thread per padded pixel; z walks the batch.
 template <typename In, typename Net>
 __global__ void preprocess_kernel(const In* __restrict__ images, int n, int height, int width, int padded_height,
                                   int padded_width, int top, int left, float scale, float offset,
-                                  Net* __restrict__ net) {
+                                  const ImageWindow* __restrict__ own, Net* __restrict__ net) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x;
   const int y = blockIdx.y * blockDim.y + threadIdx.y;
   if (x >= padded_width || y >= padded_height) return;
   const int sy = reflect(y - top, height), sx = reflect(x - left, width);
   for (int b = blockIdx.z; b < n; b += gridDim.z) {
-    const In v = images[(static_cast<int64_t>(b) * height + sy) * width + sx];
-    net[(static_cast<int64_t>(b) * padded_height + y) * padded_width + x] = store<Net>(apply(load(v), scale, offset));
+    float v = load(images[(static_cast<int64_t>(b) * height + sy) * width + sx]);
+    if (own != nullptr && !is_identity(own[b])) v = __fmul_rn(__fsub_rn(v, own[b].lo), own[b].inv_span);
+    net[(static_cast<int64_t>(b) * padded_height + y) * padded_width + x] = store<Net>(apply(v, scale, offset));
+  }
+}
+
+// One thread per sampled pixel; z walks the batch.
+template <typename In>
+__global__ void gather_kernel(const In* __restrict__ images, int n, int height, int width, int top, int left,
+                              int step, int rows, int cols, float* __restrict__ samples) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int r = blockIdx.y * blockDim.y + threadIdx.y;
+  if (c >= cols || r >= rows) return;
+  for (int b = blockIdx.z; b < n; b += gridDim.z) {
+    const int64_t at = (static_cast<int64_t>(b) * height + top + static_cast<int64_t>(r) * step) * width + left +
+                       static_cast<int64_t>(c) * step;
+    samples[(static_cast<int64_t>(b) * rows + r) * cols + c] = load(images[at]);
   }
 }
 
@@ -74,7 +95,7 @@ __global__ void preprocess_kernel(const In* __restrict__ images, int n, int heig
 template <typename Net, typename Out>
 __global__ void postprocess_kernel(const Net* __restrict__ net, int n, int channels, int height, int width,
                                    int padded_height, int padded_width, int top, int left, Affines affines,
-                                   Out* __restrict__ images) {
+                                   const ImageWindow* __restrict__ own, Out* __restrict__ images) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x;
   const int y = blockIdx.y * blockDim.y + threadIdx.y;
   if (x >= width || y >= height) return;
@@ -82,9 +103,12 @@ __global__ void postprocess_kernel(const Net* __restrict__ net, int n, int chann
   for (int p = blockIdx.z; p < planes; p += gridDim.z) {
     const int b = p / channels, c = p % channels;
     const Net v = net[(static_cast<int64_t>(p) * padded_height + y + top) * padded_width + x + left];
+    float value = apply(load(v), affines.scale[c], affines.offset[c]);
+    if (own != nullptr && !is_identity(own[b])) {
+      value = apply(value, own[b].span, affines.carries[c] ? own[b].lo : 0.0f);
+    }
     // (C, N, H, W): each output kind is one contiguous block
-    images[((static_cast<int64_t>(c) * n + b) * height + y) * width + x] =
-        store<Out>(apply(load(v), affines.scale[c], affines.offset[c]));
+    images[((static_cast<int64_t>(c) * n + b) * height + y) * width + x] = store<Out>(value);
   }
 }
 
@@ -108,21 +132,22 @@ void check_sizes(int64_t n, const PadGeometry& g) {
 }
 
 template <typename In, typename Net>
-void launch_pre(const void* images, int64_t n, const PadGeometry& g, Affine f, void* net, cudaStream_t stream) {
+void launch_pre(const void* images, int64_t n, const PadGeometry& g, Affine f, const ImageWindow* own, void* net,
+                cudaStream_t stream) {
   preprocess_kernel<In, Net><<<grid_for(g.padded_width, g.padded_height, n), dim3(kBlockX, kBlockY), 0, stream>>>(
       static_cast<const In*>(images), static_cast<int>(n), static_cast<int>(g.height), static_cast<int>(g.width),
       static_cast<int>(g.padded_height), static_cast<int>(g.padded_width), static_cast<int>(g.top),
-      static_cast<int>(g.left), f.scale, f.offset, static_cast<Net*>(net));
+      static_cast<int>(g.left), f.scale, f.offset, own, static_cast<Net*>(net));
   check(cudaGetLastError(), "launching the preprocess kernel");
 }
 
 template <typename Net, typename Out>
 void launch_post(const void* net, int64_t n, int64_t channels, const PadGeometry& g, const Affines& affines,
-                 void* images, cudaStream_t stream) {
+                 const ImageWindow* own, void* images, cudaStream_t stream) {
   postprocess_kernel<Net, Out><<<grid_for(g.width, g.height, n * channels), dim3(kBlockX, kBlockY), 0, stream>>>(
       static_cast<const Net*>(net), static_cast<int>(n), static_cast<int>(channels), static_cast<int>(g.height),
       static_cast<int>(g.width), static_cast<int>(g.padded_height), static_cast<int>(g.padded_width),
-      static_cast<int>(g.top), static_cast<int>(g.left), affines, static_cast<Out*>(images));
+      static_cast<int>(g.top), static_cast<int>(g.left), affines, own, static_cast<Out*>(images));
   check(cudaGetLastError(), "launching the postprocess kernel");
 }
 
@@ -140,26 +165,27 @@ const char* dtype_name(DType t) {
 size_t dtype_size(DType t) { return t == DType::Float32 ? 4 : 2; }
 
 void preprocess(const void* images, DType image_type, int64_t n, const PadGeometry& g, Window window,
-                void* net_input, DType net_type, cudaStream_t stream) {
+                const ImageWindow* own, void* net_input, DType net_type, cudaStream_t stream) {
   check_sizes(n, g);
   const Affine f = to_network(window);  // the CPU's own scale and offset
   if (image_type == DType::UInt16 && net_type == DType::Float16) {
-    return launch_pre<uint16_t, __half>(images, n, g, f, net_input, stream);
+    return launch_pre<uint16_t, __half>(images, n, g, f, own, net_input, stream);
   }
   if (image_type == DType::UInt16 && net_type == DType::Float32) {
-    return launch_pre<uint16_t, float>(images, n, g, f, net_input, stream);
+    return launch_pre<uint16_t, float>(images, n, g, f, own, net_input, stream);
   }
   if (image_type == DType::Float32 && net_type == DType::Float16) {
-    return launch_pre<float, __half>(images, n, g, f, net_input, stream);
+    return launch_pre<float, __half>(images, n, g, f, own, net_input, stream);
   }
   if (image_type == DType::Float32 && net_type == DType::Float32) {
-    return launch_pre<float, float>(images, n, g, f, net_input, stream);
+    return launch_pre<float, float>(images, n, g, f, own, net_input, stream);
   }
   unsupported("preprocess", image_type, net_type);
 }
 
 void postprocess(const void* net_output, DType net_type, int64_t n, int64_t channels, const PadGeometry& g,
-                 const std::vector<Window>& windows, void* images, DType image_type, cudaStream_t stream) {
+                 const std::vector<Window>& windows, const ImageWindow* own, const std::vector<char>& offsets,
+                 void* images, DType image_type, cudaStream_t stream) {
   check_sizes(n, g);
   if (channels <= 0 || channels > kMaxChannels || static_cast<int64_t>(windows.size()) != channels) {
     throw Error(ErrorKind::Engine, "postprocess: " + std::to_string(windows.size()) + " windows for " +
@@ -171,20 +197,42 @@ void postprocess(const void* net_output, DType net_type, int64_t n, int64_t chan
     const Affine f = from_network(windows[static_cast<size_t>(c)]);
     affines.scale[c] = f.scale;
     affines.offset[c] = f.offset;
+    affines.carries[c] = static_cast<size_t>(c) < offsets.size() && offsets[static_cast<size_t>(c)] != 0;
   }
   if (net_type == DType::Float16 && image_type == DType::UInt16) {
-    return launch_post<__half, uint16_t>(net_output, n, channels, g, affines, images, stream);
+    return launch_post<__half, uint16_t>(net_output, n, channels, g, affines, own, images, stream);
   }
   if (net_type == DType::Float16 && image_type == DType::Float32) {
-    return launch_post<__half, float>(net_output, n, channels, g, affines, images, stream);
+    return launch_post<__half, float>(net_output, n, channels, g, affines, own, images, stream);
   }
   if (net_type == DType::Float32 && image_type == DType::UInt16) {
-    return launch_post<float, uint16_t>(net_output, n, channels, g, affines, images, stream);
+    return launch_post<float, uint16_t>(net_output, n, channels, g, affines, own, images, stream);
   }
   if (net_type == DType::Float32 && image_type == DType::Float32) {
-    return launch_post<float, float>(net_output, n, channels, g, affines, images, stream);
+    return launch_post<float, float>(net_output, n, channels, g, affines, own, images, stream);
   }
   unsupported("postprocess", net_type, image_type);
+}
+
+void gather_samples(const void* images, DType image_type, int64_t n, int64_t height, int64_t width,
+                    const SampleGrid& grid, float* samples, cudaStream_t stream) {
+  check_sizes(n, plan_padding(height, width, 1));
+  if (grid.rows <= 0 || grid.cols <= 0) return;
+  const dim3 blocks = grid_for(grid.cols, grid.rows, n), threads(kBlockX, kBlockY);
+  const int args[] = {static_cast<int>(n), static_cast<int>(height), static_cast<int>(width),
+                      static_cast<int>(grid.top), static_cast<int>(grid.left), static_cast<int>(grid.step),
+                      static_cast<int>(grid.rows), static_cast<int>(grid.cols)};
+  if (image_type == DType::UInt16) {
+    gather_kernel<uint16_t><<<blocks, threads, 0, stream>>>(static_cast<const uint16_t*>(images), args[0], args[1],
+                                                            args[2], args[3], args[4], args[5], args[6], args[7],
+                                                            samples);
+  } else if (image_type == DType::Float32) {
+    gather_kernel<float><<<blocks, threads, 0, stream>>>(static_cast<const float*>(images), args[0], args[1], args[2],
+                                                         args[3], args[4], args[5], args[6], args[7], samples);
+  } else {
+    unsupported("gather_samples", image_type, DType::Float32);
+  }
+  check(cudaGetLastError(), "launching the sample kernel");
 }
 
 }  // namespace dexrt::cuda

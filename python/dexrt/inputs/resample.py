@@ -10,39 +10,24 @@ C resampler (no extra dependency).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from dexrt._errors import InputError
+from dexrt import _core
 
-# Below this relative change the resampling is skipped: a 1% scale change is within the spread of the
-# training data, and an exact identity keeps pixel values bit-for-bit.
-TOLERANCE = 0.01
-# The largest side an image may have after resampling to the model's spacing (docs/infer.md). A 43 cm detector at
-# the default model's 1.477 mm is 291 pixels; 4096 leaves room for fine-spacing models while keeping one U-Net
-# pass within a few GB (a 9.9 mm PixelSpacing on a 1024-pixel image asked for 6912 pixels and std::bad_alloc).
-MAX_WORKING_SIDE = 4096
+# The resampling tolerance and the largest working side live with the runtime that applies them (fullres.h).
+TOLERANCE: float = _core.resample_tolerance  # below this relative change an image runs at its own size
+MAX_WORKING_SIDE: int = _core.max_working_side  # the largest side an image may have at the model's spacing
 
 
 def working_size(shape: tuple[int, int], spacing_mm: tuple[float, float] | None,
                  model_mm: float | None) -> tuple[int, int] | None:
     """The (H, W) at the model's spacing for an image of `shape` at `spacing_mm` (row, col), or None when no
-    resampling is needed or possible."""
+    resampling is needed or possible: the size `dexrt.Engine.infer(..., spacing_mm=...)` runs the network at."""
     if spacing_mm is None or model_mm is None:
         return None
     h, w = shape
-    # Computed in floats first: a hostile spacing must give a clear error, never an OverflowError from round().
-    scaled = (h * spacing_mm[0] / model_mm, w * spacing_mm[1] / model_mm)
-    if not all(math.isfinite(v) and v <= MAX_WORKING_SIDE for v in scaled):
-        raise InputError(
-            f"resampling {h}x{w} pixels of {spacing_mm[0]:g}x{spacing_mm[1]:g} mm to the model's {model_mm:g} mm "
-            f"would make {scaled[0]:.0f}x{scaled[1]:.0f} pixels, more than the {MAX_WORKING_SIDE} per side dexrt "
-            "allows; check the pixel spacing, or convert with --no-resample")
-    target = (max(1, round(scaled[0])), max(1, round(scaled[1])))
-    if abs(target[0] / h - 1) <= TOLERANCE and abs(target[1] / w - 1) <= TOLERANCE:
-        return None
-    return target
+    target = tuple(_core.working_size(h, w, (float(spacing_mm[0]), float(spacing_mm[1])), float(model_mm)))
+    return None if target == (h, w) else (int(target[0]), int(target[1]))
 
 
 def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -10,8 +10,9 @@ without a known suffix gives `<name>_<channel>`) in the output folder, under the
 `root`; same format and value convention, written atomically with provenance. Inputs are never overwritten; a
 file whose outputs all exist is skipped (resumable runs) unless ``overwrite``.
 
-Pipelining: each file is one job on a pool of ``jobs`` threads: decode, resample, submit its frames to the
-engine's batched queue, wait, resample back, write. While some jobs wait for the engine, others decode and write,
+Pipelining: each file is one job on a pool of ``jobs`` threads: decode, submit its frames with their pixel spacing
+to the engine's batched queue (the engine brings each down to the model's spacing on this thread, and its outputs
+back to the frame's size), wait, write. While some jobs wait for the engine, others decode and write,
 so the stages overlap, and the engine batches frames of different files together. At most ``jobs`` files are
 decoded at once, so memory stays flat whatever the folder's size. `Converter.run` yields outcomes as files finish.
 """
@@ -42,7 +43,7 @@ from dexrt.runtime.engine import Engine
 from dexrt.runtime.patient import PatientMismatchError, patient_problem
 from dexrt.io.images import read_radiograph, write_image, write_preview
 from dexrt.io.layout import PREVIEW, output_clashes, output_paths
-from dexrt.inputs.resample import resample, to_dtype, working_size
+from dexrt.inputs.resample import working_size
 from dexrt.runtime.pixel_spacing import check_option, model_spacing_mm
 
 log = logging.getLogger(__name__)
@@ -296,20 +297,12 @@ class Converter:
             "resampled": size is not None,
             "working_size": list(size) if size else list(frames.shape[1:]),
         }
-        work = [resample(f, size) for f in frames] if size else list(frames)
-        results = self._infer(source, work)  # per frame: (bone, soft)
+        # The engine's full-resolution call does all of it: down to the model's spacing, the network, every output
+        # back at the frame's size (guided by the frame), soft = input - bone for a normalised engine (docs/runtime.md).
+        results = self._infer(source, frames, spacing.mm if size and spacing else None)  # per frame: (bone, soft)
         channels = self.engine.channels
-        outputs = []
-        for c in range(len(channels)):
-            stack = np.stack([r[c] for r in results])  # (F, H', W')
-            if size:
-                stack = np.stack([to_dtype(resample(f, frames.shape[1:]), frames.dtype) for f in stack])
-            outputs.append(stack)
-        if size and self.engine.normalised and channels == ("bone", "soft"):
-            # A normalised engine's parts add up to its input: the soft image at the input's own resolution is the
-            # input minus the upsampled bone image, so it keeps the input's fine detail (docs/infer.md).
-            outputs[1] = np.stack([to_dtype(f.astype(np.float64) - b.astype(np.float64), frames.dtype)
-                                   for f, b in zip(frames, outputs[0])])
+        outputs = [np.stack([r[c] for r in results]) for c in range(len(channels))]  # (F, H, W) each
+        if size and self.engine.soft_from_input:
             outcome.geometry["soft"] = "input - bone at the input's resolution"
         if self._stop.is_set():
             raise Interrupted(f"{source}: interrupted before writing")
@@ -365,8 +358,10 @@ class Converter:
                 outcome.warnings.append(f"{source}: {doubt}")
         return spacing
 
-    def _infer(self, source: Path, work: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-        futures = [self.engine.submit(np.ascontiguousarray(f)) for f in work]
+    def _infer(self, source: Path, frames: np.ndarray,
+               spacing_mm: tuple[float, float] | None) -> list[tuple[np.ndarray, ...]]:
+        futures = [self.engine.submit(np.ascontiguousarray(f), spacing_mm, model_spacing_mm=self.model_spacing_mm)
+                   for f in frames]
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.2)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import numpy as np
+
+from dexrt import _core
 
 STORED_MAX = 65535
 INPUT_CHANNEL = "se"
@@ -160,8 +162,6 @@ def metric_unit(physical: np.ndarray, channel: str) -> np.ndarray:
 # -- padding: the runtime's own geometry, so Python never re-derives it -------------------------------------------
 def pad_geometry(height: int, width: int, size_multiple: int) -> tuple[int, int, int, int]:
     """``(padded_height, padded_width, top, left)`` of an (H, W) image inside the network input."""
-    from dexrt import _core
-
     return tuple(_core.pad_geometry(height, width, size_multiple))  # type: ignore[return-value]
 
 
@@ -209,24 +209,21 @@ def read_onnx_metadata(model: Any) -> dict[str, Any] | None:
 # where lo and hi are the 1st and 99th percentiles of the central 80 % of the image (collimation edges and corner
 # markers mostly lie outside it; the percentiles ignore the rest). The network is trained on attenuation-
 # equivalent targets normalised the same way (`attenuation_targets`), so bone + soft ~ SE holds in its units.
-_PERCENTILES, _CENTRAL = (1.0, 99.0), 0.8
-NORMALISATION: dict[str, Any] = {"method": "robust-percentile", "percentiles": list(_PERCENTILES),
-                                 "central_fraction": _CENTRAL}
+# The runtime applies all of it in C++ (cpp/include/dexrt/robust_range.h, prepost.h; which part carries the
+# offset: parts.h), the home of these numbers; Python reads them from there.
+NORMALISATION: dict[str, Any] = {"method": _core.normalisation["method"],
+                                 "percentiles": list(_core.normalisation["percentiles"]),
+                                 "central_fraction": _core.normalisation["central_fraction"]}
 NORMALISED_WINDOW = (-0.25, 1.25)  # network window of every normalised channel: room beyond lo..hi, no Tanh saturation
-_MAX_SAMPLES = 1 << 16  # percentiles from at most this many pixels (a regular subsample): exact enough, fast
 
 
 def robust_range(image: np.ndarray) -> tuple[float, float]:
-    """``(lo, hi)`` of one (H, W) image by `NORMALISATION`; ``hi > lo`` always (a flat image gets a unit span)."""
-    h, w = image.shape[-2:]
-    margin_y, margin_x = (round(n * (1 - _CENTRAL) / 2) for n in (h, w))
-    core = image[margin_y : h - margin_y or None, margin_x : w - margin_x or None]
-    step = max(1, int(math.ceil(math.sqrt(core.size / _MAX_SAMPLES))))
-    sample = np.asarray(core[::step, ::step], np.float64)
-    lo, hi = (float(v) for v in np.percentile(sample, _PERCENTILES))
-    if not hi > lo:
-        hi = lo + max(1.0, abs(lo)) * 1e-3
-    return lo, hi
+    """``(lo, hi)`` of one (H, W) image by `NORMALISATION`; ``hi > lo`` always (a flat image gets a unit span).
+
+    Computed by the runtime itself (a regular subsample of at most 65536 pixels, numpy's percentiles to the bit),
+    so a view the trainer normalises gets exactly the window the engine will give it."""
+    lo, hi = _core.robust_range(np.asarray(image))
+    return float(lo), float(hi)
 
 
 def decomposition(se: np.ndarray, bone: np.ndarray, soft: np.ndarray) -> tuple[float, float, float]:
@@ -271,25 +268,10 @@ def normalised_parts(se: np.ndarray, bone: np.ndarray, soft: np.ndarray, norm: S
 
 
 def normalise(image: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """One (H, W) SE image -> (its normalised float32 image, lo, span) by `NORMALISATION`."""
+    """One (H, W) SE image -> (its normalised float32 image, lo, span) by `NORMALISATION`: what a normalised
+    engine's network sees before its input window (calibration data for INT8 builds)."""
     lo, hi = robust_range(image)
-    x = np.asarray(image, np.float32) - np.float32(lo)  # float32 throughout: this runs on every frame
+    x = np.asarray(image, np.float32) - np.float32(lo)
     x *= np.float32(1.0 / (hi - lo))
     return x, lo, hi - lo
 
-
-def denormalise(outputs: Iterable[np.ndarray], channels: Sequence[str], lo: float, span: float,
-                dtype: np.dtype) -> list[np.ndarray]:
-    """A normalised engine's outputs of one image -> the input's grey values: bone has no offset (no bone, no
-    signal), every other part carries the input's ``lo``. uint16 is rounded half to even and clipped."""
-    out = []
-    for values, channel in zip(outputs, channels):
-        v = np.asarray(values, np.float32) * np.float32(span)  # float32 in place: this runs on every frame
-        if channel != "bone":
-            v += np.float32(lo)
-        if dtype == np.uint16:
-            np.rint(v, out=v)
-            np.clip(v, 0, STORED_MAX, out=v)
-            v = v.astype(np.uint16)
-        out.append(v)
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import weakref
 from collections.abc import Iterable
@@ -16,10 +17,12 @@ from dexrt import _core
 from dexrt._errors import BundleError, EngineError, InputError
 from dexrt._limits import MAX_SIDE  # larger images are refused before anything is allocated
 from dexrt.runtime.bundle import read_bundle
-from dexrt.runtime.contract import NORMALISATION, Encoding, denormalise, normalise, recorded_encodings
+from dexrt.runtime.contract import NORMALISATION, Encoding, recorded_encodings
+from dexrt.runtime.pixel_spacing import model_spacing_mm
 from dexrt.runtime.signing import PublicKey, check_origin
 
 _DEVICES = ("auto", "cpu", "gpu")
+_UPSAMPLING = ("guided", "bicubic")
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -47,10 +50,17 @@ class Engine:
     ``cache_dir`` (CPU engines) keeps OpenVINO's compiled model per input shape on disk, so a new process skips
     compiling shapes seen before: its first call is then about as fast as the next ones (docs/runtime.md).
 
+    Full resolution: given a frame's pixel spacing (``infer(frame, spacing_mm=0.175)``), the frame runs at the
+    model's spacing and every output comes back at the frame's size, brought up by a guided filter that follows the
+    frame's own edges (``upsampling="guided"``, the default; ``"bicubic"`` for plain bicubic upsampling).
+    ``guide_radius`` (working-size pixels) and ``guide_epsilon`` (squared units of the frame's normalised range)
+    tune that filter; ``num_threads`` also bounds the threads of the work around the network.
+
     Example::
 
         engine = dexrt.Engine("model.dexrt")
         bone, soft = engine.infer(image)  # (H, W) uint16 -> two (H, W) uint16
+        bone, soft = engine.infer(frame, spacing_mm=0.175)  # a detector frame, outputs at its size
     """
 
     def __init__(
@@ -69,6 +79,9 @@ class Engine:
         cuda_graphs: bool = False,
         trusted_keys: Iterable[Any] | None = None,
         require_signed: bool = False,
+        upsampling: str = "guided",
+        guide_radius: int = 2,
+        guide_epsilon: float = 1e-4,
     ) -> None:
         if device not in _DEVICES:
             raise ValueError(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
@@ -78,6 +91,8 @@ class Engine:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
         if max_batch < 1 or workers < 1 or max_delay_us < 0:
             raise ValueError("max_batch and workers must be >= 1 and max_delay_us >= 0")
+        if upsampling not in _UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {', '.join(_UPSAMPLING)}, got {upsampling!r}")
         from dexrt.models import resolve_engine
 
         path = resolve_engine(None if path is None else Path(path))
@@ -103,6 +118,13 @@ class Engine:
                            cache_dir=str(cache_dir) if cache_dir is not None else "")
         else:
             raise EngineError(f"{path}: backend {m['backend']!r} is not available in this build of dexrt")
+        self._encodings = _encodings(m, self._path)
+        normalisation = m["input"].get("normalisation")
+        if normalisation is not None and normalisation != NORMALISATION:
+            raise BundleError(f"{self._path}: invalid manifest: input normalisation {normalisation!r} is not one "
+                              f"this dexrt applies ({NORMALISATION})")
+        # The whole value contract runs in C++: per-image windows, the maps, the network, the inverse maps, and at
+        # full resolution the resampling around them. Python hands over arrays only.
         self._core = _core.Engine(
             **backend,
             input_window=tuple(m["input"]["window"]),
@@ -111,13 +133,13 @@ class Engine:
             max_batch=max_batch,
             max_delay_us=max_delay_us,
             workers=workers,
+            normalised=normalisation is not None,
+            channels=list(m["output"]["channels"]),
+            model_spacing_mm=model_spacing_mm(m) or 0.0,
+            upsampling=upsampling,
+            guide_radius=guide_radius,
+            guide_epsilon=guide_epsilon,
         )
-        self._encodings = _encodings(m, self._path)
-        normalisation = m["input"].get("normalisation")
-        if normalisation is not None and normalisation != NORMALISATION:
-            raise BundleError(f"{self._path}: invalid manifest: input normalisation {normalisation!r} is not one "
-                              f"this dexrt applies ({NORMALISATION})")
-        self._normalised = normalisation is not None
         _LIVE.add(self)  # closed (drained) at interpreter exit if the caller did not close it
 
     def _tensorrt_args(self, payload: dict[str, bytes], device: str, cuda_device: int, contexts: int,
@@ -240,26 +262,31 @@ class Engine:
         )
 
     # -- inference --------------------------------------------------------------------------------------------
-    def infer(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+    def infer(self, images: np.ndarray, spacing_mm: float | tuple[float, float] | None = None, *,
+              model_spacing_mm: float | None = None) -> tuple[np.ndarray, ...]:
         """Run the engine on ``images``: (H, W) or (N, H, W), uint16 or float32; returns when done.
 
         Returns one array per output channel (``bone, soft``), each of the input's shape and dtype. The
         outputs of one call share one buffer, laid out channel-major, so each is contiguous. A C-contiguous
         input is read in place (do not modify it during the call); any other layout is copied once.
 
+        ``spacing_mm``: the images' pixel spacing (one number, or (row, column)). The images then run at the model's
+        pixel spacing (``model_spacing_mm``, default the engine's, `Engine.model_spacing_mm`), area-averaged down,
+        and every output comes back at the images' own size (see the class docstring); within 1 % of it they run as
+        they are. Without it the network sees the images at their own size.
+
         A GPU (TensorRT) engine also takes images already on the GPU: any array with
         ``__cuda_array_interface__`` (torch, CuPy, PyCUDA), C-contiguous, is read in place there without a
         host round trip; the results come back as numpy arrays.
         """
         if not isinstance(images, np.ndarray) and hasattr(images, "__cuda_array_interface__"):
+            if spacing_mm is not None:
+                raise InputError("device images run at their own size: pass a numpy array to give a pixel spacing")
             out, ndim = self._infer_device(images.__cuda_array_interface__)
             return tuple(out[c, 0] if ndim == 2 else out[c] for c in range(out.shape[0]))
         _check(images, (2, 3))
         batch = images[np.newaxis] if images.ndim == 2 else images
-        if self._normalised:
-            out = self._infer_normalised(batch)
-        else:
-            out = self._core.infer(batch)  # (C, N, H, W)
+        out = self._core.infer(batch, _spacing(spacing_mm), _model_spacing(model_spacing_mm))  # (C, N, H, W)
         if images.ndim == 2:
             return tuple(out[c, 0] for c in range(out.shape[0]))
         return tuple(out[c] for c in range(out.shape[0]))
@@ -270,16 +297,19 @@ class Engine:
     def normalised(self) -> bool:
         """Whether each input is mapped by its own robust range and the outputs back into its grey values
         (`dexrt.runtime.contract.NORMALISATION`): the engine then takes images of any offset and scale."""
-        return self._normalised
+        return bool(self._core.normalised)
 
-    def _infer_normalised(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) -> (C, N, H, W) of the batch's dtype, each image normalised and its outputs mapped back."""
-        parts = [normalise(image) for image in batch]
-        net = self._core.infer(np.stack([p[0] for p in parts]))  # (C, N, H, W) float32, normalised units
-        out = np.empty(net.shape, batch.dtype)
-        for b, (_, lo, span) in enumerate(parts):
-            out[:, b] = denormalise(net[:, b], self.channels, lo, span, batch.dtype)
-        return out
+    @property
+    def model_spacing_mm(self) -> float | None:
+        """The pixel spacing (mm) the model was trained at, as the manifest records it, or None."""
+        value = float(self._core.model_spacing_mm)
+        return value if value > 0 else None
+
+    @property
+    def soft_from_input(self) -> bool:
+        """Whether, at full resolution, the soft image is the input minus the bone image (plus the network's smooth
+        correction) rather than brought up itself: so for a normalised engine with bone and soft outputs."""
+        return self.normalised and {"bone", "soft"} <= set(self.channels)
 
     def _infer_device(self, cai: dict[str, Any]) -> tuple[np.ndarray, int]:
         """Images already on the GPU (torch, cupy, pycuda...): read in place by the GPU engine.
@@ -288,8 +318,6 @@ class Engine:
         float32 array. Its ``stream``, when given, is waited on before reading. NaN checks of float32 input
         are not made on this path (that would copy the images to the host).
         """
-        if self._normalised:
-            raise InputError(f"{self._path.name} normalises each image on the host: pass a numpy array")
         shape, typestr = tuple(cai["shape"]), cai["typestr"]
         dtype = {"<u2": "uint16", "<f4": "float32"}.get(typestr)
         if dtype is None:
@@ -310,36 +338,22 @@ class Engine:
         out = self._core.infer_device(pointer, n, h, w, dtype, int(stream) if stream else 0)  # (C, N, H, W)
         return out, len(shape)
 
-    def submit(self, image: np.ndarray) -> Future[tuple[np.ndarray, ...]]:
+    def submit(self, image: np.ndarray, spacing_mm: float | tuple[float, float] | None = None, *,
+               model_spacing_mm: float | None = None) -> Future[tuple[np.ndarray, ...]]:
         """Queue one (H, W) image for batched inference; returns a future of ``(bone, soft)``.
 
-        Requests from any number of threads are grouped into batches of up to ``max_batch`` same-sized
-        images, waiting at most ``max_delay_us`` for a batch to fill. The image is copied, so the caller may
-        reuse its buffer as soon as this returns. An invalid image fails only its own future; a closed engine
-        raises :class:`EngineError` here.
+        Requests from any number of threads are grouped into batches of up to ``max_batch`` images of one
+        working size, waiting at most ``max_delay_us`` for a batch to fill. The image is copied, and with
+        ``spacing_mm`` (as for :meth:`infer`) brought down to the model's spacing, before this returns, on the
+        calling thread; the caller may reuse its buffer at once. An invalid image fails only its own future; a
+        closed engine raises :class:`EngineError` here.
         """
         future: Future[tuple[np.ndarray, ...]] = Future()
         try:
             _check(image, (2,))
+            self._core.submit(image, future, _spacing(spacing_mm), _model_spacing(model_spacing_mm))
         except InputError as exc:
             future.set_exception(exc)
-            return future
-        if not self._normalised:
-            self._core.submit(image, future)
-            return future
-        normalised, lo, span = normalise(image)
-        inner: Future[tuple[np.ndarray, ...]] = Future()
-
-        def done(f: Future[tuple[np.ndarray, ...]]) -> None:
-            if f.cancelled():
-                future.cancel()
-            elif f.exception() is not None:
-                future.set_exception(f.exception())
-            else:
-                future.set_result(tuple(denormalise(f.result(), self.channels, lo, span, image.dtype)))
-
-        inner.add_done_callback(done)
-        self._core.submit(normalised, inner)
         return future
 
     def close(self, cancel: bool = False) -> None:
@@ -389,6 +403,29 @@ def _encodings(m: dict[str, Any], path: Path) -> tuple[Encoding | None, tuple[En
     except ValueError as exc:
         raise BundleError(f"{path}: invalid manifest: {exc}") from None
     return (None, ()) if found is None else (found[0], found[1:])
+
+
+def _spacing(spacing_mm: float | tuple[float, float] | None) -> tuple[float, float] | None:
+    """A pixel spacing as (row, column) mm, or None; the C++ runtime checks the values."""
+    if spacing_mm is None:
+        return None
+    if isinstance(spacing_mm, (int, float, np.floating, np.integer)) and not isinstance(spacing_mm, bool):
+        return (float(spacing_mm), float(spacing_mm))
+    try:
+        row, col = spacing_mm  # type: ignore[misc]
+        return (float(row), float(col))
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing_mm must be a number or (row, column), got {spacing_mm!r}") from None
+
+
+def _model_spacing(model_spacing_mm: float | None) -> float:
+    """The model spacing for the C++ runtime: 0 means the engine's own."""
+    if model_spacing_mm is None:
+        return 0.0
+    value = float(model_spacing_mm)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"model_spacing_mm must be positive and finite, got {model_spacing_mm!r}")
+    return value
 
 
 def _check(images: object, ndims: tuple[int, ...]) -> None:
