@@ -106,13 +106,21 @@ def send(datasets: list[Any], port: int, *, ae_title: str = "MODALITY", called: 
 
 
 class Destination:
-    """A C-STORE SCP on 127.0.0.1 that keeps what it receives (datasets, arrival times) in memory."""
+    """A C-STORE SCP on 127.0.0.1 that keeps what it receives (datasets, arrival times) in memory.
 
-    def __init__(self, ae_title: str = "PACS", port: int | None = None) -> None:
+    ``slow_first_s`` makes it a slow archive: the first C-STORE of each SOP Instance UID is answered only after that
+    many seconds. ``attempts`` counts the C-STOREs of each UID; ``overlaps`` lists the UIDs that arrived again while
+    an earlier C-STORE of the same UID was still being handled."""
+
+    def __init__(self, ae_title: str = "PACS", port: int | None = None, slow_first_s: float = 0.0) -> None:
         self.ae_title = ae_title
         self.port = port or free_port()
+        self.slow_first_s = slow_first_s
         self.received: list[Any] = []
         self.arrivals: dict[str, float] = {}  # SOP Instance UID -> time.time() at arrival
+        self.attempts: dict[str, int] = {}
+        self.overlaps: list[str] = []
+        self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._server: Any = None
 
@@ -141,9 +149,22 @@ class Destination:
     def _on_store(self, event: Any) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
+        uid = str(ds.SOPInstanceUID)
         with self._lock:
-            self.arrivals.setdefault(str(ds.SOPInstanceUID), time.time())
-            self.received.append(ds)
+            if uid in self._busy:
+                self.overlaps.append(uid)
+            self._busy.add(uid)
+            self.attempts[uid] = self.attempts.get(uid, 0) + 1
+            first = self.attempts[uid] == 1
+        try:
+            if first and self.slow_first_s:
+                time.sleep(self.slow_first_s)
+            with self._lock:
+                self.arrivals.setdefault(uid, time.time())
+                self.received.append(ds)
+        finally:
+            with self._lock:
+                self._busy.discard(uid)
         return 0x0000
 
     def by_source(self) -> dict[str, list[Any]]:

@@ -216,6 +216,25 @@ def test_destination_down_is_retried_until_it_comes_up(make_node: Callable[..., 
         later.stop()
 
 
+def test_slow_destination_gets_per_file_backoff_and_no_overlapping_copies(make_node: Callable[..., Node]) -> None:
+    """A destination slower than timeout_s: the unanswered file waits on its own backoff (at least twice timeout_s)
+    while the others go on; it is never sent again while the destination may still be storing the first copy,
+    and each resend (a possible duplicate there) is counted."""
+    slow = Destination(slow_first_s=1.5).start()  # every UID's first C-STORE is answered after 1.5 s
+    try:
+        node = make_node(slow.address, timeout_s=1.0)
+        sources = [radiograph(64, DX, 1)]
+        assert send(sources, node.port) == [0x0000]
+        wait_until(lambda: node.stats["forwarded"] == 2, TIMEOUT, "both outputs answered")
+        assert_derived(slow, sources)
+        assert not slow.overlaps, "a file was sent again while its first C-STORE was still being handled"
+        assert sorted(slow.attempts.values()) == [2, 2]  # each: one unanswered C-STORE, one resend; not fourteen
+        assert node.stats["forward_resent"] == 2
+        assert node.spool.counts()[f"outbox:{node.config.forward[0].key}"] == 0
+    finally:
+        slow.stop()
+
+
 def test_restart_resumes_the_spool(make_node: Callable[..., Node], destination: Destination,
                                    tmp_path: Path) -> None:
     """Instances acknowledged but not converted when a node stops are converted by the next one."""

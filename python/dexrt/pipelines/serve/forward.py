@@ -4,6 +4,12 @@ A file leaves the outbox only when the destination has answered its C-STORE with
 means stored). Until then it stays on disk: a destination that is down, refuses the association or aborts it is
 retried with exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``), and a file the destination
 refuses is retried on its own schedule without holding up the others. Nothing is ever dropped.
+
+A C-STORE left unanswered for ``timeout_s`` (a slow archive) ends its association, and that file waits on its own
+backoff, starting at twice ``timeout_s``, while the next association sends the others: a slow destination is never
+sent the same instance again while it may still be storing the first copy, and one slow file does not hold up the
+rest. A file sent again after an unanswered C-STORE may reach the destination twice (same SOP Instance UID, which
+an archive recognises); each such resend is counted (``forward_resent``) and logged.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class Forwarder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._file_retry: dict[str, tuple[int, float]] = {}  # file name -> (attempts, not before)
+        self._unanswered: set[str] = set()  # files whose last C-STORE got no answer: a resend may duplicate
         self._thread = threading.Thread(target=self._run, name=f"dexrt-forward-{dest.key}", daemon=True)
 
     def start(self) -> None:
@@ -93,6 +100,20 @@ class Forwarder:
 
     def _backoff(self, attempts: int) -> float:
         return min(self._config.retry_initial_s * 2 ** max(attempts - 1, 0), self._config.retry_max_s)
+
+    def _unanswered_backoff(self, attempts: int) -> float:
+        """After a C-STORE with no answer: the destination may still be storing it, so wait at least twice as long
+        as it was given, doubling with each attempt."""
+        first = max(2 * self._config.timeout_s, self._config.retry_initial_s)
+        return min(first * 2 ** max(attempts - 1, 0), max(self._config.retry_max_s, first))
+
+    def _defer(self, path: Path, unanswered: bool) -> tuple[int, float]:
+        attempts = self._file_retry.get(path.name, (0, 0.0))[0] + 1
+        delay = self._unanswered_backoff(attempts) if unanswered else self._backoff(attempts)
+        self._file_retry[path.name] = (attempts, time.monotonic() + delay)
+        if unanswered:
+            self._unanswered.add(path.name)
+        return attempts, delay
 
     def _run(self) -> None:
         failures = 0
@@ -119,9 +140,14 @@ class Forwarder:
             self._stop.wait(delay)
 
     def _due(self) -> list[Path]:
-        """The outbox's files, oldest first, less those the destination refused whose retry time has not come."""
+        """The outbox's files, oldest first, less those refused or left unanswered whose retry time has not come."""
         now = time.monotonic()
-        return [p for p in self._spool.waiting(self.dest.key) if self._file_retry.get(p.name, (0, 0.0))[1] <= now]
+        waiting = self._spool.waiting(self.dest.key)
+        if len(self._file_retry) > len(waiting):  # files an operator removed: forget their schedules
+            names = {p.name for p in waiting}
+            self._file_retry = {k: v for k, v in self._file_retry.items() if k in names}
+            self._unanswered &= names
+        return [p for p in waiting if self._file_retry.get(p.name, (0, 0.0))[1] <= now]
 
     def _send(self, files: list[Path]) -> bool | str:
         """Send `files`, and those arriving meanwhile, on one association: True if the destination was reached,
@@ -136,6 +162,8 @@ class Forwarder:
                 sent += len(batch)
                 if (why := self._send_on(assoc, batch)) is not True:
                     return why
+                if not assoc.is_established:  # a C-STORE went unanswered: that association is gone
+                    return True
                 self._wake.clear()
                 files = self._due()
                 if not files and self._wake.wait(_LINGER_S):
@@ -155,20 +183,27 @@ class Forwarder:
                 ds = dcmread(path)
             except FileNotFoundError:  # sent by an earlier association whose release timed out
                 continue
+            resent = path.name in self._unanswered
+            if resent:
+                self._count("forward_resent", 1)
             status, detail = self._store(assoc, ds)
-            if status is None:  # no answer: the association died; the file stays
-                return f"no answer to C-STORE ({detail})"
+            if status is None:  # no answer: the association died; the file stays, on its own backoff
+                attempts, delay = self._defer(path, unanswered=True)
+                event("forward_unanswered", logging.WARNING, destination=self.dest.name, file=path.name,
+                      detail=detail, attempts=attempts, retry_in_s=round(delay, 2))
+                return True  # the destination was reached, only slow: the next association sends the others
             if status == 0x0000 or status & 0xF000 == 0xB000:  # success, or stored with a warning
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 self._file_retry.pop(path.name, None)
+                self._unanswered.discard(path.name)
                 self._count("forwarded", 1)
                 event("forwarded", destination=self.dest.name, sop_instance_uid=str(ds.SOPInstanceUID),
-                      status=f"0x{status:04X}" if status else None)
+                      status=f"0x{status:04X}" if status else None,
+                      resent="after an unanswered C-STORE: the destination may hold it twice" if resent else None)
             else:
-                attempts = self._file_retry.get(path.name, (0, 0.0))[0] + 1
-                delay = self._backoff(attempts)
-                self._file_retry[path.name] = (attempts, time.monotonic() + delay)
+                self._unanswered.discard(path.name)
+                attempts, delay = self._defer(path, unanswered=False)
                 event("forward_refused", logging.WARNING, destination=self.dest.name, file=path.name,
                       status=f"0x{status:04X}", detail=detail, attempts=attempts, retry_in_s=round(delay, 2))
         return True
