@@ -164,3 +164,77 @@ def test_dexrt_infer_writes_what_the_engine_call_returns(normalised_engine_path:
     bone, soft = engine.infer(frame, spacing_mm=0.5)
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "cxr_bone.png"), bone)
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "cxr_soft.png"), soft)
+
+
+@pytest.fixture(scope="module")
+def spaced_engine_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plain conv generator (not normalised) trained at 1.0 mm."""
+    import json
+
+    from helpers import make_plain_onnx
+
+    folder = tmp_path_factory.mktemp("spaced")
+    onnx_path = make_plain_onnx(folder / "spaced.onnx", metadata=json.dumps({"pixel_spacing_mm": 1.0}))
+    return build_bundle(onnx_path, folder / "spaced.dexrt", size_multiple=16)
+
+
+def write_dataset(root: Path, spacing_mm: float | None) -> Path:
+    """Two test views of 200 x 180 stored with identity encodings, the pixel spacing in the manifest when given."""
+    import json
+
+    from dexrt.io.images import write_image
+
+    views = []
+    for i in range(2):
+        name = f"view_{i:05d}.png"
+        se = chest((200, 180), seed=i)
+        for sub, img in (("se", se), ("bone", se // 3), ("soft", se - se // 3)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            write_image(root / sub / name, img)
+        views.append({"id": name[:-4], "split": "test", "mask": None,
+                      "files": {c: f"{c}/{name}" for c in ("se", "bone", "soft")}})
+    identity = {"offset": 0.0, "scale": 1.0}
+    manifest = {"format": "dexrt-dataset", "format_version": 1, "image_format": "png", "size": [200, 180],
+                "encoding": {c: identity for c in ("se", "bone", "soft")}, "views": views}
+    if spacing_mm is not None:
+        manifest["geometry"] = {"pixel_at_iso_mm": spacing_mm}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_eval_at_full_resolution_scores_what_the_engine_call_returns(spaced_engine_path: Path,
+                                                                    tmp_path: Path) -> None:
+    """`dexrt eval --full-resolution` scores each view at its own size through the same call as `dexrt infer`."""
+    from dexrt.evaluation.evaluate import predicted_views
+    from dexrt.io.images import read_image
+
+    dataset = write_dataset(tmp_path / "ds", 0.25)
+    engine = dexrt.Engine(spaced_engine_path)
+    for i, (se, true, pred, _) in enumerate(predicted_views(engine, dataset, full_resolution=True)):
+        frame = read_image(dataset / "se" / f"view_{i:05d}.png")
+        bone, soft = engine.infer(frame, spacing_mm=0.25)  # the network at 50 x 45, the outputs at 200 x 180
+        assert pred["bone"].shape == true["bone"].shape == (200, 180)
+        np.testing.assert_array_equal(pred["bone"], bone)
+        np.testing.assert_array_equal(pred["soft"], soft)
+
+
+def test_eval_cli_full_resolution(spaced_engine_path: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+
+    dataset = write_dataset(tmp_path / "ds", 0.25)
+    for upsampling in ("guided", "bicubic"):
+        result = CliRunner().invoke(cli, ["eval", str(dataset), "--engine", str(spaced_engine_path), "-o",
+                                          str(tmp_path / upsampling), "--json", "--full-resolution",
+                                          "--upsampling", upsampling])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["views"] == 2 and report["full_resolution"]["upsampling"] == upsampling
+        assert report["full_resolution"]["model_spacing_mm"] == 1.0
+    unspaced = write_dataset(tmp_path / "unspaced", None)
+    result = CliRunner().invoke(cli, ["eval", str(unspaced), "--engine", str(spaced_engine_path), "-o",
+                                      str(tmp_path / "x"), "--full-resolution"])
+    assert result.exit_code != 0 and "records no pixel spacing" in result.output

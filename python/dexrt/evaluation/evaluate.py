@@ -18,7 +18,7 @@ import numpy as np
 
 from dexrt._errors import InputError
 from dexrt.runtime.contract import Encoding, areal_densities, decomposition
-from dexrt.io.dataset import open_dataset
+from dexrt.io.dataset import Dataset, StoredView, open_dataset
 from dexrt.runtime.engine import Engine
 from dexrt.evaluation.metrics import scored_view, summarize, write_panel
 
@@ -26,37 +26,63 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0,
-             panel: Path | None = None, panel_views: int = 4) -> dict[str, Any]:
+             panel: Path | None = None, panel_views: int = 4, full_resolution: bool = False) -> dict[str, Any]:
+    """Mean metrics over the split's views, overall and per patient (`patients`: name -> views, metrics). The
+    panel shows the first `panel_views` views of each patient (at most 4 patients)."""
     per_view: list[dict[str, float]] = []
-    rows: list[np.ndarray] = []
+    rows: dict[str, list[np.ndarray]] = {}
+    patients = [v.patient for v in _split_views(open_dataset(dataset), dataset, split, max_views)]
     n = 0
-    for n, (se, true, pred, mask) in enumerate(predicted_views(engine, dataset, split=split, max_views=max_views), 1):
+    views = predicted_views(engine, dataset, split=split, max_views=max_views, full_resolution=full_resolution)
+    for n, (se, true, pred, mask) in enumerate(views, 1):
         metrics, row = scored_view(se, true, pred, mask)
         per_view.append(metrics)
-        if len(rows) < panel_views:
-            rows.append(row)
-    result = {"split": split, "views": n, "engine": str(engine.path), "metrics": summarize(per_view)}
+        patient_rows = rows.setdefault(patients[n - 1], [])
+        if len(patient_rows) < panel_views and len(rows) <= 4:
+            patient_rows.append(row)
+    by_patient: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(patients):
+        mine = [m for m, p in zip(per_view, patients) if p == name]
+        by_patient[name] = {"views": len(mine), "metrics": summarize(mine)}
+    result = {"split": split, "views": n, "engine": str(engine.path), "metrics": summarize(per_view),
+              "patients": by_patient}
+    if full_resolution:
+        result["full_resolution"] = {"upsampling": engine.upsampling, "model_spacing_mm": engine.model_spacing_mm}
     if panel is not None and rows:
-        write_panel(panel, rows)
+        write_panel(panel, [r for patient_rows in rows.values() for r in patient_rows])
     return result
 
 
-def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0
-                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]]:
-    """Per view of the split: (SE, true outputs, the engine's outputs, lesion mask or None), all physical."""
-    # A scale-free engine sees a processed image as it is: it is scored against the DE pair as the processing shows it
-    ds = open_dataset(dataset, processed=engine.normalised)
+def _split_views(ds: Dataset, dataset: str | os.PathLike[str], split: str, max_views: int) -> list[StoredView]:
     views = ds.split(split)
     if not views:
         raise InputError(f"{dataset}: no views in split {split!r}")
-    if max_views > 0:
-        views = views[:max_views]
+    return views[:max_views] if max_views > 0 else views
+
+
+def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0,
+                    full_resolution: bool = False
+                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]]:
+    """Per view of the split: (SE, true outputs, the engine's outputs, lesion mask or None), all physical.
+
+    ``full_resolution``: each view runs through the engine's full-resolution call with the dataset's pixel spacing
+    (down to the model's spacing, the network, the outputs back at the view's size: what `dexrt infer` does to a
+    detector frame), and is scored at its own size. Otherwise the network sees the views at their stored size."""
+    # A scale-free engine sees a processed image as it is: it is scored against the DE pair as the processing shows it
+    ds = open_dataset(dataset, processed=engine.normalised)
+    views = _split_views(ds, dataset, split, max_views)
     channels = engine.channels
     missing = [c for c in channels if c not in ds.encodings]
     if missing:
         raise InputError(f"{dataset}: the engine's outputs {missing} are not channels of the dataset")
     if not engine.normalised:
         in_enc, out_enc = _engine_encodings(engine, ds.encodings)
+    spacing = None
+    if full_resolution:
+        spacing = ds.pixel_spacing_mm
+        if spacing is None:
+            raise InputError(f"{dataset}: the manifest records no pixel spacing, which scoring at full resolution "
+                             "needs")
 
     for view in views:
         stored_se = ds.stored(view, "se")
@@ -65,12 +91,13 @@ def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: s
         if engine.normalised:
             # Scale-free engine: its outputs are the SE image's bone and soft parts, in SE units; the view's own
             # protocol (the SE ~ a + kb bone + ks soft fit of its true images) turns them into g/cm^2.
-            parts = dict(zip(channels, engine.infer(se.astype(np.float32))))
+            parts = dict(zip(channels, engine.infer(se.astype(np.float32), spacing_mm=spacing)))
             bone, soft = areal_densities(parts["bone"], parts["soft"], decomposition(se, true["bone"], true["soft"]))
             pred = {"bone": bone, "soft": soft}
         else:
             # Stored as the engine reads them: the file's own values, as deployed; otherwise float32 (no rounding)
-            stored = engine.infer(stored_se if in_enc == ds.encodings["se"] else in_enc.stored_float(se))
+            stored = engine.infer(stored_se if in_enc == ds.encodings["se"] else in_enc.stored_float(se),
+                                  spacing_mm=spacing)
             pred = {c: out_enc[c].physical(p) for c, p in zip(channels, stored)}
         yield se, true, pred, ds.mask(view)
 

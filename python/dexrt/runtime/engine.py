@@ -119,6 +119,7 @@ class Engine:
         else:
             raise EngineError(f"{path}: backend {m['backend']!r} is not available in this build of dexrt")
         self._encodings = _encodings(m, self._path)
+        self._upsampling = upsampling
         normalisation = m["input"].get("normalisation")
         if normalisation is not None and normalisation != NORMALISATION:
             raise BundleError(f"{self._path}: invalid manifest: input normalisation {normalisation!r} is not one "
@@ -304,6 +305,11 @@ class Engine:
         """The pixel spacing (mm) the model was trained at, as the manifest records it, or None."""
         value = float(self._core.model_spacing_mm)
         return value if value > 0 else None
+
+    @property
+    def upsampling(self) -> str:
+        """How full-resolution outputs are brought up to a frame's size: ``"guided"`` or ``"bicubic"``."""
+        return self._upsampling
 
     @property
     def soft_from_input(self) -> bool:
