@@ -131,7 +131,7 @@ def non_defaults(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if v != default[k]}
 
 
-def write_options(run: Path, config: TrainConfig, dataset: Path) -> None:
+def write_options(run: Path, config: TrainConfig, dataset: Path | str) -> None:
     """pix2pix's opt.txt: every option, the non-default ones marked with their default."""
     lines = [f"dataset: {dataset}"]
     for f in fields(TrainConfig):

@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dexrt._errors import InputError
+from dexrt.io.dataset import SPLITS, StoredView, is_dataset, open_dataset
+from dexrt.io.images import SUFFIXES, read_image
 from dexrt.runtime.contract import (
     DATASET_CHANNELS,
     Encoding,
@@ -30,16 +32,32 @@ from dexrt.runtime.contract import (
     view_normalisation,
     window_to_unit,
 )
-from dexrt.io.dataset import SPLITS, StoredView, is_dataset, open_dataset
-from dexrt.io.images import SUFFIXES, read_image
 
 CHANNELS = DATASET_CHANNELS
 
 
-def find_views(root: str | os.PathLike[str], split: str, processed: bool = False) -> list[StoredView]:
-    """The views of one split, from a manifest dataset or a paired-folder layout; `processed` takes the DE pair
-    as the SE processing shows it where a dataset stores one (`dexrt.io.dataset.open_dataset`)."""
-    root = Path(root)
+Roots = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def data_roots(root: Roots) -> list[Path]:
+    """One data folder, or several (`dexrt train A B ...`: their views are taken together)."""
+    roots = [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
+    if not roots:
+        raise InputError("no training data given")
+    return roots
+
+
+def find_views(root: Roots, split: str, processed: bool = False) -> list[StoredView]:
+    """The views of one split, from manifest datasets or paired-folder layouts (one folder or several, taken
+    together); `processed` takes the DE pair as the SE processing shows it where a dataset stores one
+    (`dexrt.io.dataset.open_dataset`)."""
+    roots = data_roots(root)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [v for r in roots for v in _find_views(r, split, processed)]
+
+
+def _find_views(root: Path, split: str, processed: bool) -> list[StoredView]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if is_dataset(root):
@@ -49,18 +67,32 @@ def find_views(root: str | os.PathLike[str], split: str, processed: bool = False
     raise InputError(f"{root}: not a dataset (no manifest.json, and no {{train,val,test}}/se/ folders)")
 
 
-def dataset_encodings(root: str | os.PathLike[str], processed: bool = False) -> dict[str, Encoding] | None:
-    """Each channel's stored -> physical encoding of a manifest dataset (of the views `find_views` gives with the
-    same `processed`); None for paired folders (stored values are then taken as they are)."""
-    return open_dataset(root, processed=processed).encodings if is_dataset(root) else None
+def dataset_encodings(root: Roots, processed: bool = False) -> dict[str, Encoding] | None:
+    """Each channel's stored -> physical encoding of manifest datasets (of the views `find_views` gives with the
+    same `processed`); None for paired folders (stored values are then taken as they are). Several folders must
+    store their channels alike (every `dexrt synth` dataset does: fixed encodings)."""
+    roots = data_roots(root)
+    found = [open_dataset(r, processed=processed).encodings if is_dataset(r) else None for r in roots]
+    for r, enc in zip(roots[1:], found[1:]):
+        if enc != found[0]:
+            raise InputError(f"{r}: its images are stored in another encoding than {roots[0]}'s (or one is a "
+                             "dataset and the other paired folders); train on data stored alike")
+    return found[0]
 
 
-def pixel_spacing_mm(root: str | os.PathLike[str]) -> float | None:
-    """The pixel spacing at the patient (isocentre) of a `dexrt synth` dataset, or None when not recorded.
+def pixel_spacing_mm(root: Roots) -> float | None:
+    """The pixel spacing at the patient (isocentre) of `dexrt synth` datasets, or None when not recorded.
 
     An engine trained on it records this value, so `dexrt infer` can resample DICOM images of another spacing.
+    Several datasets must show their patients at the same spacing.
     """
-    return open_dataset(root).pixel_spacing_mm if is_dataset(root) else None
+    roots = data_roots(root)
+    found = [open_dataset(r).pixel_spacing_mm if is_dataset(r) else None for r in roots]
+    for r, value in zip(roots[1:], found[1:]):
+        if value != found[0]:
+            raise InputError(f"{r}: pixel spacing {value} mm at the patient differs from {roots[0]}'s "
+                             f"({found[0]} mm); render them with the same detector (--detector-mm, --size)")
+    return found[0]
 
 
 def _paired_views(root: Path, split: str) -> list[StoredView]:

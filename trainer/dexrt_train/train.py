@@ -53,6 +53,8 @@ from dexrt_train.data import (
     CHANNELS,
     EpochBatchSampler,
     PairedDataset,
+    Roots,
+    data_roots,
     data_windows,
     dataset_encodings,
     find_views,
@@ -120,12 +122,14 @@ def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DDP) else net
 
 
-def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.PathLike[str], *,
+def train(config: TrainConfig, dataset: Roots, run: str | os.PathLike[str], *,
           resume: bool = False, stop_at: int = 0, val_dataset: str | os.PathLike[str] | None = None,
           init: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) a run; returns a summary. See docs/training.md.
 
     `init` (a checkpoint folder) fine-tunes: the generator starts from its weights instead of random ones.
+
+    `dataset` is one data folder or several, whose views are taken together.
 
     `val_dataset` takes the validation views from another dataset's val split: a `dexrt synth --pool` holds
     training views only.
@@ -133,7 +137,8 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     `stop_at` > 0 ends this invocation after that step (with a checkpoint) although the schedule runs to
     `config.steps`: for time-limited jobs, continued later with `resume`.
     """
-    dataset, run = Path(dataset), Path(run)
+    datasets, run = data_roots(dataset), Path(run)
+    named = ", ".join(map(str, datasets))
     last, best_dir, metrics_path = run / "last", run / "best", run / "metrics.jsonl"
     windows: Windows | None = None
     if resume:
@@ -170,10 +175,10 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
     # this run reads and writes each quantity's fixed encoding; paired folders' values are taken as they are.
     # A scale-free model sees processed images as they are: its targets are the DE pair as the processing shows it
     robust = config.normalisation == "robust"
-    train_views = find_views(dataset, "train", processed=robust)
-    val_views = find_views(val_dataset or dataset, "val", processed=robust)
-    spacing = pixel_spacing_mm(dataset)
-    stored_as = dataset_encodings(dataset, processed=robust)
+    train_views = find_views(datasets, "train", processed=robust)
+    val_views = find_views(val_dataset or datasets, "val", processed=robust)
+    spacing = pixel_spacing_mm(datasets)
+    stored_as = dataset_encodings(datasets, processed=robust)
     encodings = [stored_as[c] if stored_as else Encoding(0.0, 1.0) for c in CHANNELS]
     val_stored_as = dataset_encodings(val_dataset, processed=robust) if val_dataset is not None else stored_as
     if (val_stored_as is None) != (stored_as is None):
@@ -220,7 +225,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
         run.mkdir(parents=True, exist_ok=True)
         if resume:
             _truncate_metrics(metrics_path, step)
-        write_options(run, config, dataset)
+        write_options(run, config, named)
         changed = ", ".join(f"{k}={v}" for k, v in non_defaults(config).items())
         tqdm.write(f"dexrt train: {len(train_views)} train / {len(val_views)} val views, {world} process(es) on "
                    f"{device}{', amp ' + str(amp_dtype).removeprefix('torch.') if amp_dtype else ''}; "
@@ -233,7 +238,7 @@ def train(config: TrainConfig, dataset: str | os.PathLike[str], run: str | os.Pa
 
     def checkpoint(val: dict[str, float] | None) -> None:
         nonlocal best
-        extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": str(dataset),
+        extra = {"train": asdict(config), "discriminator": asdict(dcfg), "dataset": named,
                  "pixel_spacing_mm": spacing, "units": "physical",
                  # how the engine built from this run stores each quantity (none for paired folders)
                  "storage": ({c: fixed_encoding(c).as_manifest() for c in CHANNELS} if stored_as and not robust

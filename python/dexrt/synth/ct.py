@@ -87,22 +87,21 @@ def check_hu(hu: np.ndarray, path: str) -> np.ndarray:
     if inside.size < 0.2 * sample.size:
         raise InputError(f"{path}: {100 * (1 - inside.size / sample.size):.0f} % of the voxels are below "
                          f"{_PADDING_HU:.0f} HU: not a CT in Hounsfield units (or only padding)")
-    air, p50, p99 = (float(v) for v in np.percentile(inside, [1, 50, 99]))
-    # Shares of voxels at exactly the extreme values (a clipped volume piles up there; 50 voxels at least, so
-    # that a tiny volume of random values is not "clipped").
-    n_min, n_max = int(np.sum(inside == inside.min())), int(np.sum(inside == inside.max()))
-    at_min = n_min / inside.size if n_min >= 50 else 0.0
-    at_max = n_max / inside.size if n_max >= 50 else 0.0
-    if -200.0 <= air <= 200.0 and 900.0 <= p99 <= 2200.0:
+    air, p50 = (float(v) for v in np.percentile(inside, [1, 50]))
+    at_min = _pile(inside, float(inside.min()), +200.0)
+    at_max = _pile(inside, float(inside.max()), -200.0)
+    denser = inside[inside > air + 500.0]
+    tissue = float(np.median(denser)) if denser.size else air
+    if -200.0 <= air <= 200.0 and 850.0 <= tissue <= 1250.0:
         raise InputError(
-            f"{path}: air is at {air:.0f} and soft tissue near {p99:.0f}: the values look shifted by about +1024 "
+            f"{path}: air is at {air:.0f} and soft tissue near {tissue:.0f}: the values look shifted by about +1024 "
             "(stored pixel values without their rescale intercept of -1024?); convert to Hounsfield units "
             "(air -1000, water 0) first")
     if inside.min() > -950.0 and at_min > 0.02:
         raise InputError(
             f"{path}: {100 * at_min:.0f} % of the voxels sit at the minimum, {inside.min():.0f} HU: the volume "
             "looks clipped to a display window (air must reach about -1000 HU); use the CT as reconstructed")
-    if 100.0 <= inside.max() < 1500.0 and at_max > 0.002 and air < -800.0:  # water phantoms top out at 0
+    if inside.max() < 1500.0 and at_max > 0.002 and air < -800.0:
         raise InputError(
             f"{path}: {100 * at_max:.1f} % of the voxels sit at the maximum, {inside.max():.0f} HU: the volume "
             "looks clipped to a display window (bone and contrast above it are lost); use the CT as reconstructed")
@@ -113,6 +112,16 @@ def check_hu(hu: np.ndarray, path: str) -> np.ndarray:
             f"{air:.0f}); expected air near -1000 HU and soft tissue near 0 HU")
     # Padding (often -2048 or -3024) becomes air; beyond 3071 HU is metal or clipping, kept at the scanner max.
     return np.clip(hu, _HU_MIN, _HU_MAX).astype(np.float32, copy=False)
+
+
+def _pile(values: np.ndarray, edge: float, toward: float) -> float:
+    """The share of voxels at exactly `edge` when they pile up there as a clipped measurement does: at least 50
+    of them, with the next `toward` HU populated too (a continuous distribution cut off, not a phantom's flat
+    value or a tiny volume of random numbers)."""
+    n_edge = int(np.sum(values == edge))
+    lo, hi = sorted((edge, edge + toward))
+    n_near = int(np.sum((values > lo) & (values < hi)))
+    return n_edge / values.size if n_edge >= 50 and n_near >= 0.05 * n_edge else 0.0
 
 
 def _check_affine(affine: np.ndarray, path: str) -> np.ndarray:

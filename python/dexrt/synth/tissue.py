@@ -16,9 +16,10 @@ thick). A label map, when given, wins over them (volume.py).
   CT's TotalSegmentator labels; a smooth reconstruction kernel makes bone look as smooth, so this alone does not
   decide); seeds are candidates with local sd < 40 HU opened by 3 mm. A seed region is blood when its own median
   sd is <= 30 HU and what surrounds it (a 3 mm shell beyond its partial-volume rim) is not bone-like: a median
-  below 110 HU, at least 100 HU below the region's, and under 8 % of it above 400 HU (fat, lung, myocardium and
-  vessel walls around blood; intervertebral discs, cortex and more bone around a vertebral core, whose shells
-  measure 116-162 HU on the example and pyradiomics CTs). Blood regions are grown by up to 3 voxels through
+  below 110 HU (130 HU for a region at least 45 mm long, which no single vertebral body is), at least 100 HU
+  below the region's, and under 35 % of it above 400 HU (fat, lung, myocardium and vessel walls around blood, and
+  the spine where the aorta lies against it; intervertebral discs, cortex and more bone around a vertebral core,
+  whose shells measure 116-162 HU and whose regions are at most 28 mm long on the example and pyradiomics CTs). Blood regions are grown by up to 3 voxels through
   candidates with local sd < 80 HU, and by one more voxel through any candidate (the partial-volume rim).
   Enhancement is **detected** when one such region holds at least 20 ml (a heart chamber, the aorta): only then is
   anything replaced, so a non-contrast CT is left alone.
@@ -43,7 +44,8 @@ BAND_MAX_MM = 60.0  # a couch band is at most this thick
 BAND_EDGE_SD_MM = 1.5  # ... and its edges move less than this from slice to slice
 ENHANCED_HU = (150.0, 700.0)  # iodinated blood outside bone
 SEED_SD_HU, GROW_SD_HU, BLOOD_SD_HU = 40.0, 80.0, 30.0
-SHELL_HU, SHELL_CONTRAST_HU, SHELL_BONE_HU, SHELL_BONE_FRACTION = 110.0, 100.0, 400.0, 0.08
+SHELL_HU, SHELL_CONTRAST_HU, SHELL_BONE_HU, SHELL_BONE_FRACTION = 110.0, 100.0, 400.0, 0.35
+VESSEL_MM, SHELL_VESSEL_HU = 45.0, 130.0  # a region this long is a vessel or a heart, never one vertebral body
 MIN_REGION_ML, DETECT_ML = 1.0, 20.0
 BONE_MIN_HU, BONE_EVIDENCE_HU = 120.0, 500.0
 
@@ -180,10 +182,14 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
         shell_med = float(np.median(shell)) if shell.size else 0.0
         shell_bone = float(np.mean(shell >= SHELL_BONE_HU)) if shell.size else 0.0
         median = float(np.median(hu[pad][grown]))
-        is_blood = (sd_med <= BLOOD_SD_HU and shell_med < SHELL_HU and median - shell_med >= SHELL_CONTRAST_HU
+        along = [a for a in range(3) if a != ax]
+        z_mm = float(np.ptp(np.flatnonzero(seed.any(axis=tuple(along)))) + 1) * float(spacing[ax])
+        # A vessel runs on (z_mm), so its shell may hold more (against the spine, the mediastinum's muscle)
+        bone_like = shell_med >= (SHELL_HU if z_mm < VESSEL_MM else SHELL_VESSEL_HU)
+        is_blood = (sd_med <= BLOOD_SD_HU and not bone_like and median - shell_med >= SHELL_CONTRAST_HU
                     and shell_bone < SHELL_BONE_FRACTION)
         ml = float(grown.sum()) * voxel_ml
-        regions.append({"ml": round(ml, 2), "median_hu": round(median, 1),
+        regions.append({"ml": round(ml, 2), "z_mm": round(z_mm, 1), "median_hu": round(median, 1),
                         "sd_hu": round(sd_med, 1), "shell_median_hu": round(shell_med, 1),
                         "shell_bone_fraction": round(shell_bone, 3), "blood": is_blood})
         if is_blood:

@@ -24,7 +24,7 @@ from dexrt import _core
 from dexrt._errors import InputError
 from dexrt.synth.ct import CTVolume
 from dexrt.synth.materials import BASIS, MaterialModel
-from dexrt.synth.tissue import BODY_HU, BONE_EVIDENCE_HU, BONE_MIN_HU, body_mask, bone_mask, enhanced_blood
+from dexrt.synth.tissue import BODY_HU, BONE_EVIDENCE_HU, BONE_MIN_HU, ENHANCED_HU, body_mask, bone_mask, enhanced_blood
 
 BLOOD_HU = 40.0
 LUNG_HU = -400.0  # below, inside the body: air spaces (lungs, airways)
@@ -172,6 +172,11 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
     if not (labelled and rules.bone):
         hu_bone = bone_mask(hu_b, body, affine, exclude=hu_blood)
     chunks, lungs = [], []
+    blood_zone = None
+    if hu_blood is not None and contrast_info.get("detected"):
+        from scipy import ndimage
+
+        blood_zone = ndimage.binary_dilation(hu_blood, iterations=2)
     bone_zone = None
     if ct.labels is not None and rules.bone:
         from scipy import ndimage
@@ -184,11 +189,17 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
         if bone_zone is not None:
             outside = ~bone_zone[start:start + step]
             hu[outside] = np.minimum(hu[outside], NON_BONE_CAP_HU)
+        iodine = None
+        if blood_zone is not None and hu_blood is not None:
+            # The binned mask, and around it each CT voxel of the enhanced range (bins that blood shares with
+            # bone, against the spine, are decided voxel by voxel)
+            zone = _upsample(blood_zone[sl], b, hu.shape) & (hu >= ENHANCED_HU[0]) & (hu <= ENHANCED_HU[1])
+            iodine = _upsample(hu_blood[sl], b, hu.shape) | zone
         if contrast == "remove":
             if lab is not None and rules.blood:
                 hu[_lookup(lab, rules.blood)] = BLOOD_HU
-            elif hu_blood is not None and contrast_info["detected"]:
-                hu[_upsample(hu_blood[sl], b, hu.shape)] = BLOOD_HU
+            elif iodine is not None:
+                hu[iodine] = BLOOD_HU
         rho = model.partial_densities(hu)  # (n, n1, n2, 3)
         if lab is not None and rules.soft:
             soft = _lookup(lab, rules.soft)
@@ -196,6 +207,8 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
             rho[soft, 2] = 0.0
         if hu_bone is not None:
             soft = ~_upsample(hu_bone[sl], b, hu.shape)
+            if iodine is not None:
+                soft |= iodine  # kept (contrast "keep"), iodinated blood is dense soft tissue, never bone
             rho[soft, 1] += rho[soft, 2]
             rho[soft, 2] = 0.0
         chunks.append(_block_mean(rho, b))
