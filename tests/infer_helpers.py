@@ -164,3 +164,42 @@ def raw_dicom(path: Path, pixels: np.ndarray, photometric: str, bits: int, **ext
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def deflate_bomb(path: Path, inflated_bytes: int = 1 << 30, rows: int = 64, columns: int = 64) -> Path:
+    """A Deflated Explicit VR Little Endian DX instance of about a megabyte whose data set inflates to
+    `inflated_bytes`: a valid header declaring `rows` x `columns` 16-bit pixels, then a Pixel Data element that
+    claims, and holds, `inflated_bytes` of zeros. Built in well under a second: after a full flush, every
+    megabyte of zeros deflates to the same bytes, which are repeated."""
+    import io
+
+    from pydicom import uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filereader import read_dataset, read_preamble
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid.DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+    ds.Modality, ds.PatientID = "DX", "BOMB"
+    ds.set_pixel_data(np.zeros((8, 8), np.uint16), "MONOCHROME2", 16, generate_instance_uid=False)
+    ds.Rows, ds.Columns = rows, columns
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    stream = io.BytesIO(raw)
+    read_preamble(stream, False)
+    read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+    prefix, body = raw[: stream.tell()], zlib.decompress(raw[stream.tell():], -zlib.MAX_WBITS)
+    at = body.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    head = body[:at] + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", inflated_bytes)
+    block, compressor = bytes(1 << 20), zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)]
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)  # no reference to earlier bytes
+    megabytes, rest = divmod(inflated_bytes, 1 << 20)
+    parts.extend([repeated] * megabytes)
+    parts.append(compressor.compress(bytes(rest)) + compressor.flush())
+    path.write_bytes(prefix + b"".join(parts))
+    return path

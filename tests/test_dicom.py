@@ -18,7 +18,7 @@ from dexrt.io.images import read_radiograph
 from dexrt.inputs.resample import working_size
 from dexrt.runtime.pixel_spacing import model_spacing_mm
 from helpers import build_bundle
-from infer_helpers import make_dicom, make_identity_onnx, marked_image, raw_dicom
+from infer_helpers import deflate_bomb, make_dicom, make_identity_onnx, marked_image, raw_dicom
 
 SHAPE = (45, 70)  # not a multiple of the engine's 64: padding and cropping back are exercised
 
@@ -384,3 +384,38 @@ def test_leading_zero_uid_component_is_tolerated(tmp_path: Path) -> None:
     """Seen from real devices; harmless (digits and dots only), so not a reason to refuse a patient's image."""
     path = make_dicom(tmp_path / "ok.dcm", marked_image((8, 8), 4095), bits=12, study_uid="1.2.840.0113.07")
     assert read_radiograph(path).dicom.dataset.StudyInstanceUID == "1.2.840.0113.07"
+
+
+@pytest.mark.parametrize("rows", [64, 16384], ids=["small-image", "largest-image"])
+def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path: Path, rows: int) -> None:
+    """About 1 MB of deflated DICOM inflating to 1 GiB (pydicom alone: a 1 GiB allocation before any check):
+    refused by dexrt infer's reader with the limit in the message, at a cost far below 256 MiB, also when the
+    header declares the largest image dexrt converts (16384 x 16384, 512 MiB of pixels)."""
+    import tracemalloc
+
+    from click.testing import CliRunner
+
+    from dexrt.cli import cli
+    from dexrt.io.dicom import written_by_dexrt
+
+    bomb = deflate_bomb(tmp_path / "bomb.dcm", 1 << 30, rows, rows)
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=r"inflates to more than \d+ bytes, more than its header declares"):
+            read_radiograph(bomb)
+        assert not written_by_dexrt(bomb)  # the folder scan's look at the header does not inflate it either
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20, f"{peak >> 20} MiB"
+    result = CliRunner().invoke(cli, ["infer", str(bomb), "-o", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "refused as a decompression bomb" in result.output
+
+
+def test_truncated_deflated_data_set(tmp_path: Path) -> None:
+    path = deflate_bomb(tmp_path / "d.dcm", 32 * 32 * 2, 32, 32)  # a well-formed deflated 32 x 32 image ...
+    assert read_radiograph(path).frames.shape == (1, 32, 32)
+    path.write_bytes(path.read_bytes()[:-40])  # ... cut short
+    with pytest.raises(InputError, match="truncated deflated data set|corrupt deflated"):
+        read_radiograph(path)

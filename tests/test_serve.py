@@ -170,6 +170,38 @@ def test_corrupt_instance_fails_alone(make_node: Callable[..., Node], destinatio
     assert not list(node.spool.incoming.iterdir()) and node.spool.counts()["received"] == 0
 
 
+def test_deflate_bomb_over_c_store_is_refused_in_bounded_memory(make_node: Callable[..., Node],
+                                                                destination: Destination, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deflated data set of about 1 MB inflating to 1 GiB, sent as it is on disk (not re-encoded): refused with
+    0xC000 naming the bound, the node's Python allocations peaking far below 256 MiB, and the node goes on."""
+    import tracemalloc
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    from pynetdicom import _config
+
+    from infer_helpers import deflate_bomb
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes, do not decode them
+    bomb = deflate_bomb(tmp_path / "bomb.dcm", 1 << 30, 64, 64)
+    node = make_node(destination.address)
+    ae = client()
+    ae.add_requested_context(DX, DeflatedExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, node.port, ae_title="DEXRT")
+    assert assoc.is_established
+    tracemalloc.start()
+    try:
+        rsp = assoc.send_c_store(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        assoc.release()
+    assert rsp.Status == 0xC000 and "inflates to more than" in rsp.ErrorComment
+    assert peak < 256 << 20, f"{peak >> 20} MiB"
+    assert node.stats["store_failed"] == 1 and not list(node.spool.incoming.iterdir())
+    assert send([radiograph(64)], node.port) == [0x0000]
+
+
 def test_path_like_study_uid_refused_patient_id_never_a_path(make_node: Callable[..., Node],
                                                             destination: Destination, tmp_path: Path) -> None:
     """A StudyInstanceUID `../x` is not a UID: refused (0xC000), nothing kept. A PatientID `../../y` is a valid

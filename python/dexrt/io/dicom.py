@@ -25,6 +25,7 @@ import numpy as np
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError, require_package
 from dexrt._limits import check_image_size
+from dexrt.io.deflated import DEFLATED, read_deflated
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def is_dicom_file(path: Path) -> bool:
 def written_by_dexrt(path: Path) -> bool:
     """True for a DICOM file dexrt wrote (its SoftwareVersions names dexrt and it is DERIVED); header only."""
     try:
-        ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=["SoftwareVersions", "ImageType"])
+        pydicom = _pydicom()
+        if _syntax(pydicom, path) == DEFLATED:  # dexrt never writes a deflated file; and never inflate to find out
+            return False
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SoftwareVersions", "ImageType"])
         software, image_type = str(ds.get("SoftwareVersions", "")), list(ds.get("ImageType", []) or [])
     except Exception:  # noqa: BLE001 - any unreadable header is simply not one of dexrt's outputs
         return False
@@ -134,8 +138,14 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Dico
         raise InputError(f"{path}: corrupt or truncated DICOM ({type(exc).__name__}: {exc})") from exc
 
 
+def _syntax(pydicom: Any, path: Path) -> str:
+    """The transfer syntax in the file meta ('' if none), read without touching the data set."""
+    return str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", ""))
+
+
 def _read_dicom(pydicom: Any, path: Path) -> tuple[np.ndarray, tuple[float, float] | None, DicomSource]:
-    ds = pydicom.dcmread(path)
+    # pydicom inflates a deflated data set whole before anything can be checked: dexrt.io.deflated bounds it.
+    ds = read_deflated(path) if _syntax(pydicom, path) == DEFLATED else pydicom.dcmread(path)
     _check_header(path, ds)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None:

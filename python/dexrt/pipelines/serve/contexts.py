@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dexrt._errors import ConfigError
+from dexrt.io.deflated import DEFLATED
 
 # Projection radiographs dexrt converts (dexrt.io.dicom.MODALITIES), by storage SOP class. The enhanced XA/XRF
 # classes are left out: their pixel spacing and frame geometry live in per-frame functional groups that the
@@ -23,7 +24,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 _UNCOMPRESSED = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian first: the preferred one when a sender offers several
     "1.2.840.10008.1.2",  # Implicit VR Little Endian (the default every node must accept)
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    DEFLATED,  # Deflated Explicit VR Little Endian: inflated within bounds, never a bomb (dexrt.io.deflated)
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
 )
 _COMPRESSED = (
