@@ -10,6 +10,7 @@
 #include "dexrt/parts.h"
 #include "dexrt/resample.h"
 #include "dexrt/robust_range.h"
+#include "dexrt/simd.h"
 
 namespace dexrt {
 
@@ -59,10 +60,75 @@ void guided_coefficients(const std::vector<float>& guide, const std::vector<floa
 // One output channel on its way back to the frame's size: its working-size maps, widened to the frame's width.
 struct ChannelPlan {
   enum class Kind { Guided, Resampled, Soft } kind = Kind::Resampled;
-  std::vector<float> first, second;  // (h, W): a and b (Guided), the output (Resampled), the correction (Soft)
+  // (h, W) each: a and b (Guided), the output (Resampled), the correction (Soft); scratch memory (see Scratch)
+  const float* first_map = nullptr;
+  const float* second_map = nullptr;
   const Taps* rows = nullptr;        // h -> H
   bool has_first = false;
 };
+
+// The widened maps of one finish, kept per calling thread between calls: at detector sizes they are megabytes,
+// which fresh allocations would page-fault in and zero on every frame.
+class Scratch {
+ public:
+  float* take(size_t n) {
+    if (used_ == buffers_.size()) buffers_.emplace_back();
+    std::vector<float>& b = buffers_[used_++];
+    if (b.size() < n) b.resize(n);
+    return b.data();
+  }
+  void reset() { used_ = 0; }
+
+ private:
+  std::vector<std::vector<float>> buffers_;
+  size_t used_ = 0;
+};
+
+// The common case in one pass over a row: bone = a * g + b by the guided filter's maps brought down to this row
+// (two taps), soft = input - bone + correction (parts.h), both stored. Every stream is contiguous, so it vectorises.
+struct FusedRow {
+  const float *a0, *a1, *b0, *b1, *c0, *c1;  // the row's two source rows of each map (c: null without correction)
+  float w0, w1;                              // their weights
+  float lo, inv, mean;                       // the guide's units: g = (pixel - lo) * inv - mean
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void fused_row_body(const FusedRow& r, const T* __restrict src,
+                                                          T* __restrict bone_out, T* __restrict soft_out,
+                                                          int64_t n) {
+  const float* __restrict a0 = r.a0;
+  const float* __restrict a1 = r.a1;
+  const float* __restrict b0 = r.b0;
+  const float* __restrict b1 = r.b1;
+  const float w0 = r.w0, w1 = r.w1, lo = r.lo, inv = r.inv, mean = r.mean;
+  if (r.c0 != nullptr) {
+    const float* __restrict c0 = r.c0;
+    const float* __restrict c1 = r.c1;
+    for (int64_t x = 0; x < n; ++x) {
+      const float p = static_cast<float>(src[x]);
+      const float g = (p - lo) * inv - mean;
+      const float bone = (w0 * a0[x] + w1 * a1[x]) * g + (w0 * b0[x] + w1 * b1[x]);
+      bone_out[x] = store_as<T>(bone);
+      soft_out[x] = store_as<T>(soft_of(p, bone, w0 * c0[x] + w1 * c1[x]));
+    }
+  } else {
+    for (int64_t x = 0; x < n; ++x) {
+      const float p = static_cast<float>(src[x]);
+      const float g = (p - lo) * inv - mean;
+      const float bone = (w0 * a0[x] + w1 * a1[x]) * g + (w0 * b0[x] + w1 * b1[x]);
+      bone_out[x] = store_as<T>(bone);
+      soft_out[x] = store_as<T>(soft_of(p, bone, 0.0f));
+    }
+  }
+}
+
+DEXRT_VECTOR_CLONES void fused_row(const FusedRow& r, const uint16_t* src, uint16_t* bone, uint16_t* soft,
+                                   int64_t n) {
+  fused_row_body(r, src, bone, soft, n);
+}
+DEXRT_VECTOR_CLONES void fused_row(const FusedRow& r, const float* src, float* bone, float* soft, int64_t n) {
+  fused_row_body(r, src, bone, soft, n);
+}
 
 }  // namespace
 
@@ -144,10 +210,12 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
     for (auto& v : guide) v -= guide_mean;
   }
 
+  thread_local Scratch scratch;
+  scratch.reset();
   auto widen = [&](const std::vector<float>& map, const Taps& cols) {
-    std::vector<float> wide(static_cast<size_t>(h * W));
-    widen_rows(map.data(), h, cols, wide.data(), o.threads);
-    return wide;
+    float* wide = scratch.take(static_cast<size_t>(h * W));
+    widen_rows(map.data(), h, cols, wide, o.threads);
+    return static_cast<const float*>(wide);
   };
   std::vector<ChannelPlan> plans(static_cast<size_t>(channels));
   for (int64_t c = 0; c < channels; ++c) {
@@ -162,7 +230,7 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
         for (int64_t k = 0; k < plane; ++k) {
           correction[static_cast<size_t>(k)] = soft_correction(work.pixels[static_cast<size_t>(k)], bone[k], p[k]);
         }
-        plan.first = widen(correction, smooth_cols);
+        plan.first_map = widen(correction, smooth_cols);
         plan.has_first = true;
       }
     } else if (guided) {
@@ -173,18 +241,45 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
       for (auto& v : centred) v -= p_mean;
       guided_coefficients(guide, centred, h, w, o.radius, o.epsilon, a, b);
       for (auto& v : b) v += p_mean;
-      plan.first = widen(a, smooth_cols);
-      plan.second = widen(b, smooth_cols);
+      plan.first_map = widen(a, smooth_cols);
+      plan.second_map = widen(b, smooth_cols);
       plan.has_first = true;
     } else {
       plan.kind = ChannelPlan::Kind::Resampled;
       plan.rows = bicubic ? &cubic_rows : &smooth_rows;
-      plan.first = widen(std::vector<float>(p, p + plane), bicubic ? cubic_cols : smooth_cols);
+      plan.first_map = widen(std::vector<float>(p, p + plane), bicubic ? cubic_cols : smooth_cols);
       plan.has_first = true;
     }
   }
 
   std::atomic<bool> finite{true};
+  if (guided && parts.present() && channels == 2) {
+    // bone and soft only: the fused row pass
+    const ChannelPlan& bone_plan = plans[static_cast<size_t>(parts.bone)];
+    const ChannelPlan& soft_plan = plans[static_cast<size_t>(parts.soft)];
+    parallel_for(H, o.threads, 16, [&](int64_t begin, int64_t end) {
+      bool ok = true;
+      for (int64_t y = begin; y < end; ++y) {
+        const int64_t r0 = smooth_rows.first[static_cast<size_t>(y)];
+        const float* w = smooth_rows.at(y);
+        const int64_t r1 = smooth_rows.count > 1 ? r0 + 1 : r0;
+        FusedRow row{bone_plan.first_map + r0 * W, bone_plan.first_map + r1 * W,
+                     bone_plan.second_map + r0 * W, bone_plan.second_map + r1 * W, nullptr, nullptr,
+                     w[0], smooth_rows.count > 1 ? w[1] : 0.0f, glo, ginv, guide_mean};
+        if (soft_plan.has_first) {
+          row.c0 = soft_plan.first_map + r0 * W;
+          row.c1 = soft_plan.first_map + r1 * W;
+        }
+        T* bone = out + parts.bone * channel_stride + y * W;
+        T* soft = out + parts.soft * channel_stride + y * W;
+        fused_row(row, frame + y * W, bone, soft, W);
+        if constexpr (std::is_same_v<T, float>) ok = ok && all_finite(bone, W) && all_finite(soft, W);
+      }
+      if (!ok) finite = false;
+    });
+    if (!finite) throw Error(ErrorKind::Input, kNotFiniteMessage);
+    return;
+  }
   parallel_for(H, o.threads, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> pixel(static_cast<size_t>(W)), g(static_cast<size_t>(W)), tmp(static_cast<size_t>(W));
     std::vector<std::vector<float>> values(static_cast<size_t>(channels), std::vector<float>(static_cast<size_t>(W)));
@@ -199,13 +294,13 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
         const ChannelPlan& plan = plans[static_cast<size_t>(c)];
         float* __restrict v = values[static_cast<size_t>(c)].data();
         if (plan.kind == ChannelPlan::Kind::Guided) {
-          combine_rows(plan.first.data(), W, *plan.rows, y, v);
-          combine_rows(plan.second.data(), W, *plan.rows, y, tmp.data());
+          combine_rows(plan.first_map, W, *plan.rows, y, v);
+          combine_rows(plan.second_map, W, *plan.rows, y, tmp.data());
           const float* __restrict gi = g.data();
           const float* __restrict b = tmp.data();
           for (int64_t x = 0; x < W; ++x) v[x] = v[x] * gi[x] + b[x];
         } else if (plan.kind == ChannelPlan::Kind::Resampled) {
-          combine_rows(plan.first.data(), W, *plan.rows, y, v);
+          combine_rows(plan.first_map, W, *plan.rows, y, v);
         }
       }
       if (parts.present()) {
@@ -214,7 +309,7 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
         const float* __restrict bone = values[static_cast<size_t>(parts.bone)].data();
         const float* __restrict in = pixel.data();
         if (plan.has_first) {
-          combine_rows(plan.first.data(), W, *plan.rows, y, v);
+          combine_rows(plan.first_map, W, *plan.rows, y, v);
           for (int64_t x = 0; x < W; ++x) v[x] = soft_of(in[x], bone[x], v[x]);
         } else {
           for (int64_t x = 0; x < W; ++x) v[x] = soft_of(in[x], bone[x], 0.0f);

@@ -6,6 +6,7 @@
 
 #include "dexrt/error.h"
 #include "dexrt/parallel.h"
+#include "dexrt/simd.h"
 
 namespace dexrt {
 
@@ -96,6 +97,22 @@ Taps cubic_taps(int64_t from, int64_t to) {
 
 Taps resize_taps(int64_t from, int64_t to) { return to < from ? area_taps(from, to) : linear_taps(from, to); }
 
+namespace {
+
+template <typename T>
+inline void accumulate(float* __restrict acc, const T* __restrict src, float weight, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] += weight * static_cast<float>(src[x]);
+}
+
+DEXRT_VECTOR_CLONES void accumulate_row(float* acc, const uint16_t* src, float weight, int64_t n) {
+  accumulate(acc, src, weight, n);
+}
+DEXRT_VECTOR_CLONES void accumulate_row(float* acc, const float* src, float weight, int64_t n) {
+  accumulate(acc, src, weight, n);
+}
+
+}  // namespace
+
 template <typename T>
 void resize_image(const T* image, int64_t height, int64_t width, float* out, int64_t out_height, int64_t out_width,
                   int threads) {
@@ -107,16 +124,41 @@ void resize_image(const T* image, int64_t height, int64_t width, float* out, int
       std::fill(acc, acc + width, 0.0f);
       const float* w = rows.at(y);
       for (int64_t k = 0; k < rows.count; ++k) {
-        const T* __restrict src = image + (rows.first[static_cast<size_t>(y)] + k) * width;
-        const float wk = w[k];
-        for (int64_t x = 0; x < width; ++x) acc[x] += wk * static_cast<float>(src[x]);
+        if (w[k] != 0.0f) accumulate_row(acc, image + (rows.first[static_cast<size_t>(y)] + k) * width, w[k], width);
       }
     }
   });
   widen_rows(tall.data(), out_height, cols, out, threads);
 }
 
+namespace {
+
+// One row widened by two-tap (linear) taps: the usual case, where the gathers vectorise (AVX2 has them).
+DEXRT_VECTOR_CLONES void widen_row_2(const float* __restrict src, const int32_t* __restrict first,
+                                     const float* __restrict w0, const float* __restrict w1, float* __restrict dst,
+                                     int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = w0[x] * src[first[x]] + w1[x] * src[first[x] + 1];
+}
+
+}  // namespace
+
 void widen_rows(const float* map, int64_t rows, const Taps& cols, float* out, int threads) {
+  if (cols.count == 2) {
+    // The taps split into index and weight streams once, shared by every row.
+    std::vector<int32_t> first(static_cast<size_t>(cols.to));
+    std::vector<float> w0(static_cast<size_t>(cols.to)), w1(static_cast<size_t>(cols.to));
+    for (int64_t x = 0; x < cols.to; ++x) {
+      first[static_cast<size_t>(x)] = static_cast<int32_t>(cols.first[static_cast<size_t>(x)]);
+      w0[static_cast<size_t>(x)] = cols.at(x)[0];
+      w1[static_cast<size_t>(x)] = cols.at(x)[1];
+    }
+    parallel_for(rows, threads, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t y = begin; y < end; ++y) {
+        widen_row_2(map + y * cols.from, first.data(), w0.data(), w1.data(), out + y * cols.to, cols.to);
+      }
+    });
+    return;
+  }
   parallel_for(rows, threads, 16, [&](int64_t begin, int64_t end) {
     for (int64_t y = begin; y < end; ++y) {
       const float* src = map + y * cols.from;
@@ -132,7 +174,7 @@ void widen_rows(const float* map, int64_t rows, const Taps& cols, float* out, in
   });
 }
 
-void combine_rows(const float* wide, int64_t width, const Taps& taps, int64_t y, float* dst) {
+DEXRT_VECTOR_CLONES void combine_rows(const float* wide, int64_t width, const Taps& taps, int64_t y, float* dst) {
   const float* w = taps.at(y);
   const float* __restrict first = wide + taps.first[static_cast<size_t>(y)] * width;
   float* __restrict out = dst;
@@ -145,32 +187,43 @@ void combine_rows(const float* wide, int64_t width, const Taps& taps, int64_t y,
   }
 }
 
-namespace {
-
-// Running sums of a line of n values with stride `stride`: out[i] = the sum over [i - r, i + r] cut to the line.
-// The running sum is a double scalar: float32 would drift by n roundings along the line.
-void line_sums(const float* in, int64_t n, int64_t stride, int64_t r, float* out) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < std::min(r, n); ++i) sum += in[i * stride];
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + r < n) sum += in[(i + r) * stride];
-    if (i - r - 1 >= 0) sum -= in[(i - r - 1) * stride];
-    out[i * stride] = static_cast<float>(sum);
-  }
-}
-
-}  // namespace
-
 void box_mean(const float* map, int64_t height, int64_t width, int64_t radius, float* out) {
+  // Running sums in double, so they do not drift over a line: along each row a scalar, down the columns one
+  // accumulator per column (a row of doubles, the width of the working image), which vectorises.
   std::vector<float> rows(static_cast<size_t>(height * width));
-  for (int64_t y = 0; y < height; ++y) line_sums(map + y * width, width, 1, radius, rows.data() + y * width);
-  for (int64_t x = 0; x < width; ++x) line_sums(rows.data() + x, height, width, radius, out + x);
-  // The number of pixels in each cut window is a product of a row count and a column count.
   for (int64_t y = 0; y < height; ++y) {
-    const int64_t ny = std::min(height - 1, y + radius) - std::max<int64_t>(0, y - radius) + 1;
+    const float* in = map + y * width;
+    float* sums = rows.data() + y * width;
+    double sum = 0.0;
+    for (int64_t x = 0; x < std::min(radius, width); ++x) sum += in[x];
     for (int64_t x = 0; x < width; ++x) {
-      const int64_t nx = std::min(width - 1, x + radius) - std::max<int64_t>(0, x - radius) + 1;
-      out[y * width + x] /= static_cast<float>(ny * nx);
+      if (x + radius < width) sum += in[x + radius];
+      if (x - radius - 1 >= 0) sum -= in[x - radius - 1];
+      sums[x] = static_cast<float>(sum);
+    }
+  }
+  std::vector<double> column(static_cast<size_t>(width), 0.0);
+  for (int64_t y = 0; y < std::min(radius, height); ++y) {
+    for (int64_t x = 0; x < width; ++x) column[static_cast<size_t>(x)] += rows[static_cast<size_t>(y * width + x)];
+  }
+  std::vector<float> count_x(static_cast<size_t>(width));  // pixels of each cut window along a row
+  for (int64_t x = 0; x < width; ++x) {
+    count_x[static_cast<size_t>(x)] =
+        static_cast<float>(std::min(width - 1, x + radius) - std::max<int64_t>(0, x - radius) + 1);
+  }
+  for (int64_t y = 0; y < height; ++y) {
+    if (y + radius < height) {
+      const float* add = rows.data() + (y + radius) * width;
+      for (int64_t x = 0; x < width; ++x) column[static_cast<size_t>(x)] += add[x];
+    }
+    if (y - radius - 1 >= 0) {
+      const float* sub = rows.data() + (y - radius - 1) * width;
+      for (int64_t x = 0; x < width; ++x) column[static_cast<size_t>(x)] -= sub[x];
+    }
+    const auto count_y = static_cast<float>(std::min(height - 1, y + radius) - std::max<int64_t>(0, y - radius) + 1);
+    float* dst = out + y * width;
+    for (int64_t x = 0; x < width; ++x) {
+      dst[x] = static_cast<float>(column[static_cast<size_t>(x)]) / (count_y * count_x[static_cast<size_t>(x)]);
     }
   }
 }

@@ -49,13 +49,14 @@ struct ImageWindow {
 template <typename T>
 inline T store_as(float v) {
   if constexpr (std::is_same_v<T, uint16_t>) {
-    if (!(v > 0.0f)) return 0;
-    if (v >= 65535.0f) return 65535;
+    // Selects, not branches, so that loops of stores vectorise: NaN and anything not above 0 -> 0, then the clip.
+    v = v > 0.0f ? v : 0.0f;
+    v = v < 65535.0f ? v : 65535.0f;
     // Round half to even: adding and removing 1.5 * 2^23 rounds v to an integer in the default rounding
     // mode (exact for 0 <= v < 2^22; float arithmetic is not reassociated without -ffast-math). Same result
-    // as rintf on the GPU, without a libm call, so the loop vectorises.
+    // as rintf on the GPU, without a libm call. Through int32, which converts packed.
     constexpr float kMagic = 12582912.0f;
-    return static_cast<uint16_t>((v + kMagic) - kMagic);
+    return static_cast<uint16_t>(static_cast<int32_t>((v + kMagic) - kMagic));
   } else {
     return v;
   }
