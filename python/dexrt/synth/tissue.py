@@ -27,9 +27,17 @@ thick). A label map, when given, wins over them (volume.py).
   500 HU somewhere (cortex), grown by one voxel for partial volume. Outside it the HU model's bone part counts
   as soft tissue: enhanced organs and vessels, whatever their HU, never reach the bone target.
 
-What HU alone cannot tell apart is left as it is and documented (docs/synth.md): undiluted contrast above 700 HU
-(a bolus in an arm vein or the superior vena cava) looks like cortex and stays bone unless a label map says
-otherwise; blood in contact with bone over a large area can keep a rim of a few millimetres.
+  When enhancement is detected, the blood found spreads through every candidate connected to it that is more
+  than 4 mm from anything at cortex level (500 HU, outside the blood): contrast mixing in the right heart and in
+  veins is heterogeneous, but it is not bone, and a vertebra's cortex is a wall it does not cross. Undiluted
+  contrast above 700 HU (a bolus in the superior vena cava or an arm
+  vein) is taken for blood too where it touches the blood found, holds at least 5 ml and is solid (it fills its
+  vein; cortex is a shell around marrow below 700 HU).
+
+What HU alone cannot tell apart is left as it is and documented (docs/synth.md): a dense bolus that does not
+touch the blood found, or that touches bone (a vein along the clavicle), stays bone unless a label map says
+otherwise; where blood and bone share a voxel of the binned grid, CT voxels of the enhanced range within two
+binned voxels of the blood are taken for blood (a few hundredths of a g/cm^2 of bone at the contact).
 """
 
 from __future__ import annotations
@@ -44,10 +52,12 @@ BAND_MAX_MM = 60.0  # a couch band is at most this thick
 BAND_EDGE_SD_MM = 1.5  # ... and its edges move less than this from slice to slice
 ENHANCED_HU = (150.0, 700.0)  # iodinated blood outside bone
 SEED_SD_HU, GROW_SD_HU, BLOOD_SD_HU = 40.0, 80.0, 30.0
-SHELL_HU, SHELL_CONTRAST_HU, SHELL_BONE_HU, SHELL_BONE_FRACTION = 110.0, 100.0, 400.0, 0.35
+SHELL_HU, SHELL_CONTRAST_HU, SHELL_BONE_HU, SHELL_BONE_FRACTION = 110.0, 60.0, 400.0, 0.35
 VESSEL_MM, SHELL_VESSEL_HU = 45.0, 130.0  # a region this long is a vessel or a heart, never one vertebral body
 MIN_REGION_ML, DETECT_ML = 1.0, 20.0
 BONE_MIN_HU, BONE_EVIDENCE_HU = 120.0, 500.0
+DENSE_MIN_ML, DENSE_SOLIDITY = 5.0, 0.8
+BARRIER_HU, BARRIER_MM = 500.0, 4.0  # enhancement spreads through candidates no closer than this to cortex
 
 
 def _axes(affine: np.ndarray) -> tuple[int, int, int, np.ndarray]:
@@ -196,13 +206,50 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
             blood[pad] |= grown
     largest = max((r["ml"] for r in regions if r["blood"]), default=0.0)
     detected = largest >= DETECT_ML
-    if not detected:
+    dense_ml = 0.0
+    if detected:
+        # Heterogeneous enhancement (contrast mixing in the right heart, veins): every candidate connected to the
+        # blood found, kept 4 mm away from anything at cortex level (a barrier that blood never crosses into bone;
+        # a dense bolus is part of the barrier too, so nothing spreads from it)
+        cortex = (hu >= BARRIER_HU) & ~blood
+        dense = _dense_contrast(hu, body, blood, affine)
+        dense_ml = float(dense.sum()) * voxel_ml
+        far = ndimage.distance_transform_edt(~cortex, sampling=spacing) > BARRIER_MM
+        blood = ndimage.binary_propagation(blood, mask=blood | (cand & far)) | dense
+    else:
         blood[:] = False
     regions.sort(key=lambda r: -r["ml"])
     record = {"method": "HU", "detected": detected, "enhanced_ml": round(float(blood.sum()) * voxel_ml, 1),
+              "dense_ml": round(dense_ml, 1),
               "median_hu": round(float(np.median(hu[blood])), 1) if blood.any() else None,
               "largest_blood_region_ml": round(largest, 1), "regions": regions[:8]}
     return blood, record
+
+
+def _dense_contrast(hu: np.ndarray, body: np.ndarray, blood: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Undiluted contrast above the enhanced range (a bolus in the superior vena cava or an arm vein): solid
+    regions above 700 HU that touch the blood found, at least 5 ml (more than a fragment of cortex). Cortex is a
+    shell around marrow below 700 HU (filled slice by slice, it more than doubles); a bolus fills its vein
+    (solidity >= 0.8)."""
+    from scipy import ndimage
+
+    ax, _, _, spacing = _axes(affine)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    dense = body & (hu > ENHANCED_HU[1])
+    labels, _ = ndimage.label(dense, structure=np.ones((3, 3, 3), bool))
+    near = ndimage.binary_dilation(blood, iterations=2)
+    out = np.zeros(hu.shape, bool)
+    for i in np.unique(labels[near & dense]):
+        if i == 0:
+            continue
+        box = ndimage.find_objects((labels == i).astype(np.int8))[0]
+        region = labels[box] == i
+        if region.sum() * voxel_ml < DENSE_MIN_ML:
+            continue
+        filled = ndimage.binary_fill_holes(region, structure=_plane_cross(ax))
+        if region.sum() >= DENSE_SOLIDITY * filled.sum():
+            out[box] |= region
+    return out
 
 
 def bone_mask(hu: np.ndarray, body: np.ndarray, affine: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
