@@ -133,28 +133,39 @@ void resize_image(const T* image, int64_t height, int64_t width, float* out, int
 
 namespace {
 
-// One row widened by two-tap (linear) taps: the usual case, where the gathers vectorise (AVX2 has them).
+// One row widened by two-tap (linear) or four-tap (cubic) taps, the usual cases: index and weight streams, whose
+// gathers vectorise (AVX2 has them).
 DEXRT_VECTOR_CLONES void widen_row_2(const float* __restrict src, const int32_t* __restrict first,
-                                     const float* __restrict w0, const float* __restrict w1, float* __restrict dst,
-                                     int64_t n) {
-  for (int64_t x = 0; x < n; ++x) dst[x] = w0[x] * src[first[x]] + w1[x] * src[first[x] + 1];
+                                     const float* __restrict w, float* __restrict dst, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = w[2 * x] * src[first[x]] + w[2 * x + 1] * src[first[x] + 1];
+}
+
+DEXRT_VECTOR_CLONES void widen_row_4(const float* __restrict src, const int32_t* __restrict first,
+                                     const float* __restrict w, float* __restrict dst, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) {
+    const float* s = src + first[x];
+    const float* k = w + 4 * x;
+    dst[x] = k[0] * s[0] + k[1] * s[1] + k[2] * s[2] + k[3] * s[3];
+  }
 }
 
 }  // namespace
 
 void widen_rows(const float* map, int64_t rows, const Taps& cols, float* out, int threads) {
-  if (cols.count == 2) {
-    // The taps split into index and weight streams once, shared by every row.
+  if (cols.count == 2 || cols.count == 4) {
     std::vector<int32_t> first(static_cast<size_t>(cols.to));
-    std::vector<float> w0(static_cast<size_t>(cols.to)), w1(static_cast<size_t>(cols.to));
     for (int64_t x = 0; x < cols.to; ++x) {
       first[static_cast<size_t>(x)] = static_cast<int32_t>(cols.first[static_cast<size_t>(x)]);
-      w0[static_cast<size_t>(x)] = cols.at(x)[0];
-      w1[static_cast<size_t>(x)] = cols.at(x)[1];
     }
     parallel_for(rows, threads, 16, [&](int64_t begin, int64_t end) {
       for (int64_t y = begin; y < end; ++y) {
-        widen_row_2(map + y * cols.from, first.data(), w0.data(), w1.data(), out + y * cols.to, cols.to);
+        const float* src = map + y * cols.from;
+        float* dst = out + y * cols.to;
+        if (cols.count == 2) {
+          widen_row_2(src, first.data(), cols.weights.data(), dst, cols.to);
+        } else {
+          widen_row_4(src, first.data(), cols.weights.data(), dst, cols.to);
+        }
       }
     });
     return;
@@ -175,13 +186,25 @@ void widen_rows(const float* map, int64_t rows, const Taps& cols, float* out, in
 }
 
 DEXRT_VECTOR_CLONES void combine_rows(const float* wide, int64_t width, const Taps& taps, int64_t y, float* dst) {
+  // One pass for the usual two and four taps; the sum is always from the first tap on, as in the loop below.
   const float* w = taps.at(y);
-  const float* __restrict first = wide + taps.first[static_cast<size_t>(y)] * width;
+  const float* __restrict s0 = wide + taps.first[static_cast<size_t>(y)] * width;
   float* __restrict out = dst;
-  const float w0 = w[0];
-  for (int64_t x = 0; x < width; ++x) out[x] = w0 * first[x];
+  if (taps.count == 2) {
+    const float* __restrict s1 = s0 + width;
+    for (int64_t x = 0; x < width; ++x) out[x] = w[0] * s0[x] + w[1] * s1[x];
+    return;
+  }
+  if (taps.count == 4) {
+    const float* __restrict s1 = s0 + width;
+    const float* __restrict s2 = s1 + width;
+    const float* __restrict s3 = s2 + width;
+    for (int64_t x = 0; x < width; ++x) out[x] = w[0] * s0[x] + w[1] * s1[x] + w[2] * s2[x] + w[3] * s3[x];
+    return;
+  }
+  for (int64_t x = 0; x < width; ++x) out[x] = w[0] * s0[x];
   for (int64_t k = 1; k < taps.count; ++k) {
-    const float* __restrict src = first + k * width;
+    const float* __restrict src = s0 + k * width;
     const float wk = w[k];
     for (int64_t x = 0; x < width; ++x) out[x] += wk * src[x];
   }

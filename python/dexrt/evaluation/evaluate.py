@@ -65,9 +65,10 @@ def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: s
                     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]]:
     """Per view of the split: (SE, true outputs, the engine's outputs, lesion mask or None), all physical.
 
-    ``full_resolution``: each view runs through the engine's full-resolution call with the dataset's pixel spacing
-    (down to the model's spacing, the network, the outputs back at the view's size: what `dexrt infer` does to a
-    detector frame), and is scored at its own size. Otherwise the network sees the views at their stored size."""
+    ``full_resolution``: each view runs through the engine's full-resolution call with its pixel spacing (the view's
+    own where the manifest records one, a magnified chain view's, else the dataset's): down to the model's spacing,
+    the network, the outputs back at the view's size, what `dexrt infer` does to a detector frame; it is scored at
+    its own size. Otherwise the network sees the views at their stored size."""
     # A scale-free engine sees a processed image as it is: it is scored against the DE pair as the processing shows it
     ds = open_dataset(dataset, processed=engine.normalised)
     views = _split_views(ds, dataset, split, max_views)
@@ -77,14 +78,12 @@ def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: s
         raise InputError(f"{dataset}: the engine's outputs {missing} are not channels of the dataset")
     if not engine.normalised:
         in_enc, out_enc = _engine_encodings(engine, ds.encodings)
-    spacing = None
-    if full_resolution:
-        spacing = ds.pixel_spacing_mm
-        if spacing is None:
-            raise InputError(f"{dataset}: the manifest records no pixel spacing, which scoring at full resolution "
-                             "needs")
+    spacings = _view_spacings(ds) if full_resolution else {}
+    if full_resolution and ds.pixel_spacing_mm is None and not all(v.id in spacings for v in views):
+        raise InputError(f"{dataset}: the manifest records no pixel spacing, which scoring at full resolution needs")
 
     for view in views:
+        spacing = spacings.get(view.id, ds.pixel_spacing_mm) if full_resolution else None
         stored_se = ds.stored(view, "se")
         se = ds.encodings["se"].physical(stored_se)
         true = {c: ds.physical(view, c) for c in channels}
@@ -100,6 +99,18 @@ def predicted_views(engine: Engine, dataset: str | os.PathLike[str], *, split: s
                                   spacing_mm=spacing)
             pred = {c: out_enc[c].physical(p) for c, p in zip(channels, stored)}
         yield se, true, pred, ds.mask(view)
+
+
+def _view_spacings(ds: Dataset) -> dict[str, float]:
+    """View id -> its own pixel spacing at the isocentre, for the views whose geometry records one."""
+    from dexrt.runtime.pixel_spacing import spacing_problem
+
+    found = {}
+    for v in ds.manifest.get("views", []):
+        value = (v.get("geometry") or {}).get("pixel_at_iso_mm") if isinstance(v, dict) else None
+        if value is not None and spacing_problem(value) is None:
+            found[str(v["id"])] = float(value)
+    return found
 
 
 def _engine_encodings(engine: Engine, dataset: dict[str, Encoding]) -> tuple[Encoding, dict[str, Encoding]]:
