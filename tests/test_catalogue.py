@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dexrt.synth import catalogue
 from dexrt.synth.catalogue import CatalogueUnavailable, Entry
 
@@ -142,7 +141,6 @@ def test_unknown_name_lists_the_catalogue() -> None:
 
 def test_synth_records_the_source_in_the_manifest(index: dict[str, Entry], tmp_path: Path) -> None:
     from click.testing import CliRunner
-
     from dexrt.cli import cli
 
     out = tmp_path / "ds"

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dexrt
 import numpy as np
 import pytest
-
-import dexrt
 from dexrt.synth.ct import load_ct, resample_axial
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dexrt
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-import dexrt
 from dexrt.cli import cli
 from dexrt.io.dataset import FORMAT, FORMAT_VERSION, open_dataset
 from dexrt.io.images import write_image

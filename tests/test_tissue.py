@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dexrt.synth.ct import CTVolume
 from dexrt.synth.physics import PhysicsConfig
 from dexrt.synth.render import ImagingConfig, Renderer, View
@@ -128,7 +127,7 @@ def _plate(slice_mm: float) -> CTVolume:
 
 
 def test_thick_slices_leave_no_stair_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dexrt.synth.render as render
+    from dexrt.synth import render
 
     cfg = ImagingConfig(size=(128, 128), detector_mm=300.0, physics=PhysicsConfig(noise=False), threads=2)
     view = View("v", 0.0)

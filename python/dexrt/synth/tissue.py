@@ -16,11 +16,12 @@ thick). A label map, when given, wins over them (volume.py).
   CT's TotalSegmentator labels; a smooth reconstruction kernel makes bone look as smooth, so this alone does not
   decide); seeds are candidates with local sd < 40 HU opened by 3 mm. A seed region is blood when its own median
   sd is <= 30 HU and what surrounds it (a 3 mm shell beyond its partial-volume rim) is not bone-like: a median
-  below 110 HU (130 HU for a region at least 45 mm long, which no single vertebral body is), at least 100 HU
+  below 110 HU (130 HU for a region at least 45 mm long, which no single vertebral body is), at least 60 HU
   below the region's, and under 35 % of it above 400 HU (fat, lung, myocardium and vessel walls around blood, and
   the spine where the aorta lies against it; intervertebral discs, cortex and more bone around a vertebral core,
-  whose shells measure 116-162 HU and whose regions are at most 28 mm long on the example and pyradiomics CTs). Blood regions are grown by up to 3 voxels through
-  candidates with local sd < 80 HU, and by one more voxel through any candidate (the partial-volume rim).
+  whose shells measure 116-162 HU and whose regions are at most 28 mm long on the example and pyradiomics CTs).
+  Blood regions are grown by up to 3 voxels through candidates with local sd < 80 HU, and by one more voxel
+  through any candidate (the partial-volume rim).
   Enhancement is **detected** when one such region holds at least 20 ml (a heart chamber, the aorta): only then is
   anything replaced, so a non-contrast CT is left alone.
 * `bone_mask`: where bone may be. Connected regions of at least 120 HU (enhanced blood excluded) that reach
@@ -123,7 +124,7 @@ def couch_band(mask: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
     n_lr, n_ap, n_z = m.shape
     if n_z < 8 or n_z * spacing[ax] < 40.0:
         return None  # too short a scan to tell a table from a body
-    present = m.any(axis=0)  # (ap, z)
+    present: np.ndarray = np.any(m, axis=0)  # (ap, z)
     left = np.argmax(m, axis=0) * spacing[lr]
     right = (n_lr - 1 - np.argmax(m[::-1], axis=0)) * spacing[lr]
     tol = max(BAND_EDGE_SD_MM, float(spacing[lr]))
@@ -169,7 +170,7 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
     sd = local_sd(hu, affine)
     cand = body & (hu >= ENHANCED_HU[0]) & (hu <= ENHANCED_HU[1])
     seeds = ndimage.binary_opening(cand & (sd < SEED_SD_HU), structure=_disc(3.0, spacing, ax))
-    labels, n = ndimage.label(seeds)
+    labels, _ = ndimage.label(seeds)
     grow_within = cand & (sd < GROW_SD_HU)
     shell_disc = _disc(3.0, spacing, ax)
     blood = np.zeros(hu.shape, bool)

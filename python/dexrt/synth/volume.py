@@ -21,10 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dexrt import _core
-from dexrt._errors import InputError
 from dexrt.synth.ct import CTVolume
 from dexrt.synth.materials import BASIS, MaterialModel
-from dexrt.synth.tissue import BODY_HU, BONE_EVIDENCE_HU, BONE_MIN_HU, ENHANCED_HU, body_mask, bone_mask, enhanced_blood
+from dexrt.synth.tissue import (
+    BODY_HU,
+    BONE_EVIDENCE_HU,
+    BONE_MIN_HU,
+    ENHANCED_HU,
+    body_mask,
+    bone_mask,
+    enhanced_blood,
+)
 
 BLOOD_HU = 40.0
 LUNG_HU = -400.0  # below, inside the body: air spaces (lungs, airways)
@@ -239,7 +246,8 @@ def build_volume(ct: CTVolume, model: MaterialModel, pixel_at_iso_mm: float, *, 
         "lung_mask": "labels " + str(sorted(rules.lung)) if lungs else f"HU < {LUNG_HU} inside the body",
         "label_rules": rules.describe() if ct.labels is not None else None,
         "bone": ("labels " + str(sorted(rules.bone)) if hu_bone is None
-                 else f"HU: regions >= {BONE_MIN_HU:.0f} HU reaching {BONE_EVIDENCE_HU:.0f} HU (dexrt.synth.tissue.bone_mask)"),
+                 else f"HU: regions >= {BONE_MIN_HU:.0f} HU reaching {BONE_EVIDENCE_HU:.0f} HU "
+                      "(dexrt.synth.tissue.bone_mask)"),
         "contrast": contrast_info,
         "channels": list(BASIS),
     }

@@ -21,12 +21,12 @@ import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
+from dexrt.io.dataset import FORMAT, FORMAT_VERSION, MANIFEST_NAME, SPLITS
 from dexrt.runtime.contract import QUANTITIES, fixed_encoding
 from dexrt.synth.anatomy import AnatomyConfig, draw_anatomy
 from dexrt.synth.chain import ChainConfig, draw_chain
 from dexrt.synth.pool import pool_angles
 from dexrt.synth.render import Renderer, View
-from dexrt.io.dataset import FORMAT, FORMAT_VERSION, MANIFEST_NAME, SPLITS
 from dexrt.synth.splits import SplitPlan
 
 CHANNELS = ("se", "bone", "soft")
