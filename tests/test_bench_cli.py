@@ -91,3 +91,24 @@ def test_conv_flops_of_the_unet(unet_onnx: Path) -> None:
         expected += 2 * 16 * cin * cout * size * size
         size *= 2
     assert conv_flops(unet_onnx, 256, 256) == expected
+
+
+def test_bench_json_prints_only_json_on_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the suite's libraries print while it runs (NNCF's progress bars while quantizing for
+    --calibration) goes to stderr: `dexrt bench --json` prints the results and nothing else on stdout."""
+    import dexrt.pipelines.bench as bench
+
+    def noisy_suite(onnx_path: Path, **kwargs: object) -> dict:
+        print("Statistics collection ━━━━━━━━ 100% 25/25")  # as NNCF's rich progress does
+        return {"schema": bench.SCHEMA, "model": {}, "results": []}
+
+    monkeypatch.setattr(bench, "run_suite", noisy_suite)
+    monkeypatch.setattr(bench, "save", lambda report, path: None)
+    monkeypatch.setattr(bench, "plot", lambda report, path: None)
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"")  # never read: the suite is replaced
+    result = CliRunner().invoke(cli, ["bench", "--onnx", str(onnx_path), "--json",
+                                      "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["schema"] == bench.SCHEMA
+    assert "Statistics collection" in result.stderr

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -50,10 +53,13 @@ def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batc
     with tempfile.TemporaryDirectory(prefix="dexrt-bench-") as tmp:
         if onnx_path is None:
             module, onnx_path = _random_unet(ngf, Path(tmp))
-        report = run_suite(onnx_path, sizes=size_list, batches=batch_list, torch_module=module,
-                           engines=engines.split(",") if engines else None, min_seconds=0.5 if quick else 2.0,
-                           calibration=calibration,
-                           progress=lambda s: click.echo(f"  {s}", err=True))
+        # Libraries print progress on stdout (NNCF's bars while quantizing, OpenVINO's native messages): stdout
+        # holds the results only, so while the suite runs everything written to it goes to stderr.
+        with _stdout_to_stderr():
+            report = run_suite(onnx_path, sizes=size_list, batches=batch_list, torch_module=module,
+                               engines=engines.split(",") if engines else None, min_seconds=0.5 if quick else 2.0,
+                               calibration=calibration,
+                               progress=lambda s: click.echo(f"  {s}", err=True))
     report["model"]["ngf"] = ngf if module is not None else None
     save(report, output)
     plot(report, plot_path or output.with_suffix(".png"))
@@ -62,6 +68,21 @@ def bench(onnx_path: Path | None, ngf: int, quick: bool, sizes: str | None, batc
     else:
         click.echo(format_table(report))
         click.echo(f"Saved {output} and {plot_path or output.with_suffix('.png')}", err=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Python's sys.stdout and the process's file descriptor 1 (native code writes there) both to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _ints(text: str) -> list[int]:
