@@ -504,6 +504,188 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def _pki(folder: Path) -> dict[str, Path]:
+    """A test CA; a node certificate (localhost, 127.0.0.1) and a sender certificate it signed; a sender
+    certificate it did not sign (self-signed). EC keys: quick to make."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make test certificates)")
+
+    def run(*args: Any) -> None:
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    out = {name: folder / f"{name}.pem" for name in ("ca", "node", "sender", "rogue")}
+    keys = {name: folder / f"{name}.key" for name in out}
+    run("req", "-x509", *ec, "-days", "1", "-subj", "/CN=dexrt test CA", "-keyout", keys["ca"], "-out", out["ca"])
+    for name, extension in (("node", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                            ("sender", "extendedKeyUsage=clientAuth")):
+        (folder / f"{name}.ext").write_text(extension + "\n")
+        run("req", "-new", *ec, "-subj", f"/CN={name}", "-keyout", keys[name], "-out", folder / f"{name}.csr")
+        run("x509", "-req", "-in", folder / f"{name}.csr", "-CA", out["ca"], "-CAkey", keys["ca"], "-CAcreateserial",
+            "-days", "1", "-extfile", folder / f"{name}.ext", "-out", out[name])
+    run("req", "-x509", *ec, "-days", "1", "-subj", "/CN=rogue", "-keyout", keys["rogue"], "-out", out["rogue"])
+    return {**out, **{f"{name}_key": key for name, key in keys.items()}}
+
+
+def _sender_tls(pki: dict[str, Path], who: str | None) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    if who is not None:
+        context.load_cert_chain(pki[who], pki[f"{who}_key"])
+    return context
+
+
+def _idle(port: int, count: int) -> list[Any]:
+    """`count` TCP connections to the node that never send a byte (no ClientHello, no A-ASSOCIATE-RQ)."""
+    import socket
+
+    return [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(count)]
+
+
+def _echo_within_15_s(port: int, tls: Any = None) -> None:
+    """An allowed sender's C-ECHO, failing unless it completes within 15 s (5 s to connect, 10 s to associate)."""
+    ae = client()
+    ae.connection_timeout, ae.acse_timeout, ae.dimse_timeout = 5, 10, 10
+    assoc = ae.associate(LOOPBACK, port, ae_title="DEXRT", tls_args=(tls, "localhost") if tls else None)
+    assert assoc.is_established, "the allowed sender got no association"
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def _closed_by_node(sockets: list[Any], within_s: float) -> bool:
+    """Every socket sees the node close it (EOF or reset) within `within_s`."""
+    for sock in sockets:
+        sock.settimeout(within_s)
+        try:
+            if sock.recv(1):
+                return False
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+    return True
+
+
+def test_idle_connections_never_take_the_allowed_senders_slots(make_node: Callable[..., Node],
+                                                               destination: Destination) -> None:
+    """Connections that never send their association request are handled off pynetdicom's hands: 17 of them
+    against max_associations 4 lock nobody out, 40 held open leave an allowed C-ECHO working, and each is closed
+    by the node after handshake_s."""
+    node = make_node(destination.address, max_associations=4, handshake_s=1.0)
+    burst = _idle(node.port, 17)
+    try:
+        _echo_within_15_s(node.port)
+        time.sleep(1.0)
+    finally:
+        for sock in burst:  # the red team's script: 17 connections closed after a second; then a real sender
+            sock.close()
+    _echo_within_15_s(node.port)
+    held = _idle(node.port, 40)
+    try:
+        _echo_within_15_s(node.port)
+        assert _closed_by_node(held, within_s=5.0)
+    finally:
+        for sock in held:
+            sock.close()
+    assert node.stats["connections_dropped"] >= 40 and not node.stats["associations_rejected"]
+
+
+def test_tls_connection_that_never_says_hello_blocks_no_one_and_no_stop(make_node: Callable[..., Node],
+                                                                        destination: Destination,
+                                                                        tmp_path: Path) -> None:
+    """A TLS node with connections that never send a ClientHello (40 of them): other senders complete TLS and
+    associate at once, the silent ones are closed after handshake_s, and stop() returns within its grace time
+    while one is still connected."""
+    pki = _pki(tmp_path)
+    node = make_node(destination.address, tls_cert=pki["node"], tls_key=pki["node_key"], handshake_s=1.0)
+    silent = _idle(node.port, 40)
+    try:
+        _echo_within_15_s(node.port, _sender_tls(pki, None))
+        assert _closed_by_node(silent, within_s=5.0)
+    finally:
+        for sock in silent:
+            sock.close()
+    lingering = _idle(node.port, 1)
+    stopper = threading.Thread(target=node.stop, kwargs={"grace_s": 2.0})
+    try:
+        stopper.start()
+        stopper.join(8.0)
+    finally:
+        lingering[0].close()
+    assert not stopper.is_alive(), "stop() waited on a connection that never said hello"
+
+
+def test_mutual_tls(make_node: Callable[..., Node], destination: Destination, tmp_path: Path) -> None:
+    """--tls-ca: a sender with a certificate signed by that CA associates; one without a certificate, or with one
+    the CA did not sign, gets no association, and the node says why."""
+    import logging
+
+    pki = _pki(tmp_path)
+    node = make_node(destination.address, tls_cert=pki["node"], tls_key=pki["node_key"], tls_ca=pki["ca"])
+    _echo_within_15_s(node.port, _sender_tls(pki, "sender"))
+    dropped: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: dropped.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("dexrt.pipelines.serve").addHandler(handler)
+    try:
+        for who in (None, "rogue"):
+            ae = client()
+            ae.acse_timeout = 5
+            assoc = ae.associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(_sender_tls(pki, who), "localhost"))
+            assert not assoc.is_established, who
+        wait_until(lambda: len([m for m in dropped if "TLS handshake failed" in m]) == 2, TIMEOUT, "two refusals")
+    finally:
+        logging.getLogger("dexrt.pipelines.serve").removeHandler(handler)
+    assert node.stats["connections_dropped"] == 2
+    _echo_within_15_s(node.port, _sender_tls(pki, "sender"))  # and the right sender still gets in
+
+
+def test_a_flood_of_connections_drops_the_oldest_first(make_node: Callable[..., Node], destination: Destination,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """More connections waiting than MAX_PENDING: the oldest are closed at once (not after handshake_s), so file
+    descriptors stay bounded, and a sender arriving now, whose request follows its connection within
+    milliseconds, still gets in."""
+    from dexrt.pipelines.serve import gate
+
+    monkeypatch.setattr(gate, "MAX_PENDING", 8)
+    node = make_node(destination.address, handshake_s=30.0)
+    flood = _idle(node.port, 12)
+    try:
+        assert _closed_by_node(flood[:4], within_s=5.0)
+        _echo_within_15_s(node.port)
+    finally:
+        for sock in flood:
+            sock.close()
+    assert node.stats["connections_dropped"] >= 5  # four of the flood, then one more for the sender's connection
+
+
+def test_a_sender_chosen_value_never_starts_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from dexrt.pipelines.serve.logs import event
+
+    with caplog.at_level(logging.INFO, logger="dexrt.pipelines.serve"):
+        event("association_rejected", calling_ae="EVIL\nforged line", address="127.0.0.1")
+    assert "\n" not in caplog.records[0].getMessage() and '"EVIL\\nforged line"' in caplog.records[0].getMessage()
+
+
+def test_first_bytes_that_are_not_an_association_request_are_dropped(make_node: Callable[..., Node],
+                                                                      destination: Destination) -> None:
+    node = make_node(destination.address, handshake_s=30.0)
+    [web] = _idle(node.port, 1)
+    try:
+        web.sendall(b"GET / HTTP/1.1\r\nHost: dexrt\r\n\r\n")
+        assert _closed_by_node([web], within_s=5.0)  # at once, not after handshake_s
+    finally:
+        web.close()
+    assert node.stats["connections_dropped"] == 1
+    _echo_within_15_s(node.port)
+
+
 # -- configuration and the command line -----------------------------------------------------------------------
 def test_config_file_with_overrides(tmp_path: Path) -> None:
     (tmp_path / "serve.toml").write_text(
@@ -682,6 +864,31 @@ def test_killed_mid_stream_and_restarted_loses_nothing(destination: Destination,
             node.kill()
 
 
+def test_sigterm_stops_within_drain_time_whatever_the_network_does(tmp_path: Path, plain_engine_path: Path) -> None:
+    """`dexrt serve` with TLS, three connections that never send a ClientHello and an allowed sender holding an
+    idle association: SIGTERM ends the process cleanly within drain_s (plus its own exit)."""
+    pki = _pki(tmp_path)
+    (tmp_path / "serve.toml").write_text(
+        f'spool = "spool"\noutput = "out"\nengine = "{plain_engine_path}"\nallow_unsigned = true\n'
+        'handshake_s = 60\ndrain_s = 2\n[[allow]]\nae_title = "MODALITY"\n'
+        f'[tls]\ncert = "{pki["node"]}"\nkey = "{pki["node_key"]}"\n')
+    node = NodeProcess(["--config", str(tmp_path / "serve.toml")], tmp_path / "node.log")
+    silent = _idle(node.port, 3)
+    holder = client().associate(LOOPBACK, node.port, ae_title="DEXRT", tls_args=(_sender_tls(pki, None), "localhost"))
+    try:
+        assert holder.is_established
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(2 + 10) == 0  # drain_s, then the engine closes and the process exits
+        assert node.events("stopping")[-1]["signal"] == "SIGTERM" and node.events("stopped")
+    finally:
+        for sock in silent:
+            sock.close()
+        if holder.is_established:
+            holder.abort()
+        if node.proc.poll() is None:
+            node.kill()
+
+
 dcmtk = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("storescu", "echoscu", "storescp")),
                            reason="DCMTK (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
 
@@ -708,6 +915,25 @@ def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination:
     stranger = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
                               capture_output=True, text=True, timeout=TIMEOUT)
     assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+
+
+@dcmtk
+def test_dcmtk_sender_over_mutual_tls(make_node: Callable[..., Node], destination: Destination,
+                                      tmp_path: Path) -> None:
+    """A third-party TLS client (DCMTK's echoscu +tls): with a certificate the node's --tls-ca signed it gets its
+    C-ECHO answered; with one that CA did not sign it gets no association."""
+    pki = _pki(tmp_path)
+    node = make_node(destination.address, tls_cert=pki["node"], tls_key=pki["node_key"], tls_ca=pki["ca"])
+
+    def echoscu(who: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["echoscu", "+tls", str(pki[f"{who}_key"]), str(pki[who]), "+cf", str(pki["ca"]),
+                               "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    trusted = echoscu("sender")
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert echoscu("rogue").returncode != 0
+    assert node.stats["connections_dropped"] == 1
 
 
 @dcmtk

@@ -155,6 +155,7 @@ def _run(config: Any) -> None:
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    busy = 0
     engine = Engine(resolve_engine(config.engine), config.device, require_signed=config.require_signed,
                     **FOLDER_ENGINE_OPTIONS)
     try:
@@ -168,9 +169,9 @@ def _run(config: Any) -> None:
             raise
         while not stop.wait(1.0):
             pass
-        event("stopping", signal=received[0] if received else None)
-        node.stop()
+        event("stopping", signal=received[0] if received else None, drain_s=config.drain_s)
+        busy = node.stop()  # within drain_s, whatever the network does
     finally:
-        engine.close()
+        engine.close(cancel=bool(busy))  # conversions still running at the deadline are the spool's to resume
         for s, h in previous.items():
             signal.signal(s, h)

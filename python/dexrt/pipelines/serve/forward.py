@@ -84,6 +84,7 @@ class Forwarder:
         self._file_retry: dict[str, tuple[int, float]] = {}  # file name -> (attempts, not before)
         self._unanswered: set[str] = set()  # files whose last C-STORE got no answer: a resend may duplicate
         self._thread = threading.Thread(target=self._run, name=f"dexrt-forward-{dest.key}", daemon=True)
+        self._assoc: Any = None  # the association in use, for stop() to abort
 
     def start(self) -> None:
         self._thread.start()
@@ -92,11 +93,21 @@ class Forwarder:
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the C-STORE in progress; unsent files stay in the outbox for the next start."""
+        """Stop after the C-STORE in progress, or abort it once `timeout` has passed (its file stays in the outbox,
+        sent again at the next start); unsent files stay in the outbox."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        assoc = self._assoc
+        if self._thread.is_alive() and assoc is not None and assoc.is_established:
+            assoc.abort(block=False)
+            self._thread.join(1.0)
+
+    @property
+    def busy(self) -> bool:
+        """The forwarding thread is still running (after :meth:`stop`: it did not finish in time)."""
+        return self._thread.is_alive()
 
     def _backoff(self, attempts: int) -> float:
         return min(self._config.retry_initial_s * 2 ** max(attempts - 1, 0), self._config.retry_max_s)
@@ -152,7 +163,7 @@ class Forwarder:
     def _send(self, files: list[Path]) -> bool | str:
         """Send `files`, and those arriving meanwhile, on one association: True if the destination was reached,
         else why not."""
-        assoc = _associate(self._ae, self.dest)
+        assoc = self._assoc = _associate(self._ae, self.dest)
         if not assoc.is_established:
             return _why(assoc)
         sent = 0

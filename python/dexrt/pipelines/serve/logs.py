@@ -23,8 +23,10 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
 
 
 def _text(value: Any) -> str:
+    """A field value for the text form: quoted (JSON) when it has spaces or anything not printable, so that a
+    value a sender chose (an AE title with a newline) can never start a line of its own."""
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text) if (" " in text or not text or not text.isprintable()) else text
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,9 +3,11 @@
     node = Node(config, engine)   # engine: a dexrt.Engine shared by every association
     node.start()                  # listens; resumes whatever the spool holds
     ...
-    node.stop()                   # stop listening, finish what is in flight, leave the rest in the spool
+    node.stop()                   # stop listening, finish what is in flight (within drain_s), leave the rest
 
-Threads: pynetdicom runs one thread per association; its C-STORE handler only writes the instance into the spool
+Threads: the gate (gate.py) accepts connections and completes TLS and the association request off pynetdicom's
+hands, with a deadline, so that connections that never complete cost no association slot; pynetdicom then runs one
+thread per association; its C-STORE handler only writes the instance into the spool
 (synced, checked) and answers, so a slow engine never holds a sender's association open. ``config.jobs``
 conversion workers take instances from the spool and convert them with :class:`dexrt.pipelines.convert.Converter`, whose
 frames go through ``engine.submit``: instances arriving on different associations batch together in the engine's
@@ -30,6 +32,7 @@ from dexrt.runtime.patient import engine_patient
 from dexrt.pipelines.serve.config import ServeConfig
 from dexrt.pipelines.serve.contexts import STORAGE_CLASSES, add_scp_contexts, server_tls
 from dexrt.pipelines.serve.forward import Forwarder
+from dexrt.pipelines.serve.gate import REJECT_CALLING_AE, Gate, association_server
 from dexrt.pipelines.serve.logs import event
 from dexrt.pipelines.serve.spool import Spool
 
@@ -39,8 +42,6 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900  # data set does not match SOP class
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
-# A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised
-_REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 
 class Node:
@@ -69,17 +70,25 @@ class Node:
         self._ae.maximum_associations = config.max_associations  # beyond: rejected-transient, local limit
         self._ae.acse_timeout = self._ae.dimse_timeout = self._ae.network_timeout = config.timeout_s
         self._server: Any = None
+        self._gate: Gate | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @property
     def port(self) -> int:
         """The port listened on (the one the system chose, when configured as 0)."""
-        return int(self._server.server_address[1])
+        assert self._gate is not None, "not started"
+        return self._gate.address[1]
 
     def start(self) -> None:
         from pynetdicom import evt
 
         tls = server_tls(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)  # fails before any thread
+        self._gate = Gate(self.config.host, self.config.port, tls=tls, handshake_s=self.config.handshake_s,
+                          timeout_s=self.config.timeout_s, admits=self._admits, hand_on=self._hand_on,
+                          count=self._count)  # binds the port: a port in use fails here too
+        handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
+                               (evt.EVT_C_STORE, self._on_store)]
+        self._server = association_server(self._ae, self._gate.address, handlers)
         resumed = self.spool.pending()
         for path in resumed:
             self._queue.put(path)
@@ -87,10 +96,7 @@ class Node:
             worker.start()
         for forwarder in self.forwarders:
             forwarder.start()
-        handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_C_STORE, self._on_store)]
-        self._server = self._ae.start_server((self.config.host, self.config.port), block=False,
-                                             evt_handlers=handlers, ssl_context=tls)
+        self._gate.start()
         event("listening", ae_title=self.config.ae_title, host=self.config.host, port=self.port, tls=tls is not None,
               engine=self.engine.path.name, backend=self.engine.backend, resumed=len(resumed) or None,
               patient=(engine_patient(self.engine.manifest) or {}).get("patient_id"),  # a `dexrt fit` engine
@@ -98,28 +104,40 @@ class Node:
               output=str(self.config.output) if self.config.output else None,
               outbox_waiting=sum(v for k, v in self.spool.counts().items() if k.startswith("outbox:")) or None)
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        """Stop listening; let open associations finish (abort them after `grace_s`); finish the conversions and
-        C-STOREs in progress. Everything else stays in the spool for the next start."""
-        if self._server is not None:
-            self._server.shutdown()
-            deadline = time.monotonic() + grace_s
-            while self._acceptors() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for assoc in self._acceptors():
-                assoc.abort()
+    def stop(self, grace_s: float | None = None) -> int:
+        """Stop within `grace_s` (default ``drain_s``), whatever the network does: stop listening (connections not
+        yet handed on are dropped at once); let open associations finish, aborting those still open at the
+        deadline; let the conversions and C-STOREs in progress finish by then. Whatever is unfinished at the
+        deadline stays in the spool for the next start (instances in received/, files in the outboxes). Returns
+        how many conversion or forwarding threads were still busy at the deadline (0: a clean stop)."""
+        deadline = time.monotonic() + (self.config.drain_s if grace_s is None else grace_s)
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        if self._gate is not None:
+            self._gate.close()
+        while self._acceptors() and left():
+            time.sleep(0.05)
+        for assoc in self._acceptors():
+            assoc.abort(block=False)  # their unacknowledged instances are the senders' to send again
         self._stopping.set()
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
-            if worker.is_alive():
-                worker.join()
+            if worker.ident is not None:  # started (a start that failed to bind started none)
+                worker.join(left())
         for forwarder in self.forwarders:
-            forwarder.stop()
-        self.spool.close()
+            forwarder.stop(left())
+        busy = sum(w.is_alive() for w in self._workers) + sum(f.busy for f in self.forwarders)
+        if self._server is not None:
+            self._server.server_close()
+        if not busy:  # a straggler may still write to the spool; the process ends with it (daemon threads)
+            self.spool.close()
         batches = self.engine.stats()["batch_sizes"]  # shows instances of different associations batching together
-        event("stopped", **{k: v for k, v in sorted(self.stats.items())},
+        event("stopped", **{k: v for k, v in sorted(self.stats.items())}, unfinished=busy or None,
               engine_batch_sizes=",".join(f"{size}x{count}" for size, count in batches.items()) or None)
+        return busy
 
     def _acceptors(self) -> list[Any]:
         return [a for a in self._ae.active_associations if a.is_acceptor]
@@ -128,19 +146,29 @@ class Node:
         with self._stats_lock:
             self.stats[name] += n
 
-    # -- association handlers (pynetdicom threads) -------------------------------------------------------------
-    def _on_requested(self, ev: Any) -> None:
-        assoc = ev.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        address = str(assoc.requestor.address)
+    # -- admission: the gate's thread, then pynetdicom's ------------------------------------------------------
+    def _admits(self, calling: str, address: str) -> bool:
+        """May `calling` associate from `address`? A refusal is logged and counted here."""
         if any(a.admits(calling, address) for a in self.config.allow):
-            return
+            return True
         known_title = any(a.ae_title == calling for a in self.config.allow)
         event("association_rejected", logging.WARNING, calling_ae=calling, address=address,
               reason="address not allowed for this AE title" if known_title else "calling AE title not allowed")
         self._count("associations_rejected")
-        assoc.acse.send_reject(*_REJECT_CALLING_AE)
-        assoc.kill()
+        return False
+
+    def _hand_on(self, sock: Any, address: Any) -> None:
+        """A connection whose association request the gate read and admitted: pynetdicom negotiates it."""
+        self._server.process_request(sock, address)
+
+    # -- association handlers (pynetdicom threads) -------------------------------------------------------------
+    def _on_requested(self, ev: Any) -> None:
+        """The same check again, on pynetdicom's reading of the request (the gate has already applied it)."""
+        assoc = ev.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        if not self._admits(calling, str(assoc.requestor.address)):
+            assoc.acse.send_reject(*REJECT_CALLING_AE)
+            assoc.kill()
 
     def _on_echo(self, ev: Any) -> int:
         event("echo", calling_ae=str(ev.assoc.requestor.ae_title).strip(), address=ev.assoc.requestor.address)
@@ -211,6 +239,8 @@ class Node:
                 self._attempts.pop(path, None)
             except Exception as exc:  # e.g. the spool's disk is full: keep the instance, try again later
                 logging.getLogger(__name__).debug("handing on %s failed", path, exc_info=True)
+                if self._stopping.is_set():
+                    return  # it stays in received/ for the next start
                 attempts = self._attempts[path] = self._attempts.get(path, 0) + 1
                 delay = min(self.config.retry_initial_s * 2 ** (attempts - 1), self.config.retry_max_s)
                 self._count("convert_retries")
@@ -226,6 +256,8 @@ class Node:
             outputs, seconds = self.converter.targets(path), 0.0
         else:
             outcome = self.converter.convert(path)
+            if not outcome.ok and self._stopping.is_set():  # e.g. cancelled by the engine closing: not the file's
+                raise _Retry(f"stopped before {path.name} was converted; it stays in received/")
             if not outcome.ok and outcome.transient:  # disk full: the instance is fine, the machine is not
                 raise _Retry(outcome.error or "")
             if not outcome.ok:
