@@ -219,3 +219,32 @@ def test_precision_loss_is_the_mean_of_per_view_losses() -> None:
     loss = psnr_loss_db(int8, base)
     assert loss[0] == pytest.approx(2.0 * 10 * np.log10(2.0) / 3.0) and loss[1] == pytest.approx(0.0)
     assert 10 * np.log10(int8[:, 0].sum() / base[:, 0].sum()) < 1e-5  # what the summed errors said
+
+
+def test_reference_views_of_a_normalised_engine_are_the_processed_pair(tmp_path: Path) -> None:
+    """A chained dataset stores two DE pairs; a scale-free engine's truth is the one its processing shows, whichever
+    way the views were listed (calibration lists them from the dataset opened plainly)."""
+    from types import SimpleNamespace
+
+    from dexrt.build.quantize import reference_views
+    from dexrt.io.dataset import open_dataset
+    from dexrt.runtime.contract import NORMALISATION, NORMALISED_WINDOW
+
+    channels = ("se", "bone", "soft", "bone_processed", "soft_processed")
+    views = []
+    for i in range(3):
+        files = {c: f"{c}/v{i}.png" for c in channels}
+        for k, c in enumerate(channels):
+            (tmp_path / c).mkdir(exist_ok=True)
+            write_image(tmp_path / files[c], radiograph(300 + 10 * i + k, 64))
+        views.append({"id": f"v{i}", "split": "train", "files": files})
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": "dexrt-dataset", "format_version": 1, "views": views, "channels": list(channels),
+        "encoding": {c: {"offset": 0.0, "scale": 1.0} for c in channels}}))
+    contract = SimpleNamespace(normalisation=NORMALISATION, encodings=None, channels=("bone", "soft"),
+                               output_windows=(NORMALISED_WINDOW, NORMALISED_WINDOW), input_window=NORMALISED_WINDOW,
+                               size_multiple=64)
+    listed_plainly = reference_views(contract, tmp_path, open_dataset(tmp_path).split("train"))
+    processed = reference_views(contract, tmp_path, open_dataset(tmp_path, processed=True).split("train"))
+    for a, b in zip(listed_plainly.targets, processed.targets):
+        np.testing.assert_array_equal(a, b)

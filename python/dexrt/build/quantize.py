@@ -148,8 +148,11 @@ def reference_views(contract: Any, dataset: str | os.PathLike[str], views: list[
 
     ds = open_dataset(dataset, processed=contract.normalisation is not None)
     encodings = contract.encodings or (ds.encodings["se"], *(ds.encodings[c] for c in contract.channels))
+    # Each view's files as `ds` names them: views listed from a dataset opened otherwise (`calibration_views`) name
+    # the ideal DE pair, not the pair a chained view's processing shows, which is a normalised engine's truth.
+    own = {v.id: v for v in ds.views}
     ref = Reference([], [], [])
-    for view in views:
+    for view in (own[v.id] for v in views):
         true = {c: ds.physical(view, c) for c in ("se", *contract.channels)}
         if contract.normalisation is not None:
             image = true["se"].astype(np.float32)
