@@ -305,6 +305,37 @@ def test_engine_failure_sets_one_instance_aside(make_node: Callable[..., Node], 
     assert not list(node.spool.work.iterdir())
 
 
+def test_retry_failed_puts_failed_instances_back(make_node: Callable[..., Node], destination: Destination,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dexrt serve --retry-failed`: refused while a node holds the spool; once it is stopped, every failed/ item
+    goes back to received/ and the next start converts it."""
+    from click.testing import CliRunner
+
+    from dexrt._errors import EngineError
+    from dexrt.cli import cli
+
+    node = make_node(destination.address)
+    doomed = radiograph(64, DX, 7)
+
+    def failing(source: Path, outcome: Any) -> None:
+        raise EngineError("simulated engine failure")
+
+    monkeypatch.setattr(node.converter, "_convert", failing)
+    assert send([doomed], node.port) == [0x0000]
+    wait_until(lambda: node.stats["convert_failed"] == 1, TIMEOUT, "the failure")
+    retry = ["serve", "--retry-failed", "--json", "--spool", str(tmp_path / "spool")]
+    busy = CliRunner().invoke(cli, retry)
+    assert busy.exit_code == 1 and "in use by another running node" in busy.output
+    node.stop(grace_s=2)
+    moved = CliRunner().invoke(cli, retry)
+    assert moved.exit_code == 0, moved.output
+    assert json.loads(moved.stdout)["moved_to_received"] == [str(doomed.SOPInstanceUID)]
+    assert not list((tmp_path / "spool" / "failed").iterdir())
+    make_node(destination.address)  # the next start, with a working engine
+    wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the retried instance's outputs")
+    assert_derived(destination, [doomed])
+
+
 def test_disk_full_while_converting_is_retried_not_failed(make_node: Callable[..., Node], destination: Destination,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An instance acknowledged before the disk filled up is the sender's no longer: a conversion that cannot write

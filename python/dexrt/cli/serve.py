@@ -51,13 +51,16 @@ def _parsed(values: tuple[str, ...], parse: Any) -> tuple[Any, ...] | None:
               help="Require senders to present a TLS certificate signed by this CA (PEM).")
 @click.option("--json", "as_json", is_flag=True, help="Logs as JSON lines on stderr (--check: a JSON report).")
 @click.option("--check", is_flag=True, help="Check the configuration and C-ECHO each destination, then exit.")
+@click.option("--retry-failed", is_flag=True,
+              help="Move the instances set aside in the spool's failed/ back to received/, then exit: the next "
+                   "start converts them again. Run it while the node is stopped (it takes the spool's lock).")
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: str | None, ae_title: str | None,
           allow_ae: tuple[str, ...], forward: tuple[str, ...], spool: Path | None, output: Path | None,
           engine: Path | None, device: str | None, jobs: int | None, allow_unsigned: bool | None,
           require_signed: bool, strict: bool | None,
           input_spacing_mm: float | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
-          as_json: bool, check: bool) -> None:
+          as_json: bool, check: bool, retry_failed: bool) -> None:
     """Receive radiographs (C-STORE), convert them, send the bone and soft images on.
 
     Accepts CR, DX and X-ray angiographic/RF instances from the allowed calling AE titles, acknowledges each
@@ -74,6 +77,9 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
     from dexrt.pipelines.serve.config import build_config, parse_allow, parse_forward
     from dexrt.pipelines.serve.logs import configure
 
+    if retry_failed:
+        _retry_failed(config_file, spool, as_json)
+        return
     config = build_config(config_file, port=port, host=host, ae_title=ae_title, spool=spool, output=output,
                           engine=engine, device=device, jobs=jobs, allow_unsigned=allow_unsigned, strict=strict,
                           input_spacing_mm=input_spacing_mm, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
@@ -84,6 +90,30 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
         _check(config, as_json)
     else:
         _run(config)
+
+
+def _retry_failed(config_file: Path | None, spool: Path | None, as_json: bool) -> None:
+    from dexrt._errors import ConfigError
+    from dexrt.pipelines.serve.config import BOUNDS, read_toml
+    from dexrt.pipelines.serve.spool import Spool
+
+    settings = read_toml(config_file) if config_file is not None else {}
+    folder = spool or settings.get("spool")
+    if folder is None:
+        raise ConfigError("--retry-failed: which spool? give --spool DIR or --config FILE.toml")
+    if not (Path(folder) / "failed").is_dir():
+        raise ConfigError(f"{folder}: not a node's spool (no failed/ folder)")
+    # The node's own ledger bound, or the largest: opening the spool must not shorten its ledger.
+    keep = int(settings.get("ledger_entries", BOUNDS["ledger_entries"][1]))
+    store = Spool(folder, ledger_entries=keep)  # takes the lock: refused while a node runs on it
+    try:
+        moved = store.retry_failed()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"spool": str(folder), "moved_to_received": moved}, indent=2))
+    else:
+        click.echo(f"{len(moved)} instance(s) moved from {folder}/failed to received/; the next start converts them")
 
 
 def _check(config: Any, as_json: bool) -> None:

@@ -7,6 +7,7 @@
       work/<uid>_bone.dcm ...    the converter's outputs (same UIDs on a rerun: they derive from the source's)
       outbox/<dest>/<uid>_bone.dcm   waiting for that destination (hard links to the work files)
       failed/<uid>.dcm, .txt     acknowledged but not convertible (engine failure); the reason beside it
+                                 (`dexrt serve --retry-failed` puts them back into received/)
       ledger                     SOP Instance UIDs fully handed on, one a line: resent instances are recognised
                                  (bounded and crash-safe: ledger.py)
 
@@ -160,6 +161,26 @@ class Spool:
         sync_folder(self.failed)
         self._remove(source.name[: -len(SUFFIX)], outputs)
         return target
+
+    def retry_failed(self) -> list[str]:
+        """Put every instance in failed/ back into received/ (its reason file removed), for the next start to
+        convert; the UIDs moved. One that was meanwhile received again or handed on is simply removed."""
+        moved = []
+        for entry in sorted(os.scandir(self.failed), key=lambda e: e.name):
+            uid = uid_of(entry.name)
+            if uid is None:
+                continue
+            target = self.received / entry.name
+            if uid in self._ledger or target.exists():
+                os.unlink(entry.path)
+            else:
+                os.replace(entry.path, target)
+                moved.append(uid)
+            with contextlib.suppress(FileNotFoundError):
+                (self.failed / f"{uid}.txt").unlink()
+        sync_folder(self.received)
+        sync_folder(self.failed)
+        return moved
 
     def _remove(self, uid: str, outputs: list[Path]) -> None:
         for path in [self.received / f"{uid}{SUFFIX}", *outputs]:
