@@ -101,18 +101,27 @@ def _dataset(root: Path, engine: dexrt.Engine, patients: list[str], version: int
 def test_eval_reports_per_patient(tmp_path: Path, plain_engine_path: Path) -> None:
     with dexrt.Engine(plain_engine_path) as engine:
         ds = _dataset(tmp_path / "ds", engine, ["anna", "ben"])
+    manifest = json.loads((ds / "manifest.json").read_text())
+    for v in manifest["views"]:  # ben held out: all his views are test views, their angles' splits kept
+        if v["patient"] == "ben":
+            v["angle_split"], v["split"] = v["split"], "test"
+    (ds / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "eval"
     res = CliRunner().invoke(cli, ["eval", str(ds), "--engine", str(plain_engine_path), "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["views"] == 4 and list(report["patients"]) == ["anna", "ben"]
+    assert report["views"] == 5 and list(report["patients"]) == ["anna", "ben"]
+    assert [p["views"] for p in report["patients"].values()] == [2, 3]
     for p in report["patients"].values():
-        assert p["views"] == 2 and p["metrics"]["bone/ssim"] == pytest.approx(1.0)
-    assert json.loads((out / "metrics.json").read_text())["patients"]["ben"]["views"] == 2
+        assert p["metrics"]["bone/ssim"] == pytest.approx(1.0)
+    assert "by_angle_split" not in report["patients"]["anna"]
+    by_angle = report["patients"]["ben"]["by_angle_split"]
+    assert {s: a["views"] for s, a in by_angle.items()} == {"test": 2, "train": 1}
+    assert json.loads((out / "metrics.json").read_text())["patients"]["ben"]["views"] == 3
     table = CliRunner().invoke(cli, ["eval", str(ds), "--engine", str(plain_engine_path), "-o", str(out)])
     assert table.exit_code == 0, table.output
-    rows = [line.split() for line in table.stdout.splitlines() if line.strip().startswith(("anna", "ben"))]
-    assert [r[0] for r in rows] == ["anna", "ben"] and [r[1] for r in rows] == ["2", "2"]
+    rows = [line.split() for line in table.stdout.splitlines() if line.strip().startswith(("anna", "ben", "at "))]
+    assert [r[0] for r in rows] == ["anna", "ben", "at", "at"] and [r[1] for r in rows][:2] == ["2", "3"]
 
 
 def test_version_1_datasets_read_as_one_patient(tmp_path: Path, plain_engine_path: Path) -> None:

@@ -55,9 +55,11 @@ _COLUMNS = (("bone/psnr", "bone PSNR"), ("bone/ssim", "bone SSIM"), ("soft/psnr"
 
 def patient_table(patients: dict[str, dict]) -> str:
     """Per patient: views and the headline metrics, one row each (a plain-text table)."""
-    width = max([len("patient"), *(len(p) for p in patients)])
+    width = max([len("patient"), len("  at train angles"), *(len(p) for p in patients)])
     lines = [f"  {'patient':{width}s} {'views':>6s} " + " ".join(f"{title:>11s}" for _, title in _COLUMNS)]
     for name, p in patients.items():
-        cells = " ".join(f"{p['metrics'].get(key, float('nan')):11.4f}" for key, _ in _COLUMNS)
-        lines.append(f"  {name:{width}s} {p['views']:6d} {cells}")
+        rows = [(name, p)] + [(f"  at {s} angles", q) for s, q in p.get("by_angle_split", {}).items()]
+        for label, q in rows:
+            cells = " ".join(f"{q['metrics'].get(key, float('nan')):11.4f}" for key, _ in _COLUMNS)
+            lines.append(f"  {label:{width}s} {q['views']:6d} {cells}")
     return "\n".join(lines)

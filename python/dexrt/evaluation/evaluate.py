@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "test", max_views: int = 0,
              panel: Path | None = None, panel_views: int = 4, full_resolution: bool = False) -> dict[str, Any]:
-    """Mean metrics over the split's views, overall and per patient (`patients`: name -> views, metrics). The
-    panel shows the first `panel_views` views of each patient (at most 4 patients)."""
+    """Mean metrics over the split's views, overall and per patient (`patients`: name -> views, metrics; a
+    held-out patient's also `by_angle_split`: its views at the plan's train, val and test angles apart). The panel
+    shows the first `panel_views` views of each patient (at most 4 patients)."""
     per_view: list[dict[str, float]] = []
     rows: dict[str, list[np.ndarray]] = {}
-    patients = [v.patient for v in _split_views(open_dataset(dataset), dataset, split, max_views)]
+    ds = open_dataset(dataset)
+    scored = _split_views(ds, dataset, split, max_views)
+    patients = [v.patient for v in scored]
+    angle_splits = _angle_splits(ds, scored)
     n = 0
     views = predicted_views(engine, dataset, split=split, max_views=max_views, full_resolution=full_resolution)
     for n, (se, true, pred, mask) in enumerate(views, 1):
@@ -44,6 +48,12 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
     for name in dict.fromkeys(patients):
         mine = [m for m, p in zip(per_view, patients) if p == name]
         by_patient[name] = {"views": len(mine), "metrics": summarize(mine)}
+        angles = [a for a, p in zip(angle_splits, patients) if p == name]
+        if any(angles):
+            by_patient[name]["by_angle_split"] = {
+                s: {"views": len(at), "metrics": summarize(at)}
+                for s in dict.fromkeys(a for a in angles if a)
+                for at in [[m for m, a, p in zip(per_view, angle_splits, patients) if p == name and a == s]]}
     result = {"split": split, "views": n, "engine": str(engine.path), "metrics": summarize(per_view),
               "patients": by_patient}
     if full_resolution:
@@ -51,6 +61,12 @@ def evaluate(engine: Engine, dataset: str | os.PathLike[str], *, split: str = "t
     if panel is not None and rows:
         write_panel(panel, [r for patient_rows in rows.values() for r in patient_rows])
     return result
+
+
+def _angle_splits(ds: Dataset, views: list[StoredView]) -> list[str | None]:
+    """Per view, the split its angle has in the plan, where the manifest records one (held-out patients)."""
+    recorded = {str(v.get("id")): v.get("angle_split") for v in ds.manifest.get("views", []) if isinstance(v, dict)}
+    return [a if isinstance(a := recorded.get(v.id), str) else None for v in views]
 
 
 def _split_views(ds: Dataset, dataset: str | os.PathLike[str], split: str, max_views: int) -> list[StoredView]:
