@@ -177,10 +177,10 @@ class Gate:
             selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        conn.sock.close()
-        if reason is not None:
+        if reason is not None:  # counted before the sender can see the close
             self._count("connections_dropped")
             event("connection_dropped", logging.WARNING, address=_host(conn.address), reason=reason)
+        conn.sock.close()
 
     # -- one connection's progress ------------------------------------------------------------------------------
     def _step(self, selector: selectors.BaseSelector, conn: _Connection) -> None:
