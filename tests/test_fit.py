@@ -274,7 +274,15 @@ def test_fit_end_to_end(fitted: dict) -> None:
     held = json.loads((folder / "work" / "heldout" / "manifest.json").read_text())
     assert {v["anatomy"]["kind"] for v in held["views"]} == {"test"} and held["fit"]["views"]["test"] == 2
     rows, cols = fit["panel_field_px"]
-    assert held["size"] == [rows, cols]  # the held-out views are the panel's field
+    assert held["size"] == [rows, cols] and "padding" not in held  # held-out views: the panel's field, as it is
+    train = json.loads((folder / "work" / "train" / "manifest.json").read_text())
+    assert train["size"] == [256, 256] == fit["training_views"]["padded_to_px"]  # as the engine sees them
+    assert train["padding"]["field_px"] == [rows, cols]
+    from dexrt.io.images import read_image
+
+    se = read_image(folder / "work" / "train" / train["views"][0]["files"]["se"])
+    top = (256 - rows) // 2
+    assert se.shape == (256, 256) and np.array_equal(se[top - 1], se[top + 1])  # mirrored about the field's edge
 
 
 def test_fit_refusals(tmp_path: Path) -> None:
@@ -288,3 +296,39 @@ def test_fit_refusals(tmp_path: Path) -> None:
     result = run("fit", ct, "-o", tmp_path / "p.dexrt", "--geometry", "no-such-room")
     assert result.exit_code == 1 and "not a preset" in result.output
     assert not (tmp_path / "p.dexrt").exists()
+
+
+# -- many patients ------------------------------------------------------------------------------------------------
+def test_jobs_file(tmp_path: Path) -> None:
+    from dexrt.pipelines.fit.cluster import read_jobs
+    from dexrt.pipelines.fit.fit import FitOptions
+
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "fits.toml").write_text(
+        '[[fit]]\nct = "example"\noutput = "p0.dexrt"\n\n'
+        '[[fit]]\nct = "p1"\nplan = "p1/plan.dcm"\noutput = "out/p1.dexrt"\npatient_id = "P1"\nminutes = 5\n'
+        'isocentre = [[1.0, 2.0, 3.0]]\n')
+    base = FitOptions(ct="", output=tmp_path / "x.dexrt", minutes=20.0, angles="0:90")
+    first, second = read_jobs(tmp_path / "fits.toml", base)
+    assert first.ct == "example" and first.output == tmp_path / "p0.dexrt" and first.minutes == 20.0
+    assert first.angles == "0:90" and first.plan is None
+    assert second.ct == str(tmp_path / "p1") and second.plan == tmp_path / "p1" / "plan.dcm"
+    assert (second.patient_id, second.minutes, second.isocentres_lps) == ("P1", 5.0, ((1.0, 2.0, 3.0),))
+    for text, error in (('[[fit]]\nct = "a"\n', "job 1: missing output"),
+                        ('[[fit]]\nct = "a"\noutput = "o"\nplna = "x"\n', "unknown key.*plna"),
+                        ('[[fit]]\nct = "a"\noutput = "o"\n[[fit]]\nct = "b"\noutput = "o"\n', "another job's"),
+                        ('[[fit]]\nct = 3\noutput = "o"\n', "ct has the wrong type"),
+                        ('title = "x"\n', r"expected \[\[fit\]\] tables")):
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(ConfigError, match=error):
+            read_jobs(tmp_path / "bad.toml", base)
+
+
+def test_fit_command_line_usage(tmp_path: Path) -> None:
+    result = run("fit", "-o", tmp_path / "p.dexrt")
+    assert result.exit_code == 2 and "give CT and -o/--output, or --jobs" in result.output
+    (tmp_path / "fits.toml").write_text('[[fit]]\nct = "a"\noutput = "o"\n')
+    result = run("fit", "ct.nii", "--jobs", tmp_path / "fits.toml")
+    assert result.exit_code == 2 and "give neither CT nor -o" in result.output
+    result = run("fit", "ct.nii", "-o", tmp_path / "p.dexrt", "--ray", "local")
+    assert result.exit_code == 2 and "--ray runs the fits of a --jobs file" in result.output

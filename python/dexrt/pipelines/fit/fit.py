@@ -31,7 +31,7 @@ import numpy as np
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import InputError
-from dexrt.pipelines.fit.geometry import MIN_TRAIN_PX, Geometry, load_geometry
+from dexrt.pipelines.fit.geometry import Geometry, load_geometry
 from dexrt.pipelines.fit.identity import ct_identity, resolve_ct
 from dexrt.pipelines.fit.plan import (
     check_plan_against_ct,
@@ -58,9 +58,10 @@ log = logging.getLogger(__name__)
 
 RENDER_SHARE = 0.25  # of the time left after setup and the fixed stages, for rendering views
 MIN_TRAIN_VIEWS, MAX_TRAIN_VIEWS = 8, 800
-# Allowances for the stages after training, seconds (measured on the 2-core development machine: docs/fit.md).
+# Allowances for the stages after training, seconds (measured on the shared 2-core development machine: INT8 with
+# accuracy control took 65 s of CPU and 156 s of wall time on a patient model; docs/fit.md).
 EXPORT_S = 15.0
-BUILD_S = {"int8": 60.0, "fp16": 10.0}
+BUILD_S = {"int8": 120.0, "fp16": 10.0}
 SCORE_S_PER_VIEW = 0.2  # both engines, with the first call's compilation spread over the views
 DEFAULT_LR = 1e-4
 
@@ -134,6 +135,15 @@ def init_checkpoint(init: str) -> Path:
         raise InputError(f"{path}: not a checkpoint folder (no config.json); --init takes 'default' or a "
                          "`dexrt train` checkpoint folder")
     return path
+
+
+def _size_multiple(path: Path) -> int:
+    """The generator's size multiple (2 ** depth) from a checkpoint's config."""
+    try:
+        depth = int(json.loads((path / "config.json").read_text())["generator"]["depth"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}/config.json: no generator depth ({exc})") from None
+    return 2 ** depth
 
 
 def _checkpoint_spacing(path: Path) -> float | None:
@@ -252,12 +262,10 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
 
     g = opts.geometry
     panel = g.field_px(spacing)
-    train_field = (max(panel[0], MIN_TRAIN_PX), max(panel[1], MIN_TRAIN_PX))
     pixel_det = spacing * g.magnification
     from dexrt.synth.volume import LabelRules
 
-    imaging = ImagingConfig(size=train_field, sid_mm=g.sid_mm, sdd_mm=g.sdd_mm,
-                            detector_mm=pixel_det * max(train_field),
+    imaging = ImagingConfig(size=panel, sid_mm=g.sid_mm, sdd_mm=g.sdd_mm, detector_mm=pixel_det * max(panel),
                             iso_mm=lps_to_ras(iso_lps[0]) if iso_lps else None,
                             rules=source.rules or LabelRules(), physics=PhysicsConfig(noise=True), threads=opts.threads)
     renderer = PatientRenderer(ct, imaging, opts.breathing_mm)
@@ -277,6 +285,9 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
     renderer.render(probe)  # that phase's volume is kept: this is one view's own cost
     t_view = time.monotonic() - t
     step_s = trainer.step_seconds(checkpoint)
+    # train and val views as the engine sees a kV image of the panel: mirror-padded to the network's size multiple
+    train_renderer = renderer.padded(_size_multiple(checkpoint))  # shares the breathing field built by the probe
+    train_field = train_renderer.padded_size()
     n_val, n_test = opts.val_views, opts.test_views
     fixed = EXPORT_S + BUILD_S[opts.precision] + SCORE_S_PER_VIEW * n_test * 2
     phases = len(TRAIN_PHASES) + 2
@@ -299,7 +310,7 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
     work = opts.work or Path(tempfile.mkdtemp(prefix=f".{opts.output.name}.fit-", dir=opts.output.parent))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        result = _run(opts, trainer, renderer, ranges, isocentres, work, checkpoint, spacing, deadline,
+        result = _run(opts, trainer, train_renderer, ranges, isocentres, work, checkpoint, spacing, deadline,
                       n_train, timings, t0, signing_key,
                       context={"identity": identity, "plan": plan, "iso_lps": iso_lps, "iso_from": iso_from,
                                "angles_from": angles_from, "position": position, "panel": panel,
@@ -329,7 +340,9 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
         "isocentres_lps_mm": [[round(float(v), 3) + 0.0 for v in p] for p in context["iso_lps"]],
         "isocentres_from": context["iso_from"],
         "geometry": g.record(), "pixel_at_iso_mm": spacing,
-        "panel_field_px": list(context["panel"]), "train_field_px": list(context["train_field"]),
+        "panel_field_px": list(context["panel"]),
+        "training_views": {"field_px": list(context["panel"]), "padded_to_px": list(context["train_field"]),
+                           "padding": "mirror, as the runtime pads the engine's input"},
         "angles": [r.record() for r in ranges], "angles_from": context["angles_from"],
         "angle_convention": "kV source angles in the patient frame: 0 = source anterior, 90 = at the patient's "
                             "left; room angle = MV gantry + kv_offset_deg, then mapped by patient position",
@@ -351,7 +364,7 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
         write_views(renderer, views["train"] + views["val"], ["train"] * len(views["train"]) + ["val"] * len(
             views["val"]), train_ds, seed=opts.seed, fit_record=fit_record, provenance=provenance,
                     progress=bar.update)
-        panel_renderer = renderer.resized(*context["panel"])
+        panel_renderer = renderer.padded(None)  # held-out views: the panel's field as it is; the engine pads
         heldout = work / "heldout"
         write_views(panel_renderer, views["test"], ["test"] * len(views["test"]), heldout, seed=opts.seed,
                     fit_record=fit_record, provenance=provenance, progress=bar.update)

@@ -13,8 +13,8 @@ same keys, with command-line overrides.
     kv_offset_note = "..."
 
 Views are rendered at the working pixel spacing at the isocentre (by default the starting model's), over the
-panel's field: `Geometry.field_px` gives the panel in those pixels; training views are rendered over at least
-`MIN_TRAIN_PX` pixels a side (the trainer's crop), which for a 40 cm panel is a little more than the panel shows.
+panel's field: `Geometry.field_px` gives the panel in those pixels (a 40 cm panel at magnification 1.5 and the
+default model's 1.474 mm: 181 x 181).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MIN_TRAIN_PX = 256  # the generator's size multiple and the trainer's crop
 _KEYS = {"name": str, "description": str, "sources": list, "sid_mm": float, "sdd_mm": float, "detector_mm": list,
          "detector_px": list, "kv_offset_deg": float, "kv_offset_verified": bool, "kv_offset_note": str}
 _REQUIRED = ("sid_mm", "sdd_mm", "detector_mm", "detector_px")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +178,43 @@ def plan_fit_views(renderer: Renderer, ranges: list[AngleRange], isocentres: lis
 
 class PatientRenderer(Renderer):
     """A renderer whose views carry a `PatientState`: the volume is the planning CT's, breathed and set up as the
-    state says (the last breathing phase's volume is kept for the next view)."""
+    state says (the last breathing phase's volume is kept for the next view).
+
+    With `pad_multiple` (see `padded`) every rendered image is mirror-padded to that multiple exactly as the runtime
+    pads an engine's input (`dexrt.runtime.contract.mirror_pad`): a kV image of the panel's field, brought to the
+    model's pixel spacing, is smaller than the network's size multiple, so the network sees it padded; training
+    views made the same way teach it that input (the default model, trained on whole 256-pixel views, loses several
+    dB on padded ones)."""
 
     def __init__(self, ct: Any, config: ImagingConfig, breathing_mm: float) -> None:
         super().__init__(ct, config)
         self.breathing_mm = breathing_mm
+        self.pad_multiple: int | None = None
         self._breathing: Breathing | None = None
         self._phase: tuple[float, MaterialVolume] | None = None
+
+    def render(self, view: View, noise: bool | None = None) -> dict[str, np.ndarray]:
+        images = super().render(view, noise)
+        if self.pad_multiple is None:
+            return images
+        from dexrt.runtime.contract import mirror_pad
+
+        return {k: mirror_pad(v, self.pad_multiple)[0] if v.ndim == 2 else v for k, v in images.items()}
+
+    def padded(self, multiple: int | None) -> PatientRenderer:
+        """The same renderer, its images mirror-padded to `multiple` (None: not padded), sharing the volumes."""
+        other = copy.copy(self)
+        other.pad_multiple = multiple
+        return other
+
+    def padded_size(self) -> tuple[int, int]:
+        rows, cols = self.config.size
+        if self.pad_multiple is None:
+            return rows, cols
+        from dexrt.runtime.contract import pad_geometry
+
+        hp, wp, _, _ = pad_geometry(rows, cols, self.pad_multiple)
+        return hp, wp
 
     @property
     def breathing(self) -> Breathing:
@@ -200,15 +230,6 @@ class PatientRenderer(Renderer):
             self._phase = (state.breathing, self.breathing.at(state.breathing))
         return rigid(self._phase[1], state, self.iso)
 
-    def resized(self, rows: int, cols: int) -> PatientRenderer:
-        """The same patient and physics over another detector field of the same pixel size (no volume rebuilt)."""
-        other = copy.copy(self)
-        other.config = replace(self.config, size=(rows, cols), detector_mm=self.pixel_mm * max(rows, cols))
-        other.config.validate()
-        other.detector_mm = other.config.detector_mm
-        other._phase = None
-        return other
-
 
 def write_views(renderer: PatientRenderer, views: list[View], splits: list[str], out: Path, *, seed: int,
                 fit_record: dict, provenance: dict, progress: Any = None) -> dict:
@@ -218,6 +239,10 @@ def write_views(renderer: PatientRenderer, views: list[View], splits: list[str],
 
     cfg = DatasetConfig(views=len(views), seed=seed, chain=KV_CHAIN, tilt_jitter_deg=0.0)
     manifest = write_dataset(renderer, cfg, out, provenance=provenance, progress=progress, planned=(views, splits))
+    if renderer.pad_multiple is not None:  # the images are the field mirror-padded: say so, and their size
+        manifest["size"] = list(renderer.padded_size())
+        manifest["padding"] = {"field_px": list(renderer.config.size), "padded_to": list(renderer.padded_size()),
+                               "mode": "mirror, as the runtime pads an engine's input"}
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     manifest["splits"] = {s: {"views": counts[s], "rule": "dexrt fit: see fit.angles"} for s in counts}
     manifest.pop("split_rule", None)
