@@ -238,3 +238,32 @@ def test_eval_cli_full_resolution(spaced_engine_path: Path, tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["eval", str(unspaced), "--engine", str(spaced_engine_path), "-o",
                                       str(tmp_path / "x"), "--full-resolution"])
     assert result.exit_code != 0 and "records no pixel spacing" in result.output
+
+
+@pytest.mark.parametrize("frames", [0, 3], ids=["single-frame DX", "multi-frame XA"])
+def test_the_dicom_node_converts_through_the_same_call(normalised_engine_path: Path, tmp_path: Path,
+                                                       frames: int) -> None:
+    """A DICOM radiograph with its ImagerPixelSpacing, converted as `dexrt serve` converts what it receives (its
+    Converter, its options): every frame holds what the engine's full-resolution call returns for it."""
+    pytest.importorskip("pynetdicom")
+    import pydicom
+
+    from dexrt.io.images import read_radiograph
+    from dexrt.pipelines.convert import Converter, ConvertOptions
+    from serve_helpers import DX, XA, radiograph
+
+    ds = radiograph(240, sop_class=XA if frames else DX, frames=frames)
+    ds.ImagerPixelSpacing = [0.5, 0.5]
+    ds.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    engine = dexrt.Engine(normalised_engine_path)
+    converter = Converter(engine, tmp_path / "out", ConvertOptions(jobs=2, strict=False, input_spacing_mm=None))
+    outcome = converter.convert(tmp_path / "in.dcm")
+    assert outcome.ok, outcome.error
+    spacing = tuple(outcome.geometry["spacing_mm"])  # at the patient: the detector's 0.5 mm over the magnification
+    assert outcome.geometry["resampled"] and spacing[0] < 0.5
+    source = read_radiograph(tmp_path / "in.dcm")  # the frames as dexrt reads them, and the way back to stored values
+    bone, soft = engine.infer(source.frames, spacing_mm=spacing)
+    assert source.dicom is not None
+    for name, want in (("bone", bone), ("soft", soft)):
+        written = pydicom.dcmread(tmp_path / "out" / f"in_{name}.dcm").pixel_array
+        np.testing.assert_array_equal(written if frames else written[np.newaxis], source.dicom.from_engine(want))
