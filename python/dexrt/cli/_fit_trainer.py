@@ -69,17 +69,20 @@ class DexrtTrainer:
         t = time.monotonic()
         summary = train(config, dataset, run, stop_at=stop, init=init)
         done, chunks = summary["steps"], 1
-        rate = (time.monotonic() - t) / max(done, 1)
+        # the loop's own seconds per step (validation included); loading the views and the weights is per chunk
+        rate = summary["seconds"] / max(done, 1)
+        overhead = max(time.monotonic() - t - summary["seconds"], 0.0)
         while done < planned:
             left = deadline - time.monotonic()
-            planned = max(done, min(planned * 4, done + int(left / rate)))
+            planned = max(done, min(planned * 4, done + int((left - 2 * overhead) / rate)))
             if planned <= done:
                 break
             stop = planned if planned - done < 50 else done + (planned - done) // 2
             t = time.monotonic()
             summary = train(run_config(run, steps=planned, progress=progress), dataset, run, resume=True,
                             stop_at=stop)
-            rate = (time.monotonic() - t) / max(summary["steps"] - done, 1)
+            rate = summary["seconds"] / max(summary["steps"] - done, 1)
+            overhead = max(time.monotonic() - t - summary["seconds"], 0.0)
             done, chunks = summary["steps"], chunks + 1
         best = run / "best"
         return {"checkpoint": str(best if best.is_dir() else run / "last"), "steps": done, "planned_steps": planned,

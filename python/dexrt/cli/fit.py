@@ -21,9 +21,15 @@ def _point(text: str) -> tuple[float, float, float]:
 
 
 @click.command("fit")
-@click.argument("ct")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("ct", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="The patient engine to write (e.g. patient.dexrt).")
+@click.option("--jobs", "jobs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FITS.toml",
+              help="Many patients: one [[fit]] table each (ct, output, plan, ...; docs/fit.md) instead of CT and -o.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="With --jobs: run the fits on Ray, one per actor ('local', 'auto', HOST:PORT) [one after another].")
+@click.option("--cpus-per-fit", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --ray: CPUs each fit's actor holds (and its threads).")
 @click.option("--plan", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="DICOM RT Plan: the isocentre(s) and the beams' angles (its frame of reference must be the CT's).")
 @click.option("--isocentre", "isocentres", multiple=True, metavar="X,Y,Z",
@@ -71,7 +77,8 @@ def _point(text: str) -> tuple[float, float, float]:
               help="Projector threads (0: all cores).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr (only on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def fit(ct: str, output: Path, plan: Path | None, isocentres: tuple[str, ...], geometry_spec: str | None,
+def fit(ct: str | None, output: Path | None, jobs_file: Path | None, ray_address: str | None, cpus_per_fit: int,
+        plan: Path | None, isocentres: tuple[str, ...], geometry_spec: str | None,
         sid: float | None, sdd: float | None, detector_mm: str | None, detector_px: str | None, angles: str | None,
         position: str | None, minutes: float, init: str, precision: str, sign_key: Path | None, report: Path | None,
         patient_id: str | None, work: Path | None, pixel_mm: float | None, breathing_mm: float, setup_mm: float,
@@ -82,7 +89,8 @@ def fit(ct: str, output: Path, plan: Path | None, isocentres: tuple[str, ...], g
     them within --minutes; held-out views scored before and after; the engine written with the patient's identity
     (docs/fit.md).
 
-    CT: a NIfTI/DICOM CT, `example`, or a name of the CT catalogue."""
+    CT: a DICOM series, a NIfTI, NRRD or MetaImage file, or a name of the CT catalogue (`example`,
+    `pyradiomics-lung2`, ...). Many patients: --jobs FITS.toml, in turn or on Ray (--ray)."""
     from dexrt._errors import require_extra
 
     require_extra("synth", "`dexrt fit`", "nibabel", "xraydb", "spekpy", "scipy")
@@ -98,12 +106,36 @@ def fit(ct: str, output: Path, plan: Path | None, isocentres: tuple[str, ...], g
         load_geometry(geometry_spec), sid_mm=sid, sdd_mm=sdd,
         detector_mm=parse_pair(detector_mm, "--detector-mm") if detector_mm else None,
         detector_px=parse_pair(detector_px, "--detector-px", int) if detector_px else None)
-    opts = FitOptions(ct=ct, output=output, plan=plan, isocentres_lps=tuple(_point(p) for p in isocentres),
+    if jobs_file is None and (ct is None or output is None):
+        raise click.UsageError("give CT and -o/--output, or --jobs FITS.toml")
+    if jobs_file is not None and (ct is not None or output is not None):
+        raise click.UsageError("--jobs takes the CTs and outputs from its file: give neither CT nor -o")
+    if ray_address is not None and jobs_file is None:
+        raise click.UsageError("--ray runs the fits of a --jobs file")
+    # with --jobs, each job brings its CT and output (and may override the rest)
+    opts = FitOptions(ct=ct or "", output=output or Path("jobs.dexrt"), plan=plan,
+                      isocentres_lps=tuple(_point(p) for p in isocentres),
                       geometry=geometry, angles=angles, position=position, minutes=minutes, init=init,
                       precision=precision, sign_key=sign_key, report=report, patient_id=patient_id, work=work,
                       pixel_mm=pixel_mm, breathing_mm=breathing_mm, setup_mm=setup_mm, setup_deg=setup_deg,
                       train_views=train_views, val_views=val_views, test_views=test_views, lr=lr, seed=seed,
                       threads=threads, progress=progress and not as_json)
+    if jobs_file is not None:
+        from dexrt.pipelines.fit.cluster import fit_all, read_jobs
+
+        results = fit_all(read_jobs(jobs_file, opts), DexrtTrainer, address=ray_address, cpus_per_fit=cpus_per_fit)
+        if as_json:
+            click.echo(json.dumps(results, indent=2))
+        for r in results:
+            if not r["ok"]:
+                click.echo(f"{r['job']}: failed: {r['error']}", err=True)
+                continue
+            s, where = r["fit"]["scores"], f" on {r['worker']}" if "worker" in r else ""
+            click.echo(f"{r['job']}: bone {s['before']['bone/psnr']:.2f} -> {s['after']['bone/psnr']:.2f} dB in "
+                       f"{r['fit']['timings_s']['wall_s'] / 60:.1f} min{where}", err=as_json)
+        if not all(r["ok"] for r in results):
+            raise SystemExit(1)
+        return
     result = run_fit(opts, DexrtTrainer())
     if as_json:
         click.echo(json.dumps(result, indent=2))
