@@ -38,7 +38,7 @@ def test_the_contracts_catch_a_lower_layer_importing_a_higher_one(tmp_path: Path
     (tmp_path / "dexrt_train").mkdir()
     (tmp_path / "dexrt_train" / "__init__.py").write_text("")
     config = (ROOT / "pyproject.toml").read_text()
-    (tmp_path / "pyproject.toml").write_text(config[config.index("[tool.importlinter]"):])
+    (tmp_path / "pyproject.toml").write_text(config[config.index("\n[tool.importlinter]\n"):])
     run = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
                           "sys.exit(lint_imports_command())", "--no-cache", "pyproject.toml"],
                          capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, check=False)
