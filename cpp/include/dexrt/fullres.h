@@ -3,17 +3,16 @@
 //   1. prepare: the frame area-averaged down to the model's pixel spacing (the working size, resample.h), and the
 //      working image's window (robust_range.h) for a normalised engine;
 //   2. the network on the working image, per-image windows and all (Engine::run);
-//   3. finish: each output brought back to the frame's size. Bicubic upsampling keeps the network's output at the
-//      working size as it is; the default, the guided filter, then adds the frame's own detail where the output
-//      follows the frame: He et al.'s fast guided filter fits each output p locally (a (2r + 1)^2 window at the
-//      working size) as a * I + b of the working image I, with box filters (O(N)); the slope a, brought up
-//      linearly, multiplies the frame's detail (the frame minus its working image brought up), so an output gains
-//      the frame's edges (rib cortices) in proportion to how much of the frame's local variation it carries. The
-//      full form (a * frame + b) was measured against it and lost to plain bicubic upsampling: its box averages
-//      blur what the network put at the working size (docs/runtime.md).
+//   3. finish: each output brought back to the frame's size. The default is He et al.'s fast guided filter, guided
+//      by the frame itself: at the working size each output p is fitted locally (a (2r + 1)^2 window, box filters,
+//      O(N)) as a * I + b of the working image I; a and b are brought up linearly and applied to the frame's own
+//      pixels, so an output gains the frame's edges (rib cortices) where it follows the frame. Unlike He et al.,
+//      b is p - a * I, not its box average: the output at the working size is then the network's own, where the
+//      averaged b blurred it and scored below plain bicubic upsampling on 1024^2 views (docs/runtime.md). The
+//      alternative is plain bicubic upsampling of each output.
 //      For an engine whose parts add up to its input (parts.h) the soft image is not brought up at all: it is
 //      the frame minus its bone image, plus the network's correction brought up smoothly; bone's slope is clipped
-//      to [0, 1] (a detail's bone part is between none and all of it).
+//      to [0, 1] per grey value (a detail's bone part is between none and all of it).
 // All of it float32 on rows, threaded (parallel.h); no full-size temporary but the outputs themselves.
 #pragma once
 
