@@ -10,6 +10,11 @@ import click
 
 from dexrt.cli._synth_chain import build as build_chain
 from dexrt.cli._synth_chain import chain_options
+from dexrt.synth.physics import PhysicsConfig
+from dexrt.synth.render import ImagingConfig
+
+# The defaults of the imaging geometry and the protocols are the library's (one home: the config dataclasses).
+_IMAGING, _PHYSICS = ImagingConfig(), PhysicsConfig()
 
 
 def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
@@ -32,28 +37,28 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
                    "name (example, pyradiomics-lung1, pyradiomics-lung2). Repeat for a dataset of several patients.")
 @click.option("--labels", "labels_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Label map on the CT's grid (NIfTI, NRRD, MetaImage); one per --ct, in order, when given.")
-@click.option("--contrast", type=click.Choice(["remove", "keep"]), default="remove", show_default=True,
+@click.option("--contrast", type=click.Choice(["remove", "keep"]), default=_IMAGING.contrast, show_default=True,
               help="Contrast-enhanced blood: replace it by unenhanced blood, or keep it (as dense soft tissue).")
 @click.option("--holdout-patient", "holdout", multiple=True,
               help="A patient (catalogue name or CT file name) whose views all go to the test split. Repeatable.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="New output folder.")
 @click.option("--views", default=700, show_default=True, help="Number of views.")
-@click.option("--size", default=256, show_default=True, help="Image side in pixels (square detector).")
+@click.option("--size", default=_IMAGING.size[0], show_default=True, help="Image side in pixels (square detector).")
 @click.option("--format", "image_format", type=click.Choice(["png", "tiff"]), default="png", show_default=True)
-@click.option("--sid", "sid_mm", default=1000.0, show_default=True, help="Source-isocentre distance, mm.")
-@click.option("--sdd", "sdd_mm", default=1500.0, show_default=True, help="Source-detector distance, mm.")
+@click.option("--sid", "sid_mm", default=_IMAGING.sid_mm, show_default=True, help="Source-isocentre distance, mm.")
+@click.option("--sdd", "sdd_mm", default=_IMAGING.sdd_mm, show_default=True, help="Source-detector distance, mm.")
 @click.option("--detector-mm", type=float, help="Detector side, mm [default: fit the body at the isocentre].")
 @click.option("--bin", "bin_", help="CT voxel binning i,j,k [default: about one pixel at the isocentre].")
-@click.option("--se-kvp", default=120.0, show_default=True)
-@click.option("--low-kvp", default=60.0, show_default=True)
-@click.option("--high-kvp", default=120.0, show_default=True)
-@click.option("--al-mm", default=3.0, show_default=True, help="Total aluminium filtration of every protocol.")
-@click.option("--se-cu-mm", default=0.1, show_default=True, help="Added copper filtration, SE protocol.")
-@click.option("--high-cu-mm", default=0.5, show_default=True, help="Added copper filtration, high-kVp protocol.")
-@click.option("--se-ugy", default=100.0, show_default=True, help="SE air kerma at the isocentre (free in air), uGy.")
-@click.option("--low-ugy", default=100.0, show_default=True, help="Low-kVp air kerma at the isocentre, uGy.")
-@click.option("--high-ugy", default=50.0, show_default=True, help="High-kVp air kerma at the isocentre, uGy.")
-@click.option("--noise/--no-noise", default=True, show_default=True, help="Quantum noise at the stated doses.")
+@click.option("--se-kvp", default=_PHYSICS.se.kvp, show_default=True)
+@click.option("--low-kvp", default=_PHYSICS.low.kvp, show_default=True)
+@click.option("--high-kvp", default=_PHYSICS.high.kvp, show_default=True)
+@click.option("--al-mm", default=_PHYSICS.se.al_mm, show_default=True, help="Total aluminium filtration of every protocol.")
+@click.option("--se-cu-mm", default=_PHYSICS.se.cu_mm, show_default=True, help="Added copper filtration, SE protocol.")
+@click.option("--high-cu-mm", default=_PHYSICS.high.cu_mm, show_default=True, help="Added copper filtration, high-kVp protocol.")
+@click.option("--se-ugy", default=_PHYSICS.se.kerma_ugy, show_default=True, help="SE air kerma at the isocentre (free in air), uGy.")
+@click.option("--low-ugy", default=_PHYSICS.low.kerma_ugy, show_default=True, help="Low-kVp air kerma at the isocentre, uGy.")
+@click.option("--high-ugy", default=_PHYSICS.high.kerma_ugy, show_default=True, help="High-kVp air kerma at the isocentre, uGy.")
+@click.option("--noise/--no-noise", default=_PHYSICS.noise, show_default=True, help="Quantum noise at the stated doses.")
 @click.option("--ideal", is_flag=True, help="Also write ideal material images (bone_ideal, soft_ideal).")
 @click.option("--lesion-prob", default=0.0, show_default=True, help="Chance that a view holds lung lesions.")
 @click.option("--lesion-mm", default="5,30", show_default=True, help="Lesion diameter range, mm.")
