@@ -920,6 +920,73 @@ def test_sigterm_stops_within_drain_time_whatever_the_network_does(tmp_path: Pat
             node.kill()
 
 
+# -- deployment: the systemd unit and the example configuration in deploy/ ------------------------------------------
+DEPLOY = Path(__file__).parent.parent / "deploy"
+
+
+def _unit() -> dict[str, str]:
+    import configparser
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(DEPLOY / "dexrt-serve.service")
+    return dict(parser["Service"])
+
+
+def test_example_configuration_is_valid() -> None:
+    config = build_config(DEPLOY / "serve.toml")
+    assert config.require_signed and config.forward[0].name == "PACS@10.1.9.9:104"
+    assert config.drain_s < float(_unit()["TimeoutStopSec"]), "systemd would kill the node before it drains"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on the unit (its dexrt path pointed at this installation's, which must exist)."""
+    dexrt_bin = Path(sys.executable).parent / "dexrt"
+    if not dexrt_bin.exists():
+        pytest.skip(f"{dexrt_bin} is not installed (the console script)")
+    unit = tmp_path / "dexrt-serve.service"
+    unit.write_text((DEPLOY / "dexrt-serve.service").read_text().replace("/opt/dexrt/venv/bin/dexrt", str(dexrt_bin)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_systemd_unit_command_lines_start_check_and_stop(destination: Destination, tmp_path: Path) -> None:
+    """The unit's own ExecStartPre (--check) and ExecStart lines, run as systemd would run them (without its
+    sandbox: no systemd here), then its KillSignal: exit 0 within TimeoutStopSec."""
+    import shlex
+
+    unit = _unit()
+    port = free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(f'host = "{LOOPBACK}"\nport = {port}\nspool = "spool"\noutput = "out"\ndrain_s = 2\n'
+                      f'[[allow]]\nae_title = "MODALITY"\n[[forward]]\nae_title = "{destination.ae_title}"\n'
+                      f'host = "{LOOPBACK}"\nport = {destination.port}\n')
+
+    def command(key: str) -> list[str]:
+        words = shlex.split(unit[key])
+        assert words[0] == "/opt/dexrt/venv/bin/dexrt" and "/etc/dexrt/serve.toml" in words
+        return [sys.executable, "-c", "from dexrt.cli import main; main()", *words[1:]]
+
+    env = {**os.environ, "DEXRT_TRUSTED_KEYS": ""}  # the unit's /etc/dexrt/trusted_keys does not exist here
+    check = subprocess.run([w.replace("/etc/dexrt/serve.toml", str(config)) for w in command("ExecStartPre")],
+                           check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = tmp_path / "node.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([w.replace("/etc/dexrt/serve.toml", str(config)) for w in command("ExecStart")],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=tmp_path)
+    try:
+        wait_until(lambda: '"event": "listening"' in log.read_text() or proc.poll() is not None, 60, "listening")
+        assert send([radiograph(64)], port) == [0x0000]
+        wait_until(lambda: len(destination.unique()) == 2, TIMEOUT, "the outputs")
+        proc.send_signal(getattr(signal, unit["KillSignal"]))
+        assert proc.wait(float(unit["TimeoutStopSec"])) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 dcmtk = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("storescu", "echoscu", "storescp")),
                            reason="DCMTK (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
 
@@ -959,7 +1026,7 @@ def test_dcmtk_sender_over_mutual_tls(make_node: Callable[..., Node], destinatio
     def echoscu(who: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["echoscu", "+tls", str(pki[f"{who}_key"]), str(pki[who]), "+cf", str(pki["ca"]),
                                "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
-                              capture_output=True, text=True, timeout=TIMEOUT)
+                              check=False, capture_output=True, text=True, timeout=TIMEOUT)
 
     trusted = echoscu("sender")
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from dexrt._errors import InputError
 from dexrt._limits import check_image_size
@@ -34,7 +34,7 @@ _ELEMENT_HEADER = 12  # tag, VR, reserved, 32-bit length (explicit VR OB/OW/OF/O
 def read_deflated(path: Path) -> Any:
     """The pydicom FileDataset of a deflated DICOM file (as ``pydicom.dcmread`` would give), inflated within
     bounds; InputError naming the file and the limit otherwise."""
-    from pydicom.dataset import FileDataset
+    from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset, read_preamble
 
@@ -51,8 +51,9 @@ def read_deflated(path: Path) -> Any:
     if len(data) > limit:  # cannot happen after _measure; kept so that the bound never rests on it alone
         raise _too_large(path, limit)
     del deflated
-    dataset = read_dataset(DicomBytesIO(data), False, True)
-    ds = FileDataset(str(path), dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+    dataset = read_dataset(cast(BinaryIO, DicomBytesIO(data)), False, True)
+    ds = FileDataset(str(path), dataset, preamble, FileMetaDataset(meta), is_implicit_VR=False,
+                     is_little_endian=True)
     ds.set_original_encoding(False, True, dataset._character_set)
     return ds
 
@@ -94,7 +95,7 @@ def _declared(path: Path, head: bytes, complete: bool) -> int:
     from pydicom.filereader import read_dataset
 
     stream = DicomBytesIO(head)
-    header = read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+    header = read_dataset(cast(BinaryIO, stream), False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
     at = stream.tell()
     if int.from_bytes(head[at:at + 4], "little") not in (((t & 0xFFFF) << 16) | (t >> 16) for t in _PIXEL_TAGS):
         if complete:

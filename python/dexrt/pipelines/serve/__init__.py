@@ -1,9 +1,10 @@
 """`dexrt serve`: a DICOM node that receives radiographs and sends on their bone and soft-tissue images.
 
-config.py (TOML and command-line settings), spool.py (the durable queue on disk), node.py (associations,
-C-ECHO/C-STORE handlers, conversion workers), forward.py (C-STORE to the destinations), contexts.py (SOP
-classes, transfer syntaxes, TLS), logs.py (text or JSON event lines). Needs `pip install 'dexrt[serve]'`.
-See docs/serve.md.
+config.py (TOML and command-line settings, bounded), gate.py (accepting connections: TLS and the association
+request within a deadline, before pynetdicom), node.py (associations, C-ECHO/C-STORE handlers, conversion
+workers), spool.py (the durable queue on disk) and ledger.py (the UIDs handed on), forward.py (C-STORE to the
+destinations), contexts.py (SOP classes, transfer syntaxes, TLS), logs.py (text or JSON event lines). Needs
+`pip install 'dexrt[serve]'`. See docs/serve.md.
 """
 
 from __future__ import annotations

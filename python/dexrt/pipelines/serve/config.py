@@ -178,9 +178,7 @@ def parse_forward(text: str) -> Destination:
 
 def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        if not isinstance(text, str):
-            raise ValueError
-        return ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_network(text if isinstance(text, str) else "not a string", strict=False)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not an IP address or network (host names are not accepted: "
                           "an address check on a name that resolves differently later would be no check)") from None

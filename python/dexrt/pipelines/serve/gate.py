@@ -64,7 +64,7 @@ class _Replaying(ssl.SSLSocket):
 
 
 class _Connection:
-    __slots__ = ("sock", "address", "deadline", "tls_done", "data")
+    __slots__ = ("address", "data", "deadline", "sock", "tls_done")
 
     def __init__(self, sock: socket.socket, address: Any, deadline: float, tls: bool) -> None:
         self.sock, self.address, self.deadline = sock, address, deadline
@@ -251,7 +251,7 @@ class Gate:
             sock.setblocking(True)
             sock.settimeout(self._timeout_s)  # every later read and write: a half-sent PDU cannot hold a thread
             self._hand_on(sock, conn.address)
-        except Exception as exc:  # noqa: BLE001 - one connection must not end the gate
+        except Exception as exc:  # one connection must not end the gate
             logging.getLogger(__name__).debug("handing on a connection failed", exc_info=True)
             sock.close()
             self._count("connections_dropped")
@@ -292,7 +292,8 @@ def association_server(ae: Any, address: tuple[str, int], handlers: list[Any]) -
 
     class GateFed(ThreadedAssociationServer):
         def server_bind(self) -> None:  # the gate listens; this server only runs associations
-            self.socket.close()
+            if self.socket is not None:
+                self.socket.close()
 
         def server_activate(self) -> None:
             pass
