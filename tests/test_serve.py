@@ -920,8 +920,8 @@ def test_sigterm_stops_within_drain_time_whatever_the_network_does(tmp_path: Pat
             node.kill()
 
 
-# -- deployment: the systemd unit and the example configuration in deploy/ ------------------------------------------
-DEPLOY = Path(__file__).parent.parent / "deploy"
+# -- deployment: the systemd unit and the example configuration in docs/deploy/ ------------------------------------
+DEPLOY = Path(__file__).parent.parent / "docs" / "deploy"
 
 
 def _unit() -> dict[str, str]:
