@@ -127,11 +127,13 @@ def test_infer_uses_the_bundled_default_model(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["infer", str(examples), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert f"Using the bundled default model {DEFAULT_ENGINE}" in result.stderr
-    sources = sorted(examples.glob("*.png"))
-    assert len(sources) == 4
+    # README command 1 runs clean: frontal DX files with their pixel spacing, nothing to warn about
+    assert "Warning" not in result.output and "Converted 3 of 3 images" in result.output
+    sources = sorted(examples.glob("*.dcm"))
+    assert [s.name for s in sources] == ["chest_ap.dcm", "chest_ap_detector.dcm", "chest_pa.dcm"]
     for source in sources:
         for channel in ("bone", "soft"):
-            assert (tmp_path / "out" / f"{source.stem}_{channel}.png").is_file()
+            assert (tmp_path / "out" / f"{source.stem}_{channel}.dcm").is_file()
     manifest = dexrt.Engine(DEFAULT_ENGINE).manifest
     assert manifest["precision"] == "fp16" and manifest["model"]["config"]["ngf"] == 16
     assert DEFAULT_ENGINE.stat().st_size <= 30e6
