@@ -9,7 +9,7 @@ soft images, `Engine.infer(frame, spacing_mm=...)`, against, in the same interle
   soft = input - bone in float64. (Its normalisation now runs in C++ inside the engine, so this baseline is a little
   faster than the path it stands for.)
 
-The frame is the project's own 2048 x 2048 example DX frame (0.187 mm at the patient), brought to the other sizes
+The frame is the project's own 2048 x 2048 example DX frame (0.184 mm at the patient), brought to the other sizes
 over the same field of view. Stages of the clinical call come from the engine's own statistics: pre (area averaging, the window), infer (the
 network), post (guided upsampling, soft, the outputs). Every round checks its outputs (shape, dtype, the same as the
 first round's). Engines: the bundled default (FP16 weights) and an INT8 build of it when given.
@@ -187,7 +187,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for key, style in (("clinical", "-o"), ("network", ":s"), ("old_path", "--^")):
             ax.plot(sizes, [r[f"{key}_p50_ms"] for r in rows], style, label=f"{engine}: {key.replace('_', ' ')}")
     ax.axhline(TARGETS_2048["int8_p50_ms"], color="grey", lw=0.8)
-    ax.set_xlabel("frame side (px), one field of view (the 2048^2 example DX frame, 0.187 mm)")
+    ax.set_xlabel(f"frame side (px), one field of view ({report['frame']} brought to each size)")
     ax.set_ylabel("p50 latency (ms)")
     ax.set_title(f"dexrt clinical call, {report['cpu']}", fontsize=9)
     ax.legend(fontsize=7)
