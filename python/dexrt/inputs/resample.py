@@ -1,16 +1,14 @@
-"""Geometry: resampling radiographs to the model's training pixel spacing and back.
+"""Geometry: the size a radiograph runs at, at the model's training pixel spacing.
 
 The generator learned anatomy at one pixel spacing (mm per pixel); a detector with finer pixels shows the same
-anatomy over more pixels. When both spacings are known, each image is resampled to the training spacing before
-inference and the outputs are resampled back to the input's size, so outputs always match their input pixel for
-pixel. Resampling is separable and pixel-centre aligned, linear with a support widened by the scale factor when
-shrinking (so it averages the area under each output pixel instead of aliasing); it runs in float32 in Pillow's
-C resampler (no extra dependency).
+anatomy over more pixels. When both spacings are known, the engine's full-resolution call
+(`dexrt.Engine.infer(frame, spacing_mm=...)`, docs/runtime.md) brings each image to the training spacing for the
+network and its outputs back to the input's size, so outputs always match their input pixel for pixel. The
+resampling itself, the tolerance and the limit live in the runtime (cpp/include/dexrt/fullres.h); this module
+gives Python the working size the runtime will use, for planning and for the provenance of each file.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from dexrt import _core
 
@@ -28,19 +26,3 @@ def working_size(shape: tuple[int, int], spacing_mm: tuple[float, float] | None,
     h, w = shape
     target = tuple(_core.working_size(h, w, (float(spacing_mm[0]), float(spacing_mm[1])), float(model_mm)))
     return None if target == (h, w) else (int(target[0]), int(target[1]))
-
-
-def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) -> `size` (H', W') float32."""
-    from PIL import Image
-
-    h, w = size
-    src = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))  # mode "F"
-    return np.asarray(src.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 back to the input's dtype: uint16 rounded half to even and clipped, like the engine's outputs."""
-    if dtype == np.uint16:
-        return np.clip(np.rint(image), 0, 65535).astype(np.uint16)
-    return image.astype(dtype, copy=False)
