@@ -238,8 +238,8 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                             {"iso": ISO_B, "gantry": 90.0}])
     generate_keypair(folder / "team.pem", "team")
     result = run("fit", ct, "-o", folder / "patient.dexrt", "--plan", plan, "--minutes", "0.2", "--train-views", "4",
-                 "--val-views", "1", "--test-views", "2", "--sign", folder / "team.pem", "--report",
-                 folder / "report", "--work", folder / "work", "--json")
+                 "--val-views", "1", "--test-views", "2", "--precision", "fp16", "--sign", folder / "team.pem",
+                 "--report", folder / "report", "--work", folder / "work", "--json")
     return {"folder": folder, "result": result}
 
 
@@ -252,7 +252,7 @@ def test_fit_end_to_end(fitted: dict) -> None:
     summary = json.loads(result.stdout)
     assert summary["signed"] and summary["patient"]["patient_id"] == "FIT001"  # the CT has none: the plan's
     engine = dexrt.Engine(folder / "patient.dexrt", trusted_keys=[folder / "team.pem.pub"], require_signed=True)
-    assert engine.signer is not None and engine.precision == "int8"
+    assert engine.signer is not None and engine.precision == "fp16"
     manifest = read_manifest(folder / "patient.dexrt")
     assert manifest["patient"]["ct_source"] == "phantom.nii.gz" and len(manifest["patient"]["ct_sha256"]) == 64
     fit = manifest["fit"]
@@ -266,7 +266,7 @@ def test_fit_end_to_end(fitted: dict) -> None:
     assert fit["training"]["steps"] >= 1 and fit["timings_s"]["wall_s"] > 0
     assert any("frame of reference not checked" in w for w in fit["warnings"])
     assert manifest["pixel_spacing_mm"] == pytest.approx(fit["pixel_at_iso_mm"])
-    assert manifest["model"]["flip_average"] is True and manifest["quantization"]["accuracy_control"] is not None
+    assert manifest["model"]["flip_average"] is True
     report = folder / "report"
     text = (report / "report.md").read_text()
     assert "| bone PSNR (dB) |" in text and "FIT001" in text
@@ -283,6 +283,30 @@ def test_fit_end_to_end(fitted: dict) -> None:
     se = read_image(folder / "work" / "train" / train["views"][0]["files"]["se"])
     top = (256 - rows) // 2
     assert se.shape == (256, 256) and np.array_equal(se[top - 1], se[top + 1])  # mirrored about the field's edge
+
+
+def test_int8_calibrates_on_the_field_as_the_engine_gets_it(fitted: dict, tmp_path: Path) -> None:
+    """INT8 (the default precision) calibrates on training views cropped back from their padding: what a kV image
+    of the panel is when it reaches the engine (`dexrt fit --precision int8` builds from this copy)."""
+    from dexrt.io.dataset import open_dataset
+    from dexrt.io.images import read_image
+    from dexrt.pipelines.fit.views import unpadded_copy
+
+    train = fitted["folder"] / "work" / "train"
+    padded = json.loads((train / "manifest.json").read_text())
+    copy = unpadded_copy(train, tmp_path / "calibration", 3)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    rows, cols = padded["padding"]["field_px"]
+    top, left = padded["padding"]["field_at_px"]
+    assert manifest["size"] == [rows, cols] and "padding" not in manifest and len(manifest["views"]) == 3
+    view = open_dataset(copy, processed=True).split("train")[0]
+    se = read_image(view.files["se"])
+    assert se.shape == (rows, cols)
+    np.testing.assert_array_equal(se, read_image(train / view.files["se"].relative_to(copy))[top:top + rows,
+                                                                                              left:left + cols])
+    with pytest.raises(InputError, match="not a padded dataset"):
+        unpadded_copy(copy, tmp_path / "again", 3)
+    assert run("fit", "--help").output.count("[default: int8]") == 1
 
 
 def test_fit_refusals(tmp_path: Path) -> None:

@@ -393,7 +393,12 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
     trainer.export(Path(summary["checkpoint"]), onnx, pixel_spacing_mm=spacing)
     timings["export_s"] = time.monotonic() - t
     t = time.monotonic()
-    manifest, payload = _build(onnx, opts.precision, train_ds, opts.calibration_images)
+    calibration = train_ds
+    if opts.precision == "int8":  # calibrated on the training views as the engine gets them: the field, unpadded
+        from dexrt.pipelines.fit.views import unpadded_copy
+
+        calibration = unpadded_copy(train_ds, work / "calibration", opts.calibration_images)
+    manifest, payload = _build(onnx, opts.precision, calibration, opts.calibration_images)
     timings["build_s"] = time.monotonic() - t
     t = time.monotonic()
     from dexrt.runtime.engine import Engine
