@@ -9,10 +9,10 @@ soft images, `Engine.infer(frame, spacing_mm=...)`, against, in the same interle
   soft = input - bone in float64. (Its normalisation now runs in C++ inside the engine, so this baseline is a little
   faster than the path it stands for.)
 
-The frame is the project's own 2048 x 2048 example DX frame (0.184 mm at the patient), brought to the other sizes
-over the same field of view. Stages of the clinical call come from the engine's own statistics: pre (area averaging, the window), infer (the
-network), post (guided upsampling, soft, the outputs). Every round checks its outputs (shape, dtype, the same as the
-first round's). Engines: the bundled default (FP16 weights) and an INT8 build of it when given.
+The frame is the project's own 2048 x 2048 example DX frame (0.184 mm at the patient), brought to the other sizes over
+the same field of view. Stages of the clinical call come from the engine's own statistics: pre (area averaging, the
+window), infer (the network), post (guided upsampling, soft, the outputs). Every round checks its outputs (shape, dtype,
+the same as the first round's). Engines: the bundled default (FP16 weights) and an INT8 build of it when given.
 
     python benchmarks/bench_clinical.py --int8 /tmp/default-int8.dexrt -o clinical.json   # table, JSON and plot
     python -m pytest benchmarks/bench_clinical.py -s                                      # 2048 only, asserts
@@ -51,7 +51,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chest_ap_detector.dcm"  # 2048^2, examples/make_examples.py
+# 2048^2, examples/make_examples.py
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chest_ap_detector.dcm"
 
 
 def frame(size: int) -> tuple[np.ndarray, float]:

@@ -3,9 +3,9 @@
     python benchmarks/compare_runs.py first.json second.json [--tolerance 0.05]
 
 Reads `dexrt bench` results (schema dexrt-bench/2: each row's median per-round ratio to the reference engine) and
-`docs/experiments/studies/model_table.py` results (each row's median per-round ratio to its first peer). Prints, per row, both
-ratios and their relative difference, and exits 1 when any differs by more than the tolerance: run the benchmark
-twice on the same machine to see whether its repeats are enough there.
+`docs/experiments/studies/model_table.py` results (each row's median per-round ratio to its first peer). Prints, per
+row, both ratios and their relative difference, and exits 1 when any differs by more than the tolerance: run the
+benchmark twice on the same machine to see whether its repeats are enough there.
 """
 
 from __future__ import annotations

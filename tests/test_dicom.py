@@ -220,8 +220,8 @@ def test_missing_codec_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
 def test_without_pydicom_says_how_to_install(tmp_path: Path, monkeypatch) -> None:
     path = make_dicom(tmp_path / "p.dcm", marked_image((8, 8), 4095), bits=12)
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
-    with pytest.raises(MissingExtraError, match=r"needs pydicom, which is not installed .*; install it with: pip install "
-                       r"pydicom"):
+    with pytest.raises(MissingExtraError,
+                       match=r"needs pydicom, which is not installed .*; install it with: pip install pydicom"):
         read_radiograph(path)
 
 

@@ -106,8 +106,8 @@ def test_network_io_leaves_the_normalisation_to_the_caller(normalised_engine: de
     must not normalise them again (it then agrees with the ONNX model run directly)."""
     import onnxruntime as ort
 
-    raw = dexrt.Engine.from_parts(normalised_engine.manifest, dexrt.runtime.bundle.read_bundle(normalised_engine.path).payload,
-                                  network_io=True)
+    payload = dexrt.runtime.bundle.read_bundle(normalised_engine.path).payload
+    raw = dexrt.Engine.from_parts(normalised_engine.manifest, payload, network_io=True)
     assert not raw.normalised
     x = np.random.default_rng(3).uniform(-1, 1, (1, 64, 64)).astype(np.float32)
     onnx_path = normalised_engine.path.with_suffix(".onnx")

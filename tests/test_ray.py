@@ -1,4 +1,5 @@
-"""`dexrt infer --ray` and dexrt.pipelines.distributed on a local Ray cluster of 2 CPUs: the same files as a local run."""
+"""`dexrt infer --ray` and dexrt.pipelines.distributed on a local Ray cluster of 2 CPUs: the same files as a local
+run."""
 
 from __future__ import annotations
 

@@ -260,7 +260,8 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         pytest.skip(f"{dexrt_bin} is not installed (the console script)")
     unit = tmp_path / "dexrt-serve.service"
     unit.write_text((DEPLOY / "dexrt-serve.service").read_text().replace("/opt/dexrt/venv/bin/dexrt", str(dexrt_bin)))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 

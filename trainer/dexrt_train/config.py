@@ -89,7 +89,8 @@ class TrainConfig:
         if self.lambda_consistency > 0 and self.normalisation != "robust":
             raise ValueError("lambda_consistency needs normalisation 'robust' (where bone + soft = SE)")
         choices = {"windows": ("full", "data"), "normalisation": ("window", "robust"),
-                   "upsample": ("transpose", "resize"), "gan_mode": ("vanilla", "lsgan"), "device": ("auto", "cpu", "cuda"),
+                   "upsample": ("transpose", "resize"), "gan_mode": ("vanilla", "lsgan"),
+                   "device": ("auto", "cpu", "cuda"),
                    "amp": ("auto", "bf16", "fp16", "off"), "best_metric": tuple(BEST_METRICS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

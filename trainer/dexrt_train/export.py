@@ -88,7 +88,8 @@ def onnx_metadata(config: GeneratorConfig, *, input_window: Sequence[float], out
     if encodings is not None:  # what stored values mean: input first, then each output channel
         meta["input"].update(quantity="se", encoding=encodings[0].as_manifest())
         meta["output"]["encodings"] = [e.as_manifest() for e in encodings[1:]]
-    if normalisation is not None:  # scale-free input: each image mapped by its own robust range (dexrt.runtime.contract)
+    # scale-free input: each image mapped by its own robust range (dexrt.runtime.contract)
+    if normalisation is not None:
         meta["input"].update(quantity="se", normalisation=normalisation)
     if pixel_spacing_mm is not None:
         check_option("pixel spacing", pixel_spacing_mm)

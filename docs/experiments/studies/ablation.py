@@ -1,7 +1,8 @@
 """One ablation row of the Model v2 study: train -> export -> build-engine -> `dexrt eval` on every eval set.
 
-    python docs/experiments/studies/ablation.py ROW --data DATASET --eval unseen=DS:test inside=DS:train shifted=DS2:test \
-        --out docs/experiments/v2 --steps 1000 [-- extra dexrt train options]
+    python docs/experiments/studies/ablation.py ROW --data DATASET \
+        --eval unseen=DS:test inside=DS:train shifted=DS2:test --out docs/experiments/v2 --steps 1000 \
+        [-- extra dexrt train options]
 
 Rows (each adds one change to the one before it, same seed, steps and data):
   baseline   pix2pix as shipped (transposed convs, SE through its window, GAN + L1 1000, no dropout)

@@ -1,12 +1,13 @@
 """Where an engine's error lies in scale: each channel's mean squared error split by spatial wavelength.
 
-    python docs/experiments/studies/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] [--json out.json]
+    python docs/experiments/studies/error_bands.py ENGINE DATASET:SPLIT[:MAX_VIEWS] [DATASET:SPLIT ...] \
+        [--json out.json]
 
-The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split in the
-Fourier domain into six bands of wavelength (`dexrt.evaluation.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64
-and 64 px or longer (the mean error included). The bands add up to the MSE. Averaged over the views, they are
-printed as shares of it and the MSE itself, so two sets (unseen angles against fresh views inside the training
-ranges, say) show at which scales one has more error than the other.
+The error image (predicted minus true, in the metric units of `dexrt eval`, docs/training.md) is split in the Fourier
+domain into six bands of wavelength (`dexrt.evaluation.metrics.error_bands`): below 4 px, 4-8, 8-16, 16-32, 32-64 and 64
+px or longer (the mean error included). The bands add up to the MSE. Averaged over the views, they are printed as shares
+of it and the MSE itself, so two sets (unseen angles against fresh views inside the training ranges, say) show at which
+scales one has more error than the other.
 """
 
 from __future__ import annotations

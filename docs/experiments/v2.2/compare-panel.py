@@ -1,6 +1,6 @@
 """Two engines on the same views, as `dexrt eval` draws its panels (dexrt.evaluation.evaluate.predicted_views,
-dexrt.evaluation.metrics.scored_view, write_panel): rows engine A view 1, view 2, ..., then engine B; columns SE | true bone |
-predicted bone | true soft | predicted soft, physical units, each tile stretched over its own 0.5-99.5 %.
+dexrt.evaluation.metrics.scored_view, write_panel): rows engine A view 1, view 2, ..., then engine B; columns SE | true
+bone | predicted bone | true soft | predicted soft, physical units, each tile stretched over its own 0.5-99.5 %.
 
     python docs/experiments/v2.2/compare-panel.py ENGINE_A ENGINE_B DATASET SPLIT INDEX[,INDEX...] OUT.png
 """

@@ -58,7 +58,8 @@ class OnnxContract:
     flip_average: bool = False  # the graph averages over the left-right flip (`dexrt export --flip-average`)
     # what stored values mean physically (input, then each output), from `dexrt export`; None when unrecorded
     encodings: tuple[Encoding, ...] | None = None
-    normalisation: dict[str, Any] | None = None  # scale-free input (dexrt.runtime.contract.NORMALISATION), from `dexrt export`
+    # scale-free input (dexrt.runtime.contract.NORMALISATION), from `dexrt export`
+    normalisation: dict[str, Any] | None = None
 
 
 def _dims(value_info: Any) -> list[int | str]:

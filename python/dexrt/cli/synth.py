@@ -52,13 +52,19 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
 @click.option("--se-kvp", default=_PHYSICS.se.kvp, show_default=True)
 @click.option("--low-kvp", default=_PHYSICS.low.kvp, show_default=True)
 @click.option("--high-kvp", default=_PHYSICS.high.kvp, show_default=True)
-@click.option("--al-mm", default=_PHYSICS.se.al_mm, show_default=True, help="Total aluminium filtration of every protocol.")
+@click.option("--al-mm", default=_PHYSICS.se.al_mm, show_default=True,
+              help="Total aluminium filtration of every protocol.")
 @click.option("--se-cu-mm", default=_PHYSICS.se.cu_mm, show_default=True, help="Added copper filtration, SE protocol.")
-@click.option("--high-cu-mm", default=_PHYSICS.high.cu_mm, show_default=True, help="Added copper filtration, high-kVp protocol.")
-@click.option("--se-ugy", default=_PHYSICS.se.kerma_ugy, show_default=True, help="SE air kerma at the isocentre (free in air), uGy.")
-@click.option("--low-ugy", default=_PHYSICS.low.kerma_ugy, show_default=True, help="Low-kVp air kerma at the isocentre, uGy.")
-@click.option("--high-ugy", default=_PHYSICS.high.kerma_ugy, show_default=True, help="High-kVp air kerma at the isocentre, uGy.")
-@click.option("--noise/--no-noise", default=_PHYSICS.noise, show_default=True, help="Quantum noise at the stated doses.")
+@click.option("--high-cu-mm", default=_PHYSICS.high.cu_mm, show_default=True,
+              help="Added copper filtration, high-kVp protocol.")
+@click.option("--se-ugy", default=_PHYSICS.se.kerma_ugy, show_default=True,
+              help="SE air kerma at the isocentre (free in air), uGy.")
+@click.option("--low-ugy", default=_PHYSICS.low.kerma_ugy, show_default=True,
+              help="Low-kVp air kerma at the isocentre, uGy.")
+@click.option("--high-ugy", default=_PHYSICS.high.kerma_ugy, show_default=True,
+              help="High-kVp air kerma at the isocentre, uGy.")
+@click.option("--noise/--no-noise", default=_PHYSICS.noise, show_default=True,
+              help="Quantum noise at the stated doses.")
 @click.option("--ideal", is_flag=True, help="Also write ideal material images (bone_ideal, soft_ideal).")
 @click.option("--lesion-prob", default=0.0, show_default=True, help="Chance that a view holds lung lesions.")
 @click.option("--lesion-mm", default="5,30", show_default=True, help="Lesion diameter range, mm.")

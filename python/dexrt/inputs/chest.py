@@ -1,12 +1,11 @@
 """What a frontal chest radiograph looks like, measured: the body's width and the lung-field contrast.
 
-Two numbers, read from one frame in the engine's convention (bright = attenuating), feed the pixel-spacing
-estimate (`dexrt.inputs.spacing`) and the out-of-domain check (`dexrt.inputs.domain`). Both are built to survive what real
-radiographs carry: any monotonic processing (log or gamma look-up tables, windowing, equalisation) because they
-work on the frame's own robust range, collimated borders and saturated air because those are recognised as flat
-regions at either end of that range (so a bright collimator and dark direct exposure are both "not body", and an
-image of inverted polarity segments the same way), and burnt-in markers because every figure is a median over
-many rows.
+Two numbers, read from one frame in the engine's convention (bright = attenuating), feed the pixel-spacing estimate
+(`dexrt.inputs.spacing`) and the out-of-domain check (`dexrt.inputs.domain`). Both are built to survive what real
+radiographs carry: any monotonic processing (log or gamma look-up tables, windowing, equalisation) because they work on
+the frame's own robust range, collimated borders and saturated air because those are recognised as flat regions at
+either end of that range (so a bright collimator and dark direct exposure are both "not body", and an image of inverted
+polarity segments the same way), and burnt-in markers because every figure is a median over many rows.
 
 Measures, on the frame block-averaged to at most `WORK_SIDE` pixels a side and scaled to its 0.5-99.5 percentile
 range (0..1):

@@ -24,8 +24,8 @@ from typing import Any
 from dexrt._errors import DomainError  # noqa: F401 - raised by the converter, importable from here
 from dexrt.inputs.chest import Anatomy
 
-# Measured on 144 DRRs of the example CT (docs/experiments/studies/spacing_estimate.py): frontal views (gantry within 15 deg
-# of AP or PA) 0.31 to 0.58, obliques -0.05 to 0.33, laterals (within 15 deg of 90 or 270) -0.05 to 0.16.
+# Measured on 144 DRRs of the example CT (docs/experiments/studies/spacing_estimate.py): frontal views (gantry within 15
+# deg of AP or PA) 0.31 to 0.58, obliques -0.05 to 0.33, laterals (within 15 deg of 90 or 270) -0.05 to 0.16.
 MIN_LUNG_CONTRAST = 0.2
 INVERTED_LUNG_CONTRAST = -0.15  # below this the mediastinum is clearly darker than the lungs
 FRONTAL_VIEWS = ("PA", "AP")

@@ -14,7 +14,7 @@ training views). An input's spacing is resolved in this order (docs/infer.md, "P
      the diverging beam, so it is divided by ``EstimatedRadiographicMagnificationFactor`` (0018,1114) or, when
      that is absent, by ``DistanceSourceToDetector / DistanceSourceToPatient`` (0018,1110 / 0018,1111).
 
-   Zero, negative, non-numeric or implausible values (outside `PLAUSIBLE_MM`) are ignored, and say so.
+   Zero, negative, non-numeric or implausible values (outside `dexrt.runtime.pixel_spacing.PLAUSIBLE_MM`) are ignored, and say so.
 2. **``--input-spacing MM``** (the user), for files whose header gives no usable spacing (PNG and TIFF never do:
    their resolution tags are display settings more often than not).
 3. **An estimate**, always marked as one:
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dexrt.inputs.chest import Anatomy
-from dexrt.runtime.pixel_spacing import PLAUSIBLE_MM, plausible
+from dexrt.runtime.pixel_spacing import plausible
 
 # The mid-plane of an adult PA chest sits about 12-18 cm in front of the detector at 180 cm SID (180 / 165):
 # 1.1 is a typical chest magnification; an AP bedside film at 100 cm is nearer 1.15-1.2 (docs/infer.md).

@@ -60,7 +60,8 @@ class Radiograph:
 
 def read_radiograph(path: str | os.PathLike[str]) -> Radiograph:
     """Read a PNG, TIFF or DICOM radiograph. PNG and TIFF carry no trusted pixel spacing (their resolution tags
-    are display settings more often than not): their spacing comes from the user or an estimate (dexrt.inputs.spacing)."""
+    are display settings more often than not): their spacing comes from the user or an estimate
+    (dexrt.inputs.spacing)."""
     path = Path(path)
     kind = image_kind(path)
     if kind == "dicom":

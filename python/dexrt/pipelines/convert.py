@@ -216,7 +216,8 @@ class Converter:
                 and not any(t.resolve() in self._protected for t in targets))
 
     # -- running ----------------------------------------------------------------------------------------------
-    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (), rescan: bool = True) -> Generator[Outcome, None, None]:
+    def run(self, sources: Iterable[Path], *, protect: Iterable[Path] = (),
+            rescan: bool = True) -> Generator[Outcome, None, None]:
         """Convert `sources`, yielding one Outcome per file as each finishes (skipped files first, at once).
 
         A failing file does not stop the others. If the consumer stops early or an exception (Ctrl-C, SIGTERM
@@ -224,10 +225,10 @@ class Converter:
         before they write, and files being written are completed: no partial output is left.
 
         No output may overwrite one of `sources` or of ``protect``: the other inputs of a run of which
-        `sources` is one share (see :func:`dexrt.io.layout.inputs_at_risk`). Two sources may not claim one output file (see
-        :func:`dexrt.io.layout.output_clashes`): the later one fails with an error naming both. Each output folder is listed
-        once per run for stale temporaries; a worker converting its share batch by batch passes
-        ``rescan=False`` after its first batch, so a large folder is not listed again for every batch.
+        `sources` is one share (see :func:`dexrt.io.layout.inputs_at_risk`). Two sources may not claim one output
+        file (see :func:`dexrt.io.layout.output_clashes`): the later one fails with an error naming both. Each
+        output folder is listed once per run for stale temporaries; a worker converting its share batch by batch
+        passes ``rescan=False`` after its first batch, so a large folder is not listed again for every batch.
         """
         sources = list(sources)
         self._protected = {p.resolve() for p in sources} | {Path(p).resolve() for p in protect}

@@ -3,12 +3,12 @@
     from dexrt.pipelines.distributed import convert_folder_ray
     outcomes = convert_folder_ray("/archive/in", "/archive/out", address="auto", recursive=True)
 
-The driver lists the inputs exactly as `dexrt infer` does (:func:`dexrt.io.layout.find_images`), makes a Ray
-Dataset of their paths and maps it, in batches, over a fixed pool of actors (``map_batches`` with
-``ActorPoolStrategy(size=actors)``). Each actor loads one :class:`dexrt.Engine` once and converts its batches
-with the same :class:`dexrt.pipelines.convert.Converter` as `dexrt infer`: same output names, formats, provenance, atomic
-writes, skipping of finished files, one failing file reported without stopping the others. Each row that comes
-back is one file's :class:`~dexrt.pipelines.convert.Outcome`.
+The driver lists the inputs exactly as `dexrt infer` does (:func:`dexrt.io.layout.find_images`), makes a Ray Dataset of
+their paths and maps it, in batches, over a fixed pool of actors (``map_batches`` with
+``ActorPoolStrategy(size=actors)``). Each actor loads one :class:`dexrt.Engine` once and converts its batches with the
+same :class:`dexrt.pipelines.convert.Converter` as `dexrt infer`: same output names, formats, provenance, atomic writes,
+skipping of finished files, one failing file reported without stopping the others. Each row that comes back is one
+file's :class:`~dexrt.pipelines.convert.Outcome`.
 
 No pixel goes through Ray: actors read the inputs and write the outputs themselves, so the inputs, the output
 folder and the engine bundle must be on a filesystem that every node sees at the same path (NFS, a cluster

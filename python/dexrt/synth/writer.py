@@ -129,7 +129,8 @@ def quantity_of(channel: str) -> str:
 
 
 def _encoding(channels: tuple[str, ...]) -> dict[str, dict]:
-    """The fixed encoding of each channel's quantity (dexrt.runtime.contract): the same for every CT, seed and view count."""
+    """The fixed encoding of each channel's quantity (dexrt.runtime.contract): the same for every CT, seed and view
+    count."""
     enc = {}
     for c in channels:
         q = QUANTITIES[quantity_of(c)]
@@ -332,7 +333,8 @@ def _view_record(renderer: Renderer, view: View, split: str, files: dict, mask: 
     ch = view.chain
     geometry = {"gantry_deg": view.gantry_deg, "couch_deg": view.couch_deg, "tilt_deg": view.tilt_deg,
                 "sid_mm": ch.sid_mm if ch else cfg.sid_mm, "sdd_mm": ch.sdd_mm if ch else cfg.sdd_mm,
-                "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm, "iso_mm": renderer.iso.tolist()}
+                "rows": cfg.size[0], "cols": cfg.size[1], "pixel_mm": renderer.pixel_mm,
+                "iso_mm": renderer.iso.tolist()}
     if ch is not None:  # a drawn magnification changes the scale of the anatomy in the image
         geometry["offset_mm"] = list(ch.offset_mm)
         geometry["pixel_at_iso_mm"] = round(renderer.pixel_mm * ch.sid_mm / ch.sdd_mm, 5)
