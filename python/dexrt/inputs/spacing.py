@@ -14,7 +14,8 @@ training views). An input's spacing is resolved in this order (docs/infer.md, "P
      the diverging beam, so it is divided by ``EstimatedRadiographicMagnificationFactor`` (0018,1114) or, when
      that is absent, by ``DistanceSourceToDetector / DistanceSourceToPatient`` (0018,1110 / 0018,1111).
 
-   Zero, negative, non-numeric or implausible values (outside `dexrt.runtime.pixel_spacing.PLAUSIBLE_MM`) are ignored, and say so.
+   Zero, negative, non-numeric or implausible values (outside `dexrt.runtime.pixel_spacing.PLAUSIBLE_MM`) are ignored,
+   and say so.
 2. **``--input-spacing MM``** (the user), for files whose header gives no usable spacing (PNG and TIFF never do:
    their resolution tags are display settings more often than not).
 3. **An estimate**, always marked as one:
