@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Model v3's data: a train-only pool and held-out evaluation views per catalogue patient (docs/model-card.md,
+# "Model v3"). Each step is skipped when its folder exists, so the script resumes. DATA: where the folders go.
+set -euo pipefail
+DATA=${DATA:-/work/data}
+T=${THREADS:-1}
+# Every patient at the model's pixel spacing, 1.47368 mm at the isocentre (what `dexrt infer` resamples a radiograph
+# to): a 256-pixel detector of 565.893 mm at SID 1000 / SDD 1500 (the example CT's fitted detector).
+DET=565.893
+synth() { local out=$1; shift; [ -d "$DATA/$out" ] || dexrt synth -o "$DATA/$out" --threads "$T" --detector-mm $DET "$@"; }
+# pools: the v2.2 recipe's chain (half the views processed), anatomy variation, lesions; 600 views a patient
+synth pool-lung1 --ct pyradiomics-lung1 --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 131
+synth pool-lung2 --ct pyradiomics-lung2 --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 231
+synth pool-example --ct example --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 31
+# validation views of the training patients (val split only is used)
+synth valmix --ct example --views 120 --chain --chain-prob 0.5 --seed 33
+# evaluation: unseen angles (test split) and train-range angles (train split) of each patient, fresh seeds
+synth eval-lung1 --ct pyradiomics-lung1 --views 200 --lesion-prob 0.3 --seed 5101
+synth eval-lung2 --ct pyradiomics-lung2 --views 200 --lesion-prob 0.3 --seed 5201
+synth eval-example --ct example --views 400 --lesion-prob 0.3 --seed 5001
