@@ -264,6 +264,7 @@ def test_fit_end_to_end(fitted: dict) -> None:
     for when in ("before", "after"):
         assert np.isfinite(fit["scores"][when]["bone/psnr"]) and "bone_suppression" in fit["scores"][when]
     assert fit["training"]["steps"] >= 1 and fit["timings_s"]["wall_s"] > 0
+    assert fit["init"]["model_hash"].startswith("sha256:") and fit["init"]["checkpoint"] == "default"
     assert any("frame of reference not checked" in w for w in fit["warnings"])
     assert manifest["pixel_spacing_mm"] == pytest.approx(fit["pixel_at_iso_mm"])
     assert manifest["model"]["flip_average"] is True

@@ -38,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-_JOB_KEYS = {"ct": str, "output": str, "plan": str, "report": str, "patient_id": str, "angles": str, "work": str,
+_JOB_KEYS: dict[str, Any] = {"ct": str, "output": str, "plan": str, "report": str, "patient_id": str, "angles": str, "work": str,
              "position": str, "minutes": (int, float), "seed": int, "isocentre": list}
 
 
@@ -66,20 +66,20 @@ def read_jobs(path: str | os.PathLike[str], base: FitOptions) -> list[FitOptions
             if not isinstance(value, _JOB_KEYS[key]) or isinstance(value, bool):
                 raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
 
-        def path(key: str) -> Path | None:  # relative paths: from the jobs file's folder
+        def at(key: str) -> Path | None:  # relative paths: from the jobs file's folder
             return None if key not in table else (folder / table[key])
 
         ct = table["ct"] if not (folder / table["ct"]).exists() else str(folder / table["ct"])
         isos = tuple(tuple(float(v) for v in point) for point in table.get("isocentre", ()))
         if any(len(point) != 3 for point in isos):
             raise ConfigError(f"{where}: isocentre must be a list of [x, y, z] points (mm)")
-        output = path("output")
+        output = at("output")
         assert output is not None
         if output.resolve() in outputs:
             raise ConfigError(f"{where}: output {output} is another job's too")
         outputs.add(output.resolve())
-        jobs.append(replace(base, ct=ct, output=output, plan=path("plan"), report=path("report"),
-                            work=path("work"), patient_id=table.get("patient_id", base.patient_id),
+        jobs.append(replace(base, ct=ct, output=output, plan=at("plan"), report=at("report"),
+                            work=at("work"), patient_id=table.get("patient_id", base.patient_id),
                             angles=table.get("angles", base.angles), position=table.get("position", base.position),
                             minutes=float(table.get("minutes", base.minutes)), seed=table.get("seed", base.seed),
                             isocentres_lps=isos or base.isocentres_lps))  # type: ignore[arg-type]

@@ -137,6 +137,16 @@ def init_checkpoint(init: str) -> Path:
     return path
 
 
+def _weights_hash(path: Path) -> str | None:
+    """The checkpoint's weights as `dexrt_train` names them: sha256 of model.safetensors."""
+    import hashlib
+
+    try:
+        return "sha256:" + hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _size_multiple(path: Path) -> int:
     """The generator's size multiple (2 ** depth) from a checkpoint's config."""
     try:
@@ -226,6 +236,7 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
 
         signing_key = load_private_key(opts.sign_key)
     checkpoint = init_checkpoint(opts.init)
+    init_hash = _weights_hash(checkpoint)  # recorded: the shipped default checkpoint changes between releases
     spacing = opts.pixel_mm or _checkpoint_spacing(checkpoint)
     if spacing is None:
         raise InputError(f"{checkpoint}: records no training pixel spacing; give --pixel-mm")
@@ -243,18 +254,20 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
         if identity.patient_id is None and plan.patient_id:
             identity = ct_identity(source.path, ct.sha256, getattr(ct, "meta", None), plan.patient_id)
     position = (opts.position or identity.patient_position or "HFS").upper()
+    iso_lps: list[tuple[float, float, float]]
     if opts.isocentres_lps:
-        iso_lps, iso_from = [tuple(p) for p in opts.isocentres_lps], "--isocentre"
+        iso_lps, iso_from = list(opts.isocentres_lps), "--isocentre"
     elif plan is not None:
         iso_lps, iso_from = plan.isocentres(), f"RT Plan {Path(plan.path).name}"
     else:
         iso_lps, iso_from = [], "the body's centre"
     lo, hi = ct.world_bounds()
     for p in iso_lps:
-        ras = np.array(lps_to_ras(p))
+        ras = np.asarray(lps_to_ras(p), float)
         if np.any(ras < lo) or np.any(ras > hi):
+            corners = [np.round(lps_to_ras(c.tolist()), 1).tolist() for c in (hi, lo)]
             raise InputError(f"{source.path}: the isocentre {list(p)} mm (DICOM patient coordinates) lies outside the "
-                             f"CT ({np.round(lps_to_ras(hi), 1).tolist()} to {np.round(lps_to_ras(lo), 1).tolist()})")
+                             f"CT ({corners[0]} to {corners[1]})")
 
     # -- the renderer: the training field (at least the trainer's crop) and the panel's field, one pixel size
     from dexrt.synth.physics import PhysicsConfig
@@ -269,7 +282,8 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
                             iso_mm=lps_to_ras(iso_lps[0]) if iso_lps else None,
                             rules=source.rules or LabelRules(), physics=PhysicsConfig(noise=True), threads=opts.threads)
     renderer = PatientRenderer(ct, imaging, opts.breathing_mm)
-    isocentres = [lps_to_ras(p) for p in iso_lps] or [tuple(float(v) for v in renderer.iso)]
+    x, y, z = (float(v) for v in renderer.iso)  # the body's centre, when no isocentre is given
+    isocentres = [lps_to_ras(p) for p in iso_lps] or [(x, y, z)]
     if not iso_lps:
         iso_lps = [lps_to_ras(isocentres[0])]  # the map is its own inverse
     ranges, angles_from = angle_ranges(opts, plan, len(isocentres), position)
@@ -314,7 +328,8 @@ def fit(opts: FitOptions, trainer: FitTrainer) -> dict[str, Any]:
                       n_train, timings, t0, signing_key,
                       context={"identity": identity, "plan": plan, "iso_lps": iso_lps, "iso_from": iso_from,
                                "angles_from": angles_from, "position": position, "panel": panel,
-                               "train_field": train_field, "warnings": warnings, "source": source, "ct": ct})
+                               "train_field": train_field, "warnings": warnings, "source": source, "ct": ct,
+                               "init_hash": init_hash})
     finally:
         if work_owned:
             shutil.rmtree(work, ignore_errors=True)
@@ -374,6 +389,7 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
     t = time.monotonic()
     start_engine, start_name = _start_engine(opts.init, checkpoint, trainer, work, spacing)
     with start_engine:
+        start_hash = start_engine.manifest.get("model", {}).get("model_hash")
         before, before_rows = score(start_engine, heldout)
     timings["score_before_s"] = time.monotonic() - t
     _say(f"starting model on {len(views['test'])} held-out views: bone {before['bone/psnr']:.2f} dB, soft "
@@ -410,7 +426,8 @@ def _run(opts: FitOptions, trainer: FitTrainer, renderer: PatientRenderer, range
          f"{after['soft/psnr']:.2f} dB, suppression {after['bone_suppression']:.3f}")
 
     fit_record["init"] = {"checkpoint": "default" if opts.init == "default" else str(checkpoint),
-                          "engine_scored": start_name}
+                          "model_hash": context["init_hash"], "engine_scored": start_name,
+                          "engine_model_hash": start_hash}
     fit_record["training"] = {**{k: v for k, v in summary.items() if k != "checkpoint"}, "lr": opts.lr}
     fit_record["scores"] = {"split": "held-out views (test): other angles, breathing phase and setup error not "
                                      "used in training", "views": len(views["test"]),

@@ -95,7 +95,7 @@ def load_geometry(spec: str | os.PathLike[str] | None = None) -> Geometry:
     """A preset by name (`preset_names`), or a TOML file of the same keys; None: the "default" preset."""
     name = "default" if spec is None else str(spec)
     if name in preset_names():
-        entry = resources.files("dexrt.pipelines.fit").joinpath("presets", f"{name}.toml")
+        entry = resources.files("dexrt.pipelines.fit").joinpath("presets").joinpath(f"{name}.toml")
         text, where = entry.read_text(encoding="utf-8"), f"preset {name}"
     else:
         path = Path(name)
@@ -147,8 +147,8 @@ def with_overrides(geometry: Geometry, *, sid_mm: float | None = None, sdd_mm: f
                    detector_mm: tuple[float, float] | None = None,
                    detector_px: tuple[int, int] | None = None) -> Geometry:
     """The geometry with the given values replaced (command-line options); recorded as a modified preset."""
-    given = {k: v for k, v in (("sid_mm", sid_mm), ("sdd_mm", sdd_mm), ("detector_mm", detector_mm),
-                               ("detector_px", detector_px)) if v is not None}
+    given: dict[str, Any] = {k: v for k, v in (("sid_mm", sid_mm), ("sdd_mm", sdd_mm), ("detector_mm", detector_mm),
+                                               ("detector_px", detector_px)) if v is not None}
     if not given:
         return geometry
     changed = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in given.items())

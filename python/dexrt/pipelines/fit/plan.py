@@ -18,6 +18,7 @@ the patient about the vertical axis: +angle for a supine patient, -angle for a p
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,7 @@ def check_plan_against_ct(plan: Plan, ct_frame_uid: str | None, ct_patient_id: s
     return warnings
 
 
-def lps_to_ras(point: tuple[float, float, float] | list[float]) -> tuple[float, float, float]:
+def lps_to_ras(point: Sequence[float]) -> tuple[float, float, float]:
     """DICOM patient coordinates (LPS+) -> dexrt's world (RAS+), mm."""
     return (-float(point[0]), -float(point[1]), float(point[2]))
 
