@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+
+
+def _save(graph: Any, path: Path, metadata: str | None) -> Path:
+    """An opset-17 model of `graph`, its "dexrt" metadata set when given, checked and saved to `path`."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata is not None:
+        helper.set_model_props(model, {"dexrt": metadata})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
 
 def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadata: str | None = None,
                     stride: int = 1, reduce_batch: bool = False) -> Path:
@@ -13,7 +27,6 @@ def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadat
 
     ``stride`` > 1 and ``reduce_batch`` make broken generators whose output is not (N, C, H, W) of their input.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -31,12 +44,7 @@ def make_plain_onnx(path: Path, *, out_channels: int = 2, seed: int = 0, metadat
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", out_channels, "H", "W"])],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if metadata is not None:
-        helper.set_model_props(model, {"dexrt": metadata})
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _save(graph, path, metadata)
 
 
 def build_bundle(onnx_path: Path, out: Path, **options) -> Path:
@@ -75,7 +83,6 @@ def normalised_metadata(pixel_spacing_mm: float | None = None) -> str:
 def make_linear_onnx(path: Path, weights: list[float], biases: list[float], *, metadata: str | None = None) -> Path:
     """A per-pixel linear generator: output channel c = weights[c] * x + biases[c] (a 1x1 convolution), no
     activation. On normalised (-0.25, 1.25) windows, weight 0.5 and bias -1/3 make each part half the input."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.asarray(weights, np.float32).reshape(-1, 1, 1, 1)
@@ -87,9 +94,4 @@ def make_linear_onnx(path: Path, weights: list[float], biases: list[float], *, m
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", len(weights), "H", "W"])],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if metadata is not None:
-        helper.set_model_props(model, {"dexrt": metadata})
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _save(graph, path, metadata)
