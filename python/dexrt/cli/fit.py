@@ -97,7 +97,7 @@ def fit(ct: str | None, output: Path | None, jobs_file: Path | None, ray_address
     require_extra("train", "`dexrt fit`", "torch", "safetensors", "dexrt_train")
     if precision == "int8":
         require_extra("quantize", "`dexrt fit --precision int8`", "nncf")
-    from dexrt.cli._fit_trainer import DexrtTrainer
+    from dexrt_train.fit import DexrtTrainer
     from dexrt.pipelines.fit.fit import FitOptions
     from dexrt.pipelines.fit.fit import fit as run_fit
     from dexrt.pipelines.fit.geometry import load_geometry, parse_pair, with_overrides

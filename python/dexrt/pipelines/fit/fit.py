@@ -6,8 +6,9 @@
     the same held-out views -> written with the patient's identity, the geometry, the angles, the budget and both
     scores in its (signed) manifest.
 
-The PyTorch side (timing a step, fine-tuning, exporting) comes in as a `FitTrainer` (`dexrt.cli._fit_trainer`
-provides the one backed by `dexrt_train`), so this module, like every pipeline, never imports the trainer.
+The PyTorch side (timing a step, fine-tuning, exporting) comes in as a `FitTrainer` (`dexrt_train.fit` provides the one
+backed by the trainer, and the command line hands it in), so this module, like every pipeline, never imports the
+trainer.
 
 The budget (`minutes`) is for the whole run, CT to signed engine. After the CT is read and one view and one
 training step are timed, the run is planned and printed: a share of what is left renders the views (their number

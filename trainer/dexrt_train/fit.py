@@ -1,6 +1,7 @@
 """The PyTorch side of `dexrt fit` (`dexrt.pipelines.fit.fit.FitTrainer`), backed by the trainer's library
 (`dexrt_train`): a step timed on this machine, fine-tuning from a checkpoint for a number of seconds, and the
-flip-averaged ONNX export. It lives with the command line because only the command line imports the trainer."""
+flip-averaged ONNX export. It lives in the trainer; `dexrt fit`'s command line hands it to the pipeline, which never
+imports the trainer."""
 
 from __future__ import annotations
 
