@@ -95,3 +95,38 @@ def make_linear_onnx(path: Path, weights: list[float], biases: list[float], *, m
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
     return _save(graph, path, metadata)
+
+
+def write_ct_series(folder: Path, slices: list[np.ndarray], positions: list[tuple[float, float, float]], *,
+                    iop: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+                    spacing: tuple[float, float] = (1.0, 1.0), series_uid: str | None = None,
+                    slope: float = 1.0, intercept: float = -1024.0, number: int = 1) -> list[Path]:
+    """Write one CT slice per position (pixel arrays are (rows, cols), stored as (HU - intercept) / slope)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    files = []
+    for k, (hu, pos) in enumerate(zip(slices, positions)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.Modality, ds.SeriesInstanceUID, ds.SOPInstanceUID = "CT", series_uid, meta.MediaStorageSOPInstanceUID
+        ds.SeriesNumber, ds.SeriesDescription = number, f"series {number}"
+        ds.ImageOrientationPatient = list(iop)
+        ds.ImagePositionPatient = list(pos)
+        ds.PixelSpacing = list(spacing)
+        ds.Rows, ds.Columns = hu.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.rint((hu - intercept) / slope).astype(np.int16).tobytes()
+        path = folder / f"s{number}_{k:03d}.dcm"
+        ds.save_as(str(path), enforce_file_format=True)
+        files.append(path)
+    return files

@@ -9,6 +9,7 @@ import dexrt
 import numpy as np
 import pytest
 from dexrt.synth.ct import load_ct, resample_axial
+from helpers import write_ct_series
 
 
 def _volume() -> np.ndarray:
@@ -79,40 +80,6 @@ def test_nrrd_without_orientation_is_refused(tmp_path: Path) -> None:
         load_ct(path)
 
 
-def _dicom_series(folder: Path, slices: list[np.ndarray], positions: list[tuple[float, float, float]], *,
-                  iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing=(1.0, 1.0), series_uid: str | None = None,
-                  slope: float = 1.0, intercept: float = -1024.0, number: int = 1) -> list[Path]:
-    """Write one CT slice per position (pixel arrays are (rows, cols), stored as (HU - intercept) / slope)."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    files = []
-    for k, (hu, pos) in enumerate(zip(slices, positions)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.Modality, ds.SeriesInstanceUID, ds.SOPInstanceUID = "CT", series_uid, meta.MediaStorageSOPInstanceUID
-        ds.SeriesNumber, ds.SeriesDescription = number, f"series {number}"
-        ds.ImageOrientationPatient = list(iop)
-        ds.ImagePositionPatient = list(pos)
-        ds.PixelSpacing = list(spacing)
-        ds.Rows, ds.Columns = hu.shape
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = np.rint((hu - intercept) / slope).astype(np.int16).tobytes()
-        path = folder / f"s{number}_{k:03d}.dcm"
-        ds.save_as(str(path), enforce_file_format=True)
-        files.append(path)
-    return files
-
-
 def _rod_slices(positions, iop, spacing=(1.0, 1.0), shape=(40, 40), centre=(4.0, 5.0), radius=6.0):
     """Slices of a rod along world z at LPS (x, y) = `centre`, sampled at each slice's pixel positions."""
     row, col = np.array(iop[:3]), np.array(iop[3:])
@@ -140,7 +107,7 @@ def _rod_centre_ras(ct) -> np.ndarray:
 def test_dicom_series_sorted_and_rescaled(tmp_path: Path) -> None:
     positions = [(-20.0, -15.0, 50.0 - 2.0 * k) for k in range(6)][::-1]  # written out of order
     iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    _dicom_series(tmp_path, _rod_slices(positions, iop), positions, iop=iop, slope=2.0, intercept=-1000.0)
+    write_ct_series(tmp_path, _rod_slices(positions, iop), positions, iop=iop, slope=2.0, intercept=-1000.0)
     ct = load_ct(tmp_path)
     assert ct.meta["notes"] == [] and ct.hu.shape == (40, 40, 6)
     np.testing.assert_allclose(ct.spacing, [1.0, 1.0, 2.0])
@@ -154,7 +121,7 @@ def test_dicom_gantry_tilt_is_resampled_onto_an_orthogonal_grid(tmp_path: Path) 
     a = np.radians(15.0)
     iop = (1.0, 0.0, 0.0, 0.0, np.cos(a), np.sin(a))  # slices tilted about x; the table moves along z
     positions = [(-10.0, -20.0 / np.cos(a), 3.0 * k) for k in range(10)]
-    _dicom_series(tmp_path, _rod_slices(positions, iop), positions, iop=iop)
+    write_ct_series(tmp_path, _rod_slices(positions, iop), positions, iop=iop)
     ct = load_ct(tmp_path)
     assert any("gantry tilt of 15.00 deg" in n for n in ct.meta["notes"])
     grid = ct.affine[:3, :3] / ct.spacing
@@ -170,14 +137,14 @@ def test_dicom_uneven_spacing_is_resampled_and_gaps_refused(tmp_path: Path) -> N
     zs = [0.0, 2.0, 4.0, 7.0, 9.0, 11.0, 13.0]  # one interval of 3 mm among 2 mm ones
     positions = [(0.0, 0.0, z) for z in zs]
     slices = [np.where(np.arange(8) < 4, -1000.0, 20.0 * z)[None, :].repeat(8, 0) for z in zs]  # air | HU = 20 z
-    _dicom_series(tmp_path / "uneven", slices, positions, iop=iop)
+    write_ct_series(tmp_path / "uneven", slices, positions, iop=iop)
     ct = load_ct(tmp_path / "uneven")
     assert any("uneven slice spacing" in n for n in ct.meta["notes"])
     assert ct.hu.shape[2] == 7 and ct.spacing[2] == pytest.approx(13.0 / 6.0)
     z = ct.affine[2, 3] + ct.affine[2, 2] * np.arange(7)
     np.testing.assert_allclose(ct.hu[6, 4, :], 20.0 * z, atol=0.51)  # linear stays linear
     gap = [0.0, 2.0, 4.0, 10.0, 12.0]
-    _dicom_series(tmp_path / "gap", slices[: len(gap)], [(0.0, 0.0, z) for z in gap], iop=iop)
+    write_ct_series(tmp_path / "gap", slices[: len(gap)], [(0.0, 0.0, z) for z in gap], iop=iop)
     with pytest.raises(dexrt.InputError, match="missing slices"):
         load_ct(tmp_path / "gap")
 
@@ -185,8 +152,8 @@ def test_dicom_uneven_spacing_is_resampled_and_gaps_refused(tmp_path: Path) -> N
 def test_several_series_in_one_folder_are_listed(tmp_path: Path) -> None:
     iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     pos = [(0.0, 0.0, 2.0 * k) for k in range(4)]
-    first = _dicom_series(tmp_path, _rod_slices(pos, iop), pos, iop=iop, number=3)
-    _dicom_series(tmp_path, _rod_slices(pos[:3], iop), pos[:3], iop=iop, number=7)
+    first = write_ct_series(tmp_path, _rod_slices(pos, iop), pos, iop=iop, number=3)
+    write_ct_series(tmp_path, _rod_slices(pos[:3], iop), pos[:3], iop=iop, number=7)
     with pytest.raises(dexrt.InputError, match="holds 2 series") as err:
         load_ct(tmp_path)
     assert "series 3 CT" in str(err.value) and "series 7 CT" in str(err.value)

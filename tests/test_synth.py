@@ -18,6 +18,7 @@ from dexrt.synth.ct import CTVolume, load_ct
 from dexrt.synth.materials import MaterialModel
 from dexrt.synth.physics import PhysicsConfig
 from dexrt.synth.render import ImagingConfig, Renderer, View
+from helpers import write_ct_series
 
 SPACING = 2.0  # mm
 
@@ -233,30 +234,11 @@ def test_cli_writes_a_dataset(tmp_path: Path) -> None:
 
 
 def test_dicom_series_loads_like_nifti(tmp_path: Path) -> None:
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     rng = np.random.default_rng(1)
     hu = rng.integers(-1000, 1500, size=(5, 12, 10)).astype(np.int16)  # (slices, rows, cols)
-    series = generate_uid()
-    for k in range(hu.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.Modality, ds.SeriesInstanceUID, ds.SOPInstanceUID = "CT", series, meta.MediaStorageSOPInstanceUID
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-50.0, -40.0, 100.0 - 3.0 * k]  # written out of order on purpose
-        ds.PixelSpacing = [0.8, 0.9]  # row spacing, column spacing
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (hu[k] + 1024).astype(np.int16).tobytes()
-        ds.save_as(str(tmp_path / f"s{k}.dcm"), enforce_file_format=True)
+    # written out of order on purpose; PixelSpacing is (row spacing, column spacing)
+    write_ct_series(tmp_path, list(hu), [(-50.0, -40.0, 100.0 - 3.0 * k) for k in range(hu.shape[0])],
+                    spacing=(0.8, 0.9))
     ct = load_ct(tmp_path)
     assert ct.hu.shape == (10, 12, 5)  # (columns, rows, slices)
     np.testing.assert_allclose(ct.spacing, [0.9, 0.8, 3.0])
