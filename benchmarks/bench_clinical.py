@@ -11,17 +11,19 @@ soft images, `Engine.infer(frame, spacing_mm=...)`, against, in the same interle
 
 The frame is the project's own 2048 x 2048 example DX frame (0.184 mm at the patient), brought to the other sizes over
 the same field of view. Stages of the clinical call come from the engine's own statistics: pre (area averaging, the
-window), infer (the network), post (guided upsampling, soft, the outputs). Every round checks its outputs (shape, dtype,
-the same as the first round's). Engines: the bundled default (FP16 weights) and an INT8 build of it when given.
+window), infer (the network), post (guided upsampling, soft, the outputs). Every round checks its outputs (shape,
+dtype, the same as the first round's) once its clock has stopped. Engines: the bundled default (FP16 weights) and an
+INT8 build of it when given.
 
     python benchmarks/bench_clinical.py --int8 /tmp/default-int8.dexrt -o clinical.json   # table, JSON and plot
-    python -m pytest benchmarks/bench_clinical.py -s                                      # 2048 only, asserts
+    DEXRT_BENCH_INT8=/tmp/default-int8.dexrt python -m pytest benchmarks/bench_clinical.py -s   # 2048, asserts
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -87,14 +89,19 @@ def old_path(engine: dexrt.Engine, image: np.ndarray, work: tuple[int, int]) -> 
     return bone, soft
 
 
-def measure(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Interleaved rounds: each call once per round, in turn, so drifts of a shared machine hit all alike."""
+def measure(calls: dict[str, Callable[[], Any]], rounds: int,
+            checks: dict[str, Callable[[Any], None]] | None = None) -> dict[str, list[float]]:
+    """Interleaved rounds: each call once per round, in turn, so drifts of a shared machine hit all alike. A call's
+    check (`checks`, by name) sees its result after the clock has stopped, so checking costs none of its time."""
+    checks = checks or {}
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             start = time.perf_counter()
-            call()
+            result = call()
             times[name].append((time.perf_counter() - start) * 1e3)
+            if name in checks:
+                checks[name](result)
     return times
 
 
@@ -120,21 +127,25 @@ def bench_engine(name: str, engine: dexrt.Engine, sizes: tuple[int, ...], rounds
         engine.infer(small)
         old_path(engine, image, work)
 
-        def clinical() -> None:
-            bone, soft = engine.infer(image, spacing_mm=spacing)
+        def clinical() -> tuple[np.ndarray, ...]:
+            return engine.infer(image, spacing_mm=spacing)
+
+        def same_as_first(outputs: tuple[np.ndarray, ...]) -> None:
+            bone, soft = outputs
             assert bone.shape == soft.shape == image.shape and bone.dtype == np.uint16
             assert np.array_equal(bone, reference[0]) and np.array_equal(soft, reference[1])
 
-        def decoded() -> None:
+        def decoded() -> tuple[np.ndarray, ...]:
             frames = read_radiograph(png).frames
-            engine.infer(frames[0], spacing_mm=spacing)
+            return engine.infer(frames[0], spacing_mm=spacing)
 
         calls = {"clinical": clinical, "network": lambda: engine.infer(small),
                  "decode+clinical": decoded, "old_path": lambda: old_path(engine, image, work)}
         engine.reset_stats()
+        checks = {"clinical": same_as_first, "decode+clinical": same_as_first}
         times = measure({"clinical": clinical}, 2)  # stages of the clinical call alone
         stages = engine.stats()
-        times = measure(calls, rounds)
+        times = measure(calls, rounds, checks)
         ratio = statistics.median(c / n for c, n in zip(times["clinical"], times["network"]))
         speedup = statistics.median(o / c for o, c in zip(times["old_path"], times["clinical"]))
         rows.append({
@@ -198,12 +209,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def test_clinical_call_at_2048() -> None:
-    """The 2048 x 2048 frame with the FP16 default: outputs checked every round; the ratios against the network-only
-    call and the old path are reported, and the speedup over the old path asserted (it holds with margin)."""
-    report = run(None, (2048,), rounds=10)
+    """The 2048 x 2048 frame: outputs checked every round, the ratios against the network-only call and the old path
+    reported. The targets are the INT8 engine's (DEXRT_BENCH_INT8: a path to an INT8 build of the default model);
+    with the FP16 default alone the network is most of the call, so only its ratio to the network is asserted."""
+    int8 = os.environ.get("DEXRT_BENCH_INT8")
+    report = run(Path(int8) if int8 else None, (2048,), rounds=10)
     print("\n" + table(report))
-    row = report["rows"][0]
-    assert row["speedup_over_old_path"] >= TARGETS_2048["speedup_over_old_path"]
+    row = report["rows"][-1]
+    assert row["ratio_to_network"] <= TARGETS_2048["ratio_to_network"]
+    if int8:
+        assert row["clinical_p50_ms"] <= TARGETS_2048["int8_p50_ms"]
+        assert row["speedup_over_old_path"] >= TARGETS_2048["speedup_over_old_path"]
 
 
 def main() -> None:
