@@ -20,17 +20,26 @@ thick). A label map, when given, wins over them (volume.py).
   below the region's, and under 35 % of it above 400 HU (fat, lung, myocardium and vessel walls around blood, and
   the spine where the aorta lies against it; intervertebral discs, cortex and more bone around a vertebral core,
   whose shells measure 116-162 HU and whose regions are at most 28 mm long on the example and pyradiomics CTs).
+  Nor is the region walled by cortex: blood's partial-volume rim (candidates within 4 voxels) falls from the
+  region's value towards what surrounds it, where a vertebral core's rim is its cortex, brighter than the marrow
+  inside. Under 10 % of the rim may be more than 100 HU above the region's median (blood on the example and
+  TotalSegmentator CTAs: at most 0.07; smooth vertebral cores of the platipy CT: 0.12-0.25). This is what
+  decides for a smooth reconstruction kernel, where marrow is as homogeneous as blood and a thin cortex blurs
+  below 400 HU at 2 mm.
   Blood regions are grown by up to 3 voxels through candidates with local sd < 80 HU, and by one more voxel
   through any candidate (the partial-volume rim).
-  Enhancement is **detected** when one such region holds at least 20 ml (a heart chamber, the aorta): only then is
+  Enhancement is **detected** when one such region holds at least 30 ml (a heart chamber, the aorta: 43-268 ml on
+  the example and TotalSegmentator CTAs; a single vertebral core is at most about 26 ml, which matters on grids of
+  3-4 mm, where a cortex blurs into its surroundings and one core in eight passed the rim test): only then is
   anything replaced, so a non-contrast CT is left alone.
 * `bone_mask`: where bone may be. Connected regions of at least 120 HU (enhanced blood excluded) that reach
   500 HU somewhere (cortex), grown by one voxel for partial volume. Outside it the HU model's bone part counts
   as soft tissue: enhanced organs and vessels, whatever their HU, never reach the bone target.
 
   When enhancement is detected, the blood found spreads through every candidate connected to it that is more
-  than 4 mm from anything at cortex level (500 HU, outside the blood): contrast mixing in the right heart and in
-  veins is heterogeneous, but it is not bone, and a vertebra's cortex is a wall it does not cross. Undiluted
+  than 4 mm from anything at cortex level (500 HU, outside the blood) and outside the cortex-walled regions
+  (rims included): contrast mixing in the right heart and in veins is heterogeneous, but it is not bone, and a
+  vertebra's cortex is a wall it does not cross. Undiluted
   contrast above 700 HU (a bolus in the superior vena cava or an arm
   vein) is taken for blood too where it touches the blood found, holds at least 5 ml and is solid (it fills its
   vein; cortex is a shell around marrow below 700 HU).
@@ -55,7 +64,8 @@ ENHANCED_HU = (150.0, 700.0)  # iodinated blood outside bone
 SEED_SD_HU, GROW_SD_HU, BLOOD_SD_HU = 40.0, 80.0, 30.0
 SHELL_HU, SHELL_CONTRAST_HU, SHELL_BONE_HU, SHELL_BONE_FRACTION = 110.0, 60.0, 400.0, 0.35
 VESSEL_MM, SHELL_VESSEL_HU = 45.0, 130.0  # a region this long is a vessel or a heart, never one vertebral body
-MIN_REGION_ML, DETECT_ML = 1.0, 20.0
+RIM_CORTEX_HU, RIM_CORTEX_FRACTION = 100.0, 0.10  # a rim brighter than the core by this much is a cortex
+MIN_REGION_ML, DETECT_ML = 1.0, 30.0
 BONE_MIN_HU, BONE_EVIDENCE_HU = 120.0, 500.0
 DENSE_MIN_ML, DENSE_SOLIDITY = 5.0, 0.8
 BARRIER_HU, BARRIER_MM = 500.0, 4.0  # enhancement spreads through candidates no closer than this to cortex
@@ -174,6 +184,7 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
     grow_within = cand & (sd < GROW_SD_HU)
     shell_disc = _disc(3.0, spacing, ax)
     blood = np.zeros(hu.shape, bool)
+    marrow = np.zeros(hu.shape, bool)  # regions walled by cortex, rims included: never blood
     regions = []
     for i, box in enumerate(ndimage.find_objects(labels), 1):
         if box is None:
@@ -190,6 +201,8 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
         grown = ndimage.binary_dilation(seed, iterations=3, mask=grow_within[pad]) | seed
         grown |= ndimage.binary_dilation(grown, mask=cand[pad])
         sd_med = float(np.median(sd[pad][seed]))
+        rim = hu[pad][reach & ~seed]
+        rim_cortex = float(np.mean(rim > float(np.median(hu[pad][seed])) + RIM_CORTEX_HU)) if rim.size else 0.0
         shell_med = float(np.median(shell)) if shell.size else 0.0
         shell_bone = float(np.mean(shell >= SHELL_BONE_HU)) if shell.size else 0.0
         median = float(np.median(hu[pad][grown]))
@@ -198,25 +211,30 @@ def enhanced_blood(hu: np.ndarray, body: np.ndarray, affine: np.ndarray) -> tupl
         # A vessel runs on (z_mm), so its shell may hold more (against the spine, the mediastinum's muscle)
         bone_like = shell_med >= (SHELL_HU if z_mm < VESSEL_MM else SHELL_VESSEL_HU)
         is_blood = (sd_med <= BLOOD_SD_HU and not bone_like and median - shell_med >= SHELL_CONTRAST_HU
-                    and shell_bone < SHELL_BONE_FRACTION)
+                    and shell_bone < SHELL_BONE_FRACTION and rim_cortex < RIM_CORTEX_FRACTION)
         ml = float(grown.sum()) * voxel_ml
         regions.append({"ml": round(ml, 2), "z_mm": round(z_mm, 1), "median_hu": round(median, 1),
                         "sd_hu": round(sd_med, 1), "shell_median_hu": round(shell_med, 1),
-                        "shell_bone_fraction": round(shell_bone, 3), "blood": is_blood})
+                        "shell_bone_fraction": round(shell_bone, 3), "rim_cortex_fraction": round(rim_cortex, 3),
+                        "blood": is_blood})
         if is_blood:
             blood[pad] |= grown
+        elif rim_cortex >= RIM_CORTEX_FRACTION:
+            marrow[pad] |= grown
+    blood &= ~marrow  # where a blood region's rim reached into a walled one
     largest = max((r["ml"] for r in regions if r["blood"]), default=0.0)
     detected = largest >= DETECT_ML
     dense_ml = 0.0
     if detected:
         # Heterogeneous enhancement (contrast mixing in the right heart, veins): every candidate connected to the
         # blood found, kept 4 mm away from anything at cortex level (a barrier that blood never crosses into bone;
-        # a dense bolus is part of the barrier too, so nothing spreads from it)
+        # a dense bolus is part of the barrier too, so nothing spreads from it) and out of the cortex-walled
+        # regions (marrow whose cortex a smooth kernel blurs below the barrier's level)
         cortex = (hu >= BARRIER_HU) & ~blood
         dense = _dense_contrast(hu, body, blood, affine)
         dense_ml = float(dense.sum()) * voxel_ml
         far = ndimage.distance_transform_edt(~cortex, sampling=spacing) > BARRIER_MM
-        blood = ndimage.binary_propagation(blood, mask=blood | (cand & far)) | dense
+        blood = ndimage.binary_propagation(blood, mask=blood | (cand & far & ~marrow)) | dense
     else:
         blood[:] = False
     regions.sort(key=lambda r: -r["ml"])
