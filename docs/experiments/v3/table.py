@@ -1,12 +1,14 @@
-"""Model v3's per-patient table from `dexrt eval` results: python table.py EVALS NAME [NAME ...] (markdown)."""
+"""Model v3's per-patient table from `dexrt eval` results: python table.py EVALS NAME [NAME ...] (markdown).
+PATIENTS (environment, space-separated) picks the patients' columns, as for eval.sh."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-SETS = [(p, s) for p in ("example", "lung1", "lung2") for s in ("unseen", "inside")]
+SETS = [(p, s) for p in os.environ.get("PATIENTS", "example lung1 lung2").split() for s in ("unseen", "inside")]
 
 
 def row(root: Path, name: str) -> list[str]:
