@@ -3,6 +3,7 @@ bytes that are not DICOM; and DCMTK's clients and server (where installed)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -23,7 +24,24 @@ from serve_fixtures import (  # noqa: E402,F401  (fixtures, by name)
     idle_connections, make_node, make_pki, self_signed, sender_tls,
 )
 
-dcmtk = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("storescu", "echoscu", "storescp")),
+def dcmtk_tool(name: str) -> str | None:
+    """The path of DCMTK's `name` on PATH, passing over same-named tools of other packages (pynetdicom installs an
+    echoscu and a storescu of its own into an environment's bin folder, which an activated venv puts first)."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=folder)
+        if path is None:
+            continue
+        try:
+            version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (version.stdout + version.stderr).lower():
+            return path
+    return None
+
+
+DCMTK = {tool: dcmtk_tool(tool) for tool in ("storescu", "echoscu", "storescp")}
+dcmtk = pytest.mark.skipif(None in DCMTK.values(),
                            reason="DCMTK (storescu, echoscu, storescp) is not installed: apt-get install dcmtk")
 
 
@@ -174,7 +192,7 @@ def test_first_bytes_that_are_not_an_association_request_are_dropped(make_node: 
 def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination: Destination,
                                     tmp_path: Path) -> None:
     node = make_node(destination.address)
-    echo = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+    echo = subprocess.run([DCMTK["echoscu"], "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert echo.returncode == 0, echo.stderr
     files = []
@@ -182,14 +200,14 @@ def test_dcmtk_echoscu_and_storescu(make_node: Callable[..., Node], destination:
         ds = radiograph(96, sop_class, i)
         files.append(tmp_path / f"in{i}.dcm")
         ds.save_as(files[-1], enforce_file_format=True)
-    store = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port),
+    store = subprocess.run([DCMTK["storescu"], "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port),
                             *map(str, files)], capture_output=True, text=True, timeout=TIMEOUT)
     assert store.returncode == 0, store.stderr
     wait_until(lambda: len(destination.unique()) == 4, TIMEOUT, "outputs of the DCMTK-sent instances")
     from pydicom import dcmread
 
     assert_derived(destination, [dcmread(f) for f in files])
-    stranger = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
+    stranger = subprocess.run([DCMTK["echoscu"], "-aet", "STRANGER", "-aec", "DEXRT", LOOPBACK, str(node.port)],
                               capture_output=True, text=True, timeout=TIMEOUT)
     assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
 
@@ -203,7 +221,7 @@ def test_dcmtk_sender_over_mutual_tls(make_node: Callable[..., Node], destinatio
     node = make_node(destination.address, tls_cert=pki["node"], tls_key=pki["node_key"], tls_ca=pki["ca"])
 
     def echoscu(who: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["echoscu", "+tls", str(pki[f"{who}_key"]), str(pki[who]), "+cf", str(pki["ca"]),
+        return subprocess.run([DCMTK["echoscu"], "+tls", str(pki[f"{who}_key"]), str(pki[who]), "+cf", str(pki["ca"]),
                                "-aet", "MODALITY", "-aec", "DEXRT", LOOPBACK, str(node.port)],
                               check=False, capture_output=True, text=True, timeout=TIMEOUT)
 
@@ -220,7 +238,7 @@ def test_forwarding_to_dcmtk_storescp(make_node: Callable[..., Node], tmp_path: 
 
     port, received = free_port(), tmp_path / "storescp"
     received.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(received), str(port)],
+    scp = subprocess.Popen([DCMTK["storescp"], "-aet", "ARCHIVE", "-od", str(received), str(port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         node = make_node(f"ARCHIVE@{LOOPBACK}:{port}")
