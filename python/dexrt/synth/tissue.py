@@ -39,15 +39,16 @@ thick). A label map, when given, wins over them (volume.py).
   When enhancement is detected, the blood found spreads through every candidate connected to it that is more
   than 4 mm from anything at cortex level (500 HU, outside the blood) and outside the cortex-walled regions
   (rims included): contrast mixing in the right heart and in veins is heterogeneous, but it is not bone, and a
-  vertebra's cortex is a wall it does not cross. Undiluted
-  contrast above 700 HU (a bolus in the superior vena cava or an arm
-  vein) is taken for blood too where it touches the blood found, holds at least 5 ml and is solid (it fills its
+  vertebra's cortex is a wall it does not cross. Undiluted contrast above 700 HU (a bolus in the superior vena
+  cava or an arm vein) is taken for blood too where it touches the blood found, holds at least 5 ml and is solid (it fills its
   vein; cortex is a shell around marrow below 700 HU).
 
 What HU alone cannot tell apart is left as it is and documented (docs/synth.md): a dense bolus that does not
 touch the blood found, or that touches bone (a vein along the clavicle), stays bone unless a label map says
-otherwise; where blood and bone share a voxel of the binned grid, CT voxels of the enhanced range within two
-binned voxels of the blood are taken for blood (a few hundredths of a g/cm^2 of bone at the contact).
+otherwise; in an arterial-phase CT, enhanced tissue that is not blood (myocardium, organs at 120-200 HU) joins the
+bone mask where it touches bone, and so does blood the detector did not find (the heart of
+`totalsegmentator-cta`); where blood and bone share a voxel of the binned grid, CT voxels of the enhanced range
+within two binned voxels of the blood are taken for blood (a few hundredths of a g/cm^2 of bone at the contact).
 """
 
 from __future__ import annotations
