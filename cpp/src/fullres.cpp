@@ -231,10 +231,19 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
   };
 
   // The guide: the working image in the units of its robust range (the frame's pixels map the same way).
-  std::vector<float> guide;
+  // The filter fits on it with its mean removed (so the float32 moments do not cancel); that is the same for every
+  // output, so it is made once.
+  std::vector<float> guide, centred_guide;
   if (guided) {
     guide.resize(static_cast<size_t>(plane));
-    for (int64_t k = 0; k < plane; ++k) guide[static_cast<size_t>(k)] = work.guide.normalise(work.pixels[static_cast<size_t>(k)]);
+    double sum = 0.0;
+    for (int64_t k = 0; k < plane; ++k) {
+      guide[static_cast<size_t>(k)] = work.guide.normalise(work.pixels[static_cast<size_t>(k)]);
+      sum += guide[static_cast<size_t>(k)];
+    }
+    const auto mean = static_cast<float>(sum / static_cast<double>(plane));
+    centred_guide = guide;
+    for (auto& v : centred_guide) v -= mean;
   }
   std::vector<ChannelPlan> plans(static_cast<size_t>(channels));
   for (int64_t c = 0; c < channels; ++c) {
@@ -259,16 +268,11 @@ void finish_frame(const T* frame, const WorkImage& work, const float* net, const
     // He et al.'s fast guided filter: the slope a of p on the guide, fitted locally at the working size (box
     // filters), and an intercept b = p - a * guide that gives back the network's own output at the working size
     // exactly. (Their box-averaged b blurs it: measured on 1024^2 views, that scored below plain bicubic.)
-    std::vector<float> centred_guide(guide), centred(p, p + plane);
-    double sum_g = 0.0, sum_p = 0.0;
-    for (int64_t k = 0; k < plane; ++k) {
-      sum_g += guide[static_cast<size_t>(k)];
-      sum_p += p[k];
-    }
-    const auto mean_g = static_cast<float>(sum_g / static_cast<double>(plane));
-    const auto mean_p = static_cast<float>(sum_p / static_cast<double>(plane));
-    for (auto& v : centred_guide) v -= mean_g;
-    for (auto& v : centred) v -= mean_p;
+    std::vector<float> centred(p, p + plane);
+    double sum = 0.0;
+    for (int64_t k = 0; k < plane; ++k) sum += p[k];
+    const auto mean = static_cast<float>(sum / static_cast<double>(plane));
+    for (auto& v : centred) v -= mean;
     std::vector<float> slope = guided_slope(centred_guide, centred, h, w, o.radius, o.epsilon);
     // bone's share of a detail is between none and all of it: a per grey value in [0, 1] (parts.h)
     if (c == parts.bone && parts.present()) {
