@@ -38,8 +38,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-_JOB_KEYS: dict[str, Any] = {"ct": str, "output": str, "plan": str, "report": str, "patient_id": str, "angles": str, "work": str,
-             "position": str, "minutes": (int, float), "seed": int, "isocentre": list}
+_JOB_KEYS: dict[str, Any] = {"ct": str, "output": str, "plan": str, "report": str, "patient_id": str, "angles": str,
+                             "work": str, "position": str, "minutes": (int, float), "seed": int, "isocentre": list}
 
 
 def read_jobs(path: str | os.PathLike[str], base: FitOptions) -> list[FitOptions]:

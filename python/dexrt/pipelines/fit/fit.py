@@ -54,6 +54,7 @@ from dexrt.pipelines.fit.views import (
     plan_fit_views,
     write_views,
 )
+from dexrt.runtime.bundle import sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,8 @@ def init_checkpoint(init: str) -> Path:
 
 def _weights_hash(path: Path) -> str | None:
     """The checkpoint's weights as `dexrt_train` names them: sha256 of model.safetensors."""
-    import hashlib
-
     try:
-        return "sha256:" + hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+        return "sha256:" + sha256_hex((path / "model.safetensors").read_bytes())
     except OSError:
         return None
 
