@@ -266,10 +266,10 @@ def unpadded_copy(dataset: Path, out: Path, limit: int) -> Path:
 
     manifest = json.loads((dataset / "manifest.json").read_text())
     padding = manifest.get("padding")
-    views = [v for v in manifest["views"] if v["split"] == "train"]
-    views = [views[i] for i in np.unique(np.linspace(0, len(views) - 1, min(limit, len(views))).round().astype(int))]
     if padding is None:
         raise InputError(f"{dataset}: not a padded dataset (no 'padding' in its manifest)")
+    views = [v for v in manifest["views"] if v["split"] == "train"]
+    views = [views[i] for i in np.unique(np.linspace(0, len(views) - 1, min(limit, len(views))).round().astype(int))]
     (rows, cols), (top, left) = padding["field_px"], padding["field_at_px"]
     for v in views:
         for rel in [*v["files"].values(), *([v["mask"]] if v.get("mask") else [])]:
@@ -282,4 +282,3 @@ def unpadded_copy(dataset: Path, out: Path, limit: int) -> Path:
     with atomic_write(out / "manifest.json") as f:
         f.write(json.dumps(copy_manifest, indent=1).encode())
     return out
-

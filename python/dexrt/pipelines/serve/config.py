@@ -178,7 +178,9 @@ def parse_forward(text: str) -> Destination:
 
 def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.ip_network(text if isinstance(text, str) else "not a string", strict=False)
+        if not isinstance(text, str):
+            raise ValueError(text)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not an IP address or network (host names are not accepted: "
                           "an address check on a name that resolves differently later would be no check)") from None
